@@ -1,0 +1,155 @@
+"""The ``jaxfair`` command: fetch data, train and evaluate from a config file, audit embeddings for leakage.
+
+    jaxfair fetch [ml-100k|ml-1m]
+    jaxfair train CONFIG.toml --out DIR [--seed N]
+    jaxfair evaluate DIR [--protocol sampled|full ...] [--k 10 20 ...]
+    jaxfair probe EMBEDDINGS.npy USERS.csv [--attributes gender age ...] [--seed N] [--bootstrap N]
+
+Errors in the input (bad config key, malformed data file, missing run folder) print one line naming the problem and
+exit with status 2; they never end in a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import pathlib
+import sys
+
+import numpy as np
+import pandas as pd
+
+from jaxfair.config import ConfigError
+from jaxfair.data.dataset import DataError
+
+
+class UsageError(ValueError):
+    """Bad command-line input that is neither a config nor a data error."""
+
+
+def _fetch(args) -> None:
+    from jaxfair.data.fetch import fetch
+
+    path = fetch(args.name, pathlib.Path(args.cache) if args.cache else None)
+    print(f"{args.name} is ready in {path}")
+
+
+def _train(args) -> None:
+    from jaxfair.experiments import runner
+
+    config = runner.load(args.config, seed=args.seed)
+    runner.run(config, args.out)
+    print(f"results written to {pathlib.Path(args.out) / 'results.json'}")
+
+
+def _evaluate(args) -> None:
+    from jaxfair.experiments import runner
+
+    runner.evaluate_run(args.run_dir, protocols=args.protocol, ks=args.k)
+
+
+def _probe(args) -> None:
+    import jax
+
+    from jaxfair.data.preprocess import split_probe_users
+    from jaxfair.experiments.outputs import format_table, write_json
+    from jaxfair.metrics.probe import ProbeConfig, probe_all
+
+    embeddings_path, users_path = pathlib.Path(args.embeddings), pathlib.Path(args.users)
+    for path in (embeddings_path, users_path):
+        if not path.is_file():
+            raise UsageError(f"{path}: file not found")
+    try:
+        embeddings = np.load(embeddings_path, allow_pickle=False)
+    except ValueError as err:
+        raise UsageError(f"{embeddings_path}: not a .npy array ({err})") from err
+    if embeddings.ndim != 2 or not np.issubdtype(embeddings.dtype, np.number):
+        raise UsageError(f"{embeddings_path}: expected a 2-d numeric array (users x dims), got shape {embeddings.shape}")
+    if not np.isfinite(embeddings).all():
+        raise UsageError(f"{embeddings_path}: contains NaN or infinite values")
+    users = pd.read_csv(users_path, dtype=str, keep_default_na=False)
+    if len(users) != len(embeddings):
+        raise UsageError(f"{users_path}: {len(users)} rows, but {embeddings_path} has {len(embeddings)} rows")
+    reserved = {"user", "raw_id", "probe_split"}
+    attributes = args.attributes or [c for c in users.columns if c not in reserved]
+    for name in attributes:
+        if name not in users.columns:
+            raise UsageError(f"{users_path}: no column {name!r} (columns: {', '.join(users.columns)})")
+        empty = np.flatnonzero(users[name].str.strip() == "")
+        if len(empty):
+            raise UsageError(f"{users_path}, line {empty[0] + 2}: empty value in column {name!r}")
+    if not attributes:
+        raise UsageError(f"{users_path}: no attribute columns to probe")
+    if "probe_split" in users.columns:
+        bad = np.flatnonzero(~users["probe_split"].isin(["train", "valid", "test"]))
+        if len(bad):
+            raise UsageError(f"{users_path}, line {bad[0] + 2}: probe_split must be train, valid or test")
+        parts = {p: np.flatnonzero(users["probe_split"].to_numpy() == p).astype(np.int32) for p in ("train", "valid", "test")}
+    else:
+        parts = split_probe_users(len(users), (0.8, 0.1, 0.1), np.random.default_rng(args.seed))
+    codes, classes = {}, {}
+    for name in attributes:
+        labels = tuple(sorted(users[name].unique()))
+        if len(labels) < 2:
+            raise UsageError(f"{users_path}: column {name!r} has a single class {labels[0]!r}; nothing to probe")
+        classes[name] = labels
+        codes[name] = users[name].map({v: k for k, v in enumerate(labels)}).to_numpy().astype(np.int32)
+    config = ProbeConfig(bootstrap=args.bootstrap)
+    results = probe_all(embeddings.astype(np.float32), codes, classes, parts, jax.random.key(args.seed), config)
+    rows = [
+        {"attribute": n, "classes": len(classes[n]), "auc": r["auc"], "ci_low": r["auc_ci"][0], "ci_high": r["auc_ci"][1]}
+        for n, r in results.items()
+    ]
+    print(f"probe: {len(parts['train'])} train / {len(parts['valid'])} valid / {len(parts['test'])} test users")
+    print(format_table(rows, ["attribute", "classes", "auc", "ci_low", "ci_high"]))
+    print("AUC 0.5 = the attribute cannot be predicted from the embeddings; 1.0 = it leaks completely.")
+    if args.out:
+        write_json(pathlib.Path(args.out), {"embeddings": str(embeddings_path), "users": str(users_path), "probe": results})
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="jaxfair", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("fetch", help="download a dataset into the cache ($JAXFAIR_DATA or ~/.cache/jaxfair)")
+    p.add_argument("name", nargs="?", default="ml-100k", choices=["ml-100k", "ml-1m"])
+    p.add_argument("--cache", help="cache folder (default: $JAXFAIR_DATA or ~/.cache/jaxfair)")
+    p.set_defaults(func=_fetch)
+
+    p = sub.add_parser("train", help="train and evaluate the experiment described by a config file")
+    p.add_argument("config", help="a TOML file from configs/")
+    p.add_argument("--out", required=True, help="output folder (resumes if it holds an unfinished run)")
+    p.add_argument("--seed", type=int, help="override [train] seed")
+    p.set_defaults(func=_train)
+
+    p = sub.add_parser("evaluate", help="re-evaluate the selected model of a finished run")
+    p.add_argument("run_dir", help="a folder written by 'jaxfair train'")
+    p.add_argument("--protocol", nargs="+", choices=["sampled", "full"], help="default: the run's protocols")
+    p.add_argument("--k", nargs="+", type=int, help="cut-offs (default: the run's)")
+    p.set_defaults(func=_evaluate)
+
+    p = sub.add_parser("probe", help="audit a user-embedding file for attribute leakage (AUC with bootstrap CI)")
+    p.add_argument("embeddings", help="(U, d) .npy array")
+    p.add_argument("users", help="CSV with one row per embedding row: attribute columns, optional probe_split")
+    p.add_argument("--attributes", nargs="+", help="columns to probe (default: all but user, raw_id, probe_split)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the 95%% CI")
+    p.add_argument("--out", help="also write the results to this JSON file")
+    p.set_defaults(func=_probe)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except (ConfigError, DataError, UsageError) as err:
+        print(f"jaxfair: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("jaxfair: interrupted; rerun the same command to resume from the last checkpoint", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,207 @@
+"""Preprocessing of the AFRL paper (section 4.1.1), one named step per function, composed by :func:`prepare`.
+
+Steps, in order:
+
+1. :func:`binarize` - ratings ``>= threshold`` (4 by default) are positives; the rest are dropped.
+2. :func:`filter_users` - drop users with fewer than ``min_positives`` (10) positives.
+3. :func:`reindex` - contiguous ids over the remaining users and items (items seen only in dropped users vanish).
+4. :func:`leave_one_out` - per user, by timestamp: last positive = test, second last = validation, rest = train.
+   Ties in time keep the file's order (stable sort), so the split is a function of the input alone.
+5. :func:`encode_attributes` - gender to 2 classes, age to the 7 MovieLens-1M buckets, any other attribute to its
+   sorted categories.
+6. :func:`sample_eval_negatives` - 99 distinct negatives per user for validation and test (``sampled`` protocol).
+7. :func:`split_probe_users` - a seeded train/validation/test split of users for attribute probes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pandas as pd
+
+from jaxfair.data.dataset import DataError, RawDataset, Split
+from jaxfair.data.sampling import sample_negatives
+
+# MovieLens-1M age codes and the bucket each stands for; ML-100k raw ages are mapped onto the same buckets.
+AGE_BUCKET_STARTS = (1, 18, 25, 35, 45, 50, 56)
+AGE_BUCKET_LABELS = ("Under 18", "18-24", "25-34", "35-44", "45-49", "50-55", "56+")
+GENDER_LABELS = ("F", "M")
+
+
+@dataclasses.dataclass(frozen=True)
+class PrepConfig:
+    """Knobs of :func:`prepare`; defaults follow the AFRL paper."""
+
+    rating_threshold: float = 4.0
+    min_positives: int = 10
+    eval_negatives: int = 99
+    attributes: tuple[str, ...] = ("gender", "age", "occupation")
+    probe_fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.min_positives < 3:
+            raise ValueError("min_positives must be at least 3 (one train, one validation and one test positive)")
+        if self.eval_negatives < 1:
+            raise ValueError("eval_negatives must be positive")
+        if len(self.probe_fractions) != 3 or abs(sum(self.probe_fractions) - 1.0) > 1e-6 or min(self.probe_fractions) <= 0:
+            raise ValueError("probe_fractions must be three positive numbers summing to 1")
+
+
+def binarize(interactions: pd.DataFrame, threshold: float = 4.0) -> pd.DataFrame:
+    """Keep the rows whose rating is at least ``threshold`` (implicit positives)."""
+    return interactions[interactions["rating"] >= threshold].reset_index(drop=True)
+
+
+def filter_users(positives: pd.DataFrame, min_positives: int = 10) -> pd.DataFrame:
+    """Drop users with fewer than ``min_positives`` positives. Raises DataError if nobody is left."""
+    counts = positives.groupby("user")["item"].transform("size")
+    kept = positives[counts >= min_positives].reset_index(drop=True)
+    if kept.empty:
+        raise DataError(f"no user has at least {min_positives} positives: nothing is left after filtering")
+    return kept
+
+
+def reindex(positives: pd.DataFrame) -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:
+    """Map the remaining user and item ids onto ``0..n-1`` (in increasing old id).
+
+    Returns:
+      (re-indexed positives, old user id of each new user, old item id of each new item).
+    """
+    old_users = np.unique(positives["user"].to_numpy())
+    old_items = np.unique(positives["item"].to_numpy())
+    out = positives.copy()
+    out["user"] = np.searchsorted(old_users, positives["user"].to_numpy())
+    out["item"] = np.searchsorted(old_items, positives["item"].to_numpy())
+    return out, old_users, old_items
+
+
+def leave_one_out(positives: pd.DataFrame) -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:
+    """Split each user's positives by time: last -> test, second last -> validation, the rest -> train.
+
+    Args:
+      positives: re-indexed positives; every user has at least 3 rows.
+
+    Returns:
+      (train rows sorted by user then time, validation item per user ``(U,)``, test item per user ``(U,)``).
+    """
+    ordered = positives.sort_values(["user", "timestamp"], kind="stable").reset_index(drop=True)
+    rank_from_end = ordered.groupby("user").cumcount(ascending=False).to_numpy()
+    num_users = int(ordered["user"].max()) + 1
+    valid = np.empty(num_users, np.int32)
+    test = np.empty(num_users, np.int32)
+    users = ordered["user"].to_numpy()
+    items = ordered["item"].to_numpy()
+    test[users[rank_from_end == 0]] = items[rank_from_end == 0]
+    valid[users[rank_from_end == 1]] = items[rank_from_end == 1]
+    return ordered[rank_from_end >= 2].reset_index(drop=True), valid, test
+
+
+def age_bucket(age: int) -> int:
+    """Index of the MovieLens-1M age bucket holding ``age`` years (ML-1M codes map onto themselves)."""
+    return int(np.searchsorted(AGE_BUCKET_STARTS, age, side="right") - 1) if age >= 1 else 0
+
+
+def encode_attributes(users: pd.DataFrame, names: tuple[str, ...]) -> tuple[dict, dict]:
+    """Encode raw attribute strings to class indices.
+
+    ``gender`` -> ``F``/``M``; ``age`` -> the 7 ML-1M buckets; anything else -> its sorted distinct values.
+    Attributes listed in ``names`` but absent from ``users`` are skipped.
+
+    Returns:
+      (name -> int32 ``(U,)`` class index, name -> class labels).
+    """
+    values, classes = {}, {}
+    for name in names:
+        if name not in users.columns:
+            continue
+        raw = users[name].astype(str).str.strip()
+        if name == "gender":
+            labels = GENDER_LABELS
+            codes = raw.str.upper().map({g: k for k, g in enumerate(labels)})
+            if codes.isna().any():
+                bad = users.loc[codes.isna()].iloc[0]
+                raise DataError(f"user {bad['raw_id']}: unknown gender {bad[name]!r} (expected F or M)")
+        elif name == "age":
+            labels = AGE_BUCKET_LABELS
+            years = pd.to_numeric(raw, errors="coerce")
+            if years.isna().any():
+                bad = users.loc[years.isna()].iloc[0]
+                raise DataError(f"user {bad['raw_id']}: age {bad[name]!r} is not a number")
+            codes = years.map(age_bucket)
+        else:
+            labels = tuple(sorted(raw.unique()))
+            codes = raw.map({v: k for k, v in enumerate(labels)})
+        values[name] = codes.to_numpy().astype(np.int32)
+        classes[name] = labels
+    return values, classes
+
+
+def sample_eval_negatives(positives: np.ndarray, num: int, rng: np.random.Generator) -> np.ndarray:
+    """``num`` distinct negatives for every user, none a known positive. Returns int32 ``(U, num)``."""
+    return sample_negatives(positives, np.arange(positives.shape[0]), num, rng, replace=False)
+
+
+def split_probe_users(num_users: int, fractions, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """Random disjoint train/validation/test user sets for attribute probes (each non-empty, sorted)."""
+    if num_users < 3:
+        raise DataError(f"need at least 3 users for a probe split, have {num_users}")
+    order = rng.permutation(num_users)
+    n_valid = max(1, int(round(fractions[1] * num_users)))
+    n_test = max(1, int(round(fractions[2] * num_users)))
+    n_train = num_users - n_valid - n_test
+    parts = np.split(order, [n_train, n_train + n_valid])
+    return {k: np.sort(p).astype(np.int32) for k, p in zip(("train", "valid", "test"), parts)}
+
+
+def prepare(raw: RawDataset, config: PrepConfig = PrepConfig()) -> Split:
+    """Run every step on ``raw`` and return the leave-one-out :class:`Split`."""
+    positives = filter_users(binarize(raw.interactions, config.rating_threshold), config.min_positives)
+    positives, old_users, old_items = reindex(positives)
+    train, valid_items, test_items = leave_one_out(positives)
+    num_users, num_items = len(old_users), len(old_items)
+
+    user_of_row = positives["user"].to_numpy()
+    item_of_row = positives["item"].to_numpy()
+    known = np.zeros((num_users, num_items), dtype=bool)
+    known[user_of_row, item_of_row] = True
+    indptr = np.concatenate([[0], np.cumsum(known.sum(axis=1))]).astype(np.int64)
+    indices = np.nonzero(known)[1].astype(np.int32)
+
+    rng = np.random.default_rng(config.seed)
+    valid_negatives = sample_eval_negatives(known, config.eval_negatives, rng)
+    test_negatives = sample_eval_negatives(known, config.eval_negatives, rng)
+    probe = split_probe_users(num_users, config.probe_fractions, rng)
+
+    kept_users = raw.users.iloc[old_users].reset_index(drop=True)
+    attributes, classes = encode_attributes(kept_users, config.attributes)
+    kept_items = raw.items.iloc[old_items]
+    genre_names = tuple(sorted({g for gs in raw.items["genres"] for g in gs}))
+    genres = np.zeros((num_items, len(genre_names)), dtype=bool)
+    column = {g: k for k, g in enumerate(genre_names)}
+    for row, gs in enumerate(kept_items["genres"]):
+        for g in gs:
+            genres[row, column[g]] = True
+
+    return Split(
+        name=raw.name,
+        num_users=num_users,
+        num_items=num_items,
+        train_users=train["user"].to_numpy().astype(np.int32),
+        train_items=train["item"].to_numpy().astype(np.int32),
+        valid_items=valid_items,
+        test_items=test_items,
+        valid_negatives=valid_negatives,
+        test_negatives=test_negatives,
+        positives_indptr=indptr,
+        positives_indices=indices,
+        user_attributes=attributes,
+        attribute_classes=classes,
+        item_genres=genres,
+        genre_names=genre_names,
+        probe_users=probe,
+        user_raw_ids=kept_users["raw_id"].to_numpy().astype(str),
+        item_raw_ids=kept_items["raw_id"].to_numpy().astype(str),
+        seed=config.seed,
+    )

@@ -1,0 +1,120 @@
+"""The experiment config file: one TOML file per experiment, parsed into frozen dataclasses.
+
+Sections: ``[data]`` (:class:`DataConfig`), ``[backbone]`` (``name`` plus that backbone's options), ``[train]``
+(:class:`jaxfair.training.trainer.TrainConfig`), ``[evaluate]`` (:class:`EvalConfig`), ``[probe]``
+(:class:`jaxfair.metrics.probe.ProbeConfig`). Every unknown or ill-typed key fails with :class:`ConfigError` naming
+it, before any data is touched.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import pathlib
+import tomllib
+from typing import Any
+
+from jaxfair.backbones import make_backbone
+from jaxfair.config import ConfigError, from_dict, to_dict
+from jaxfair.data.preprocess import PrepConfig
+from jaxfair.metrics.probe import ProbeConfig
+from jaxfair.metrics.ranking import PROTOCOLS
+from jaxfair.training.trainer import TrainConfig
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    """Where the data comes from and how it is preprocessed (see :mod:`jaxfair.data.preprocess`).
+
+    ``source`` is a dataset name (``ml-100k``, ``ml-1m``: fetched into the cache) or a local folder in any supported
+    format.
+    """
+
+    source: str = "ml-100k"
+    rating_threshold: float = 4.0
+    min_positives: int = 10
+    eval_negatives: int = 99
+    attributes: tuple[str, ...] = ("gender", "age", "occupation")
+    probe_fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)
+    seed: int = 0
+
+    def prep(self) -> PrepConfig:
+        fields = {f.name for f in dataclasses.fields(PrepConfig)}
+        return PrepConfig(**{k: v for k, v in dataclasses.asdict(self).items() if k in fields})
+
+    def __post_init__(self):
+        self.prep()  # PrepConfig's checks, reported under [data]
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalConfig:
+    """Which ranking protocols and cut-offs to report. ``sampled``: target + the split's fixed negatives;
+    ``full``: all items with the user's other known positives masked."""
+
+    protocols: tuple[str, ...] = PROTOCOLS
+    ks: tuple[int, ...] = (10, 20)
+    batch_size: int = 256
+
+    def __post_init__(self):
+        unknown = [p for p in self.protocols if p not in PROTOCOLS]
+        if unknown or not self.protocols:
+            raise ValueError(f"protocols must be a non-empty subset of {list(PROTOCOLS)}, got {list(self.protocols)}")
+        if not self.ks or min(self.ks) < 1:
+            raise ValueError(f"ks must be positive cut-offs, got {list(self.ks)}")
+
+
+@dataclasses.dataclass(frozen=True)
+class ExperimentConfig:
+    data: DataConfig
+    backbone_name: str
+    backbone: Any  # the backbone module's Config
+    train: TrainConfig
+    evaluate: EvalConfig
+    probe: ProbeConfig
+    sections: dict  # any further sections (e.g. a method's), validated by that method
+
+    def to_dict(self) -> dict:
+        return {
+            "data": to_dict(self.data),
+            "backbone": {"name": self.backbone_name, **to_dict(self.backbone)},
+            "train": to_dict(self.train),
+            "evaluate": to_dict(self.evaluate),
+            "probe": to_dict(self.probe),
+            **self.sections,
+        }
+
+
+KNOWN_SECTIONS = ("data", "backbone", "train", "evaluate", "probe")
+
+
+def parse_config(values: dict, method_sections: tuple[str, ...] = ()) -> ExperimentConfig:
+    """Validate a parsed config mapping. ``method_sections`` are extra section names a method accepts."""
+    for section in values:
+        if section not in KNOWN_SECTIONS + method_sections:
+            known = ", ".join(KNOWN_SECTIONS + method_sections)
+            raise ConfigError(f"{section}: unknown section (known sections: {known})")
+    backbone_values = dict(values.get("backbone", {}))
+    if "name" not in backbone_values:
+        raise ConfigError("backbone.name: required key is missing")
+    name = backbone_values.pop("name")
+    _, backbone_config = make_backbone(name, backbone_values)
+    return ExperimentConfig(
+        data=from_dict(DataConfig, values.get("data"), "data"),
+        backbone_name=name,
+        backbone=backbone_config,
+        train=from_dict(TrainConfig, values.get("train"), "train"),
+        evaluate=from_dict(EvalConfig, values.get("evaluate"), "evaluate"),
+        probe=from_dict(ProbeConfig, values.get("probe"), "probe"),
+        sections={k: v for k, v in values.items() if k in method_sections},
+    )
+
+
+def load_config(path: str | pathlib.Path, method_sections: tuple[str, ...] = ()) -> ExperimentConfig:
+    """Read and validate a TOML experiment config. Raises ConfigError for a missing file or bad TOML too."""
+    path = pathlib.Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    try:
+        values = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(f"{path}: not valid TOML ({err})") from err
+    return parse_config(values, method_sections)

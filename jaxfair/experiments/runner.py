@@ -1,0 +1,70 @@
+"""Dispatch a config file to its experiment, and re-evaluate finished runs.
+
+A config with only the common sections runs the backbone experiment (:mod:`jaxfair.experiments.backbone`); a config
+with a method section (e.g. ``[afrl]``) runs that method's experiment on top of the trained backbone.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import pathlib
+from typing import Callable
+
+import jax
+
+from jaxfair.backbones import make_backbone
+from jaxfair.config import ConfigError
+from jaxfair.data.dataset import load_split
+from jaxfair.experiments import backbone as backbone_experiment
+from jaxfair.experiments.config import ExperimentConfig, load_config, parse_config
+from jaxfair.experiments.outputs import format_table, write_json
+
+# Method section name -> module with ``SECTION`` parsing and ``run(config, out_dir, log)``.
+METHODS: dict[str, object] = {}
+
+
+def load(path, seed: int | None = None) -> ExperimentConfig:
+    """Read a config file, optionally overriding ``[train] seed``."""
+    config = load_config(path, tuple(METHODS))
+    if seed is not None:
+        config = dataclasses.replace(config, train=dataclasses.replace(config.train, seed=seed))
+    return config
+
+
+def run(config: ExperimentConfig, out_dir, log: Callable[[str], None] = print) -> dict:
+    for name, module in METHODS.items():
+        if name in config.sections:
+            return module.run(config, out_dir, log)
+    return backbone_experiment.run(config, out_dir, log)
+
+
+def evaluate_run(run_dir, protocols=None, ks=None, log: Callable[[str], None] = print) -> dict:
+    """Restore a finished backbone run's selected parameters and evaluate them again (same split and negatives).
+
+    Writes ``run_dir/evaluation.json`` and prints the table. Raises ConfigError when ``run_dir`` is not a finished run.
+    """
+    run_dir = pathlib.Path(run_dir)
+    for name in ("config.json", "split.npz", "checkpoints/best"):
+        if not (run_dir / name).exists():
+            raise ConfigError(f"{run_dir}: not a finished run of 'jaxfair train' (missing {name})")
+    config = parse_config(json.loads((run_dir / "config.json").read_text()), tuple(METHODS))
+    evaluate = dataclasses.replace(
+        config.evaluate,
+        protocols=tuple(protocols) if protocols else config.evaluate.protocols,
+        ks=tuple(ks) if ks else config.evaluate.ks,
+    )
+    split = load_split(run_dir / "split.npz")
+    backbone, _ = make_backbone(config.backbone_name, dataclasses.asdict(config.backbone))
+    context = backbone.context(split)
+    template = backbone.init(jax.random.key(0), split)
+    params = backbone_experiment.restore_best(run_dir, template)
+    user_vecs, item_vecs = backbone_experiment.embeddings_of(backbone, context, params)
+    metrics = backbone_experiment.evaluate_ranking(
+        lambda u, v: backbone.score(params, u, v), user_vecs, item_vecs, split, evaluate
+    )
+    rows = [{"protocol": p, "stage": s, **block[s]} for p, block in metrics.items() for s in ("valid", "test")]
+    log(format_table(rows, list(rows[0])))
+    result = {"dataset": split.name, "backbone": config.backbone_name, "seed": config.train.seed, "metrics": metrics}
+    write_json(run_dir / "evaluation.json", result)
+    return result

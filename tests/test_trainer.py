@@ -1,0 +1,98 @@
+"""The trainer: early stopping, JSON-lines log, checkpoint round trip, and exact resume after an interruption."""
+
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from jaxfair.training.checkpoint import Checkpointer
+from jaxfair.training.step import init_state, make_epoch_fn, make_train_step
+from jaxfair.training.trainer import Task, TrainConfig, fit, tree_equal
+
+TRUE_W = np.array([1.0, -2.0, 0.5], np.float32)
+
+
+def regression_task(valid_scores=None):
+    """Noisy linear regression with dropout-like key use, so resumes must thread keys exactly."""
+    x = np.random.default_rng(0).normal(size=(64, 3)).astype(np.float32)
+    y = x @ TRUE_W
+
+    def loss(params, batch, key):
+        noise = 0.01 * jax.random.normal(key, batch["y"].shape)
+        err = batch["x"] @ params["w"] - batch["y"] + noise
+        return jnp.sum(batch["weight"] * err**2) / jnp.sum(batch["weight"]), {}
+
+    tx = optax.sgd(0.05)
+    calls = {"n": 0}
+
+    def validate(params):
+        calls["n"] += 1
+        if valid_scores is not None:
+            return {"score": valid_scores[calls["n"] - 1]}
+        return {"score": -float(jnp.sum((params["w"] - TRUE_W) ** 2))}
+
+    def batches(rng):
+        order = rng.permutation(64)
+        return {"x": x[order].reshape(4, 16, 3), "y": y[order].reshape(4, 16), "weight": np.ones((4, 16), np.float32)}
+
+    return Task(
+        init_state=lambda key: init_state({"w": jax.random.normal(key, (3,))}, tx),
+        epoch_batches=batches,
+        run_epoch=make_epoch_fn(make_train_step(loss, tx)),
+        validate=validate,
+    )
+
+
+def test_fit_learns_and_keeps_best_params():
+    result = fit(regression_task(), TrainConfig(epochs=30, monitor="score", patience=30), log=lambda m: None)
+    assert result.epochs_run == 30
+    np.testing.assert_allclose(result.best_params["w"], TRUE_W, atol=0.05)
+
+
+def test_early_stopping_after_patience_validations_without_improvement():
+    scores = [0.1, 0.3, 0.2, 0.25, 0.29, 0.1, 0.9]
+    result = fit(regression_task(scores), TrainConfig(epochs=7, monitor="score", patience=3), log=lambda m: None)
+    assert result.epochs_run == 5 and result.best_epoch == 2
+    assert result.best_valid == {"score": 0.3}
+
+
+def test_log_has_one_json_line_per_epoch_and_progress_shows_eta(tmp_path):
+    messages = []
+    fit(regression_task(), TrainConfig(epochs=3, monitor="score"), tmp_path, log=messages.append)
+    lines = [json.loads(x) for x in (tmp_path / "train_log.jsonl").read_text().splitlines()]
+    assert [x["epoch"] for x in lines] == [1, 2, 3]
+    assert {"loss", "grad_norm"} <= set(lines[0]["train"]) and "score" in lines[0]["valid"]
+    assert "ETA" in messages[0] and "epoch 1/3" in messages[0]
+
+
+def test_resumed_run_continues_exactly_as_an_uninterrupted_one(tmp_path):
+    straight = fit(regression_task(), TrainConfig(epochs=6, monitor="score"), tmp_path / "a", log=lambda m: None)
+    fit(regression_task(), TrainConfig(epochs=3, monitor="score"), tmp_path / "b", log=lambda m: None)  # "interrupted"
+    messages = []
+    resumed = fit(regression_task(), TrainConfig(epochs=6, monitor="score"), tmp_path / "b", log=messages.append)
+    assert resumed.resumed_from == 3 and "resuming after epoch 3" in messages[0]
+    assert tree_equal(straight.state.params, resumed.state.params)
+    assert tree_equal(straight.best_params, resumed.best_params)
+    assert len((tmp_path / "b" / "train_log.jsonl").read_text().splitlines()) == 6
+
+
+def test_checkpoint_round_trip_restores_identical_pytree(tmp_path):
+    tree = {"params": {"w": jnp.arange(6.0).reshape(2, 3)}, "key": jax.random.key_data(jax.random.key(3)), "n": np.array(4, np.int64)}
+    with Checkpointer(tmp_path) as checkpointer:
+        checkpointer.save(7, tree)
+        assert checkpointer.latest_step() == 7
+        back = checkpointer.restore(jax.tree.map(jnp.zeros_like, tree))
+    assert tree_equal(tree, back)
+
+
+def test_restore_without_checkpoint_is_a_clear_error(tmp_path):
+    with Checkpointer(tmp_path) as checkpointer, pytest.raises(FileNotFoundError, match="no checkpoint"):
+        checkpointer.restore({"w": jnp.zeros(2)})
+
+
+def test_invalid_train_config_names_the_field():
+    with pytest.raises(ValueError, match="batch_size"):
+        TrainConfig(batch_size=0)
