@@ -34,7 +34,7 @@ class DataConfig:
     min_positives: int = 10
     eval_negatives: int = 99
     attributes: tuple[str, ...] = ("gender", "age", "occupation")
-    probe_fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)
+    probe_fractions: tuple[float, float, float] = (0.6, 0.2, 0.2)
     seed: int = 0
 
     def prep(self) -> PrepConfig:

@@ -1,0 +1,150 @@
+"""BERT4Rec (Sun et al., "BERT4Rec: Sequential Recommendation with Bidirectional Encoder Representations from
+Transformer", CIKM 2019), trained with BPR at masked positions.
+
+Parameters: item table ``E`` ``(I + 2, d)`` (row ``I`` = padding, zero and masked; row ``I + 1`` = the ``[mask]``
+token), positions ``(L, d)`` and ``num_blocks`` bidirectional self-attention blocks (GELU feed-forward of width
+``4d``; see :mod:`jaxfair.backbones.transformer`), ``L = max_len``.
+
+Training (Cloze task): each user's most recent ``L`` training items form one row. Every item is replaced by
+``[mask]`` with probability ``mask_prob`` (at least one per non-empty row); at each masked position ``t`` with
+hidden state ``H_t`` (``(B, L, d)``), true item ``i_t`` and one sampled negative ``j_t`` (never a known positive):
+
+    loss = -sum_t w_t log sigmoid(<H_t, E_{i_t}> - <H_t, E_{j_t}>) / sum_t w_t,   w_t = [t masked]
+
+The paper uses a softmax over all items; BPR with one negative keeps the objective identical across backbones.
+
+Evaluation: the user vector is the hidden state (no dropout) at a ``[mask]`` appended after the user's history,
+i.e. the row ``split.histories(stage, L - 1) ++ [mask]``. ``R(u, v) = <u, v>``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax.numpy as jnp
+import numpy as np
+
+from jaxfair.backbones import transformer
+from jaxfair.backbones.base import Backbone, Batch, dot_score, padded_batches
+from jaxfair.backbones.common import position_negatives
+from jaxfair.data.dataset import Split
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """BERT4Rec hyper-parameters (heads and dropout follow the paper; ``max_len`` matches SASRec's).
+
+    Attributes:
+      dim: embedding size ``d``.
+      l2: weight of the squared L2 norm of the true/negative item rows at masked positions.
+      max_len: window ``L``, at least 2 (evaluation keeps the last ``L - 1`` items and the mask token).
+      num_blocks: self-attention blocks.
+      num_heads: attention heads (must divide ``dim``).
+      dropout: dropout rate on embeddings, attention weights and residual branches (training only).
+      mask_prob: probability of masking each training position, in ``(0, 1]``.
+    """
+
+    dim: int = 64
+    l2: float = 1e-6
+    max_len: int = 100
+    num_blocks: int = 2
+    num_heads: int = 2
+    dropout: float = 0.1
+    mask_prob: float = 0.2
+
+    def __post_init__(self):
+        transformer.check_transformer_config(self)
+        if not 0.0 < self.mask_prob <= 1.0:
+            raise ValueError(f"mask_prob must be in (0, 1], got {self.mask_prob}")
+
+
+def mask_rows(hist: np.ndarray, pad: int, mask_prob: float, rng: np.random.Generator) -> np.ndarray:
+    """Bool ``(U, L)``: which non-pad positions to mask; each row with an item gets at least one.
+
+    Args:
+      hist: int ``(U, L)`` left-padded histories.
+      pad: the padding id.
+      mask_prob: per-position masking probability.
+      rng: the generator.
+    """
+    valid = hist != pad
+    draws = rng.random(hist.shape)
+    masked = (draws < mask_prob) & valid
+    # Rows whose Bernoulli draws masked nothing get their valid position with the smallest draw among the rest,
+    # i.e. a uniformly chosen item, so every user contributes to every epoch.
+    empty = valid.any(axis=1) & ~masked.any(axis=1)
+    pick = np.argmin(np.where(valid, draws, np.inf), axis=1)
+    masked[np.nonzero(empty)[0], pick[empty]] = True
+    return masked
+
+
+def backbone(config: Config = Config()) -> Backbone:
+    """Build BERT4Rec's pure functions.
+
+    Args:
+      config: the hyper-parameters.
+
+    Returns:
+      A :class:`Backbone`; params ``{"items": (I+2, d), "positions": (L, d), "encoder": flax variables}``, context
+      ``{"valid": (U, L), "test": (U, L)}`` (histories ending in ``[mask]``), and ``make_epoch`` batches (one row
+      per user, ``B`` users per batch) with ``user`` ``(nb, B)`` and ``seq`` (masked input), ``pos`` (true item at
+      masked positions, pad elsewhere), ``neg`` and ``weight`` ``(nb, B, L)``.
+    """
+    encoder = transformer.Encoder(
+        dim=config.dim,
+        num_blocks=config.num_blocks,
+        num_heads=config.num_heads,
+        ffn_dim=4 * config.dim,
+        dropout=config.dropout,
+        causal=False,
+        activation="gelu",
+    )
+
+    def init(key, split):
+        return transformer.init_params(key, encoder, split.num_items + 2, split.num_items, config.max_len)
+
+    def context(split):
+        mask_col = np.full((split.num_users, 1), split.num_items + 1, np.int32)
+        return {
+            stage: jnp.asarray(np.concatenate([split.histories(stage, config.max_len - 1), mask_col], axis=1))
+            for stage in ("valid", "test")
+        }
+
+    def make_epoch(split: Split, rng: np.random.Generator, batch_size: int) -> Batch:
+        pad, mask_id = split.num_items, split.num_items + 1
+        hist = split.histories("train", config.max_len)
+        masked = mask_rows(hist, pad, config.mask_prob, rng)
+        users = np.arange(split.num_users, dtype=np.int32)
+        pos = np.where(masked, hist, pad).astype(np.int32)
+        rows = {
+            "user": users,
+            "seq": np.where(masked, mask_id, hist).astype(np.int32),
+            "pos": pos,
+            "neg": position_negatives(split.positive_matrix(), users, pos, pad, rng),
+            "weight": masked.astype(np.float32),
+        }
+        return padded_batches(rows, batch_size, rng)
+
+    def loss(params, context, batch, key):
+        del context
+        pad = params["items"].shape[0] - 2
+        return transformer.sequence_loss(params, encoder, batch, pad, config.l2, key)
+
+    def user_embeddings(params, context, stage="valid"):
+        pad = params["items"].shape[0] - 2
+        return transformer.last_hidden(params, encoder, context[stage], pad)
+
+    def item_embeddings(params, context):
+        del context
+        return params["items"][:-2]
+
+    return Backbone(
+        name="bert4rec",
+        init=init,
+        context=context,
+        make_epoch=make_epoch,
+        loss=loss,
+        user_embeddings=user_embeddings,
+        item_embeddings=item_embeddings,
+        score=lambda params, user_vecs, item_vecs: dot_score(user_vecs, item_vecs),
+    )

@@ -1,0 +1,244 @@
+"""The AFRL experiment: train the backbone, then AFRL on its frozen embeddings; evaluate every fairness requirement.
+
+Run by ``jaxfair train configs/afrl_pmf_ml100k.toml --out DIR`` (any config with an ``[afrl]`` section). Outputs in
+``DIR``, on top of the backbone experiment's ``split.npz``, ``config.json`` and ``users.csv``:
+
+* ``results.json`` - per requirement (``none``, ``G``, ``A``, ``O``, ``G+A``, ``G+O``, ``A+O``, ``G+A+O``): sampled
+  protocol NDCG@K and HR@K, the probe AUC of each sensitive attribute on the fair embeddings and their mean (the
+  paper's Table 2 column); the same for the backbone; per-stage timings;
+* ``user_embeddings_<requirement>.npy`` ``(U, d)`` - the fair test-time embeddings of every user under each
+  requirement, rows aligned with ``users.csv``; ``user_embeddings_backbone.npy`` for the unfair starting point;
+* ``checkpoints/afrl`` and ``afrl_log.jsonl``.
+
+All requirements are evaluated in one ``jax.vmap`` over the requirement axis.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import pathlib
+import time
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxfair.backbones.base import padded_batches
+from jaxfair.config import from_dict, to_dict
+from jaxfair.data.dataset import Split, save_split
+from jaxfair.data.sampling import bpr_pairs
+from jaxfair.experiments import backbone as backbone_experiment
+from jaxfair.experiments.config import ExperimentConfig
+from jaxfair.experiments.outputs import format_table, write_json, write_npy, write_users_csv
+from jaxfair.methods import afrl
+from jaxfair.metrics.probe import probe_attribute
+from jaxfair.metrics.ranking import ranking_metrics
+from jaxfair.training.step import make_epoch_fn
+from jaxfair.training.trainer import Task, TrainConfig, fit
+
+SECTION = "afrl"
+
+
+def method_config(config: ExperimentConfig) -> afrl.AFRLConfig:
+    return from_dict(afrl.AFRLConfig, config.sections.get(SECTION), SECTION)
+
+
+def afrl_data(split: Split, user_vecs: jax.Array, item_vecs: jax.Array) -> afrl.AFRLData:
+    """AFRL's constant inputs; the probe test users' attribute labels are withheld from training."""
+    names = split.attribute_names
+    weight = np.ones(split.num_users, np.float32)
+    weight[split.probe_users["test"]] = 0.0
+    return afrl.AFRLData(
+        user_vecs=jnp.asarray(user_vecs),
+        item_vecs=jnp.asarray(item_vecs),
+        labels=jnp.asarray(np.stack([split.user_attributes[n] for n in names], axis=1)),
+        attribute_weight=jnp.asarray(weight),
+        class_mask=jnp.asarray(afrl.class_mask(tuple(len(split.attribute_classes[n]) for n in names))),
+    )
+
+
+@functools.partial(jax.jit, static_argnames=("config", "ks"))
+def requirement_metrics(params, score, user_vecs, item_vecs, targets, negatives, requirements, *, config, ks):
+    """Sampled-protocol metrics of every requirement in one vmapped pass.
+
+    Args:
+      params: AFRL parameters; score: the backbone scorer as a ``jax.tree_util.Partial`` (its parameters are traced).
+      user_vecs: ``(U, d)`` backbone user embeddings; item_vecs: ``(I, d)``.
+      targets: int ``(U,)``; negatives: int ``(U, N)``; requirements: bool ``(K, M)``.
+
+    Returns:
+      metric name -> ``(K,)`` mean over users.
+    """
+    candidates = jnp.concatenate([targets[:, None], negatives], axis=1)
+    cand_vecs = item_vecs[candidates]  # (U, 1+N, d)
+    relevant = jnp.zeros(candidates.shape, bool).at[:, 0].set(True)
+
+    def one(sensitive):
+        u_star = afrl.fair_user_embeddings(params, user_vecs, sensitive, config)
+        scores = score(u_star[:, None, :], cand_vecs)
+        return {k: jnp.mean(v) for k, v in ranking_metrics(scores, relevant, ks).items()}
+
+    return jax.vmap(one)(requirements)
+
+
+def train_afrl(split, data, score, method: afrl.AFRLConfig, seed: int, out_dir, log, valid_user_vecs, ks=(10,)):
+    """Fit AFRL with the shared trainer; early stopping on the mean validation NDCG@10 over all requirements."""
+    requirements = jnp.asarray(afrl.all_requirements(data.labels.shape[1]))
+    valid_targets, valid_negatives = jnp.asarray(split.valid_items), jnp.asarray(split.valid_negatives)
+    known = split.positive_matrix()
+
+    def validate(params):
+        metrics = requirement_metrics(
+            params, score, valid_user_vecs, data.item_vecs, valid_targets, valid_negatives, requirements,
+            config=method, ks=ks,
+        )
+        return {k: float(jnp.mean(v)) for k, v in metrics.items()}
+
+    def epoch_batches(rng):
+        return padded_batches(bpr_pairs(split, rng, known), method.batch_size, rng)
+
+    task = Task(
+        init_state=lambda key: afrl.init_state(key, data, method),
+        epoch_batches=epoch_batches,
+        run_epoch=make_epoch_fn(afrl.make_train_step(data, score, method)),
+        validate=validate,
+    )
+    train_config = TrainConfig(
+        epochs=method.epochs, batch_size=method.batch_size, learning_rate=method.learning_rate,
+        patience=method.patience, monitor=f"ndcg@{ks[0]}", seed=seed,
+    )
+    return fit(task, train_config, out_dir, log=log, name="afrl")
+
+
+def probe_requirements(embeddings_by_req: dict[str, np.ndarray], requirements: np.ndarray, split: Split, key, config):
+    """Probe AUC of each sensitive attribute on each requirement's fair embeddings, and their mean (Table 2)."""
+    names = split.attribute_names
+    out = {}
+    for r, (req_name, embeddings) in enumerate(embeddings_by_req.items()):
+        per_attr = {}
+        for i in np.flatnonzero(requirements[r]):
+            name = names[i]
+            per_attr[name] = probe_attribute(
+                embeddings, split.user_attributes[name], split.probe_users, len(split.attribute_classes[name]),
+                jax.random.fold_in(key, i), config,
+            )
+        out[req_name] = {
+            "auc": per_attr,
+            "mean_auc": float(np.mean([v["auc"] for v in per_attr.values()])) if per_attr else None,
+        }
+    return out
+
+
+def run(config: ExperimentConfig, out_dir, log: Callable[[str], None] = print) -> dict:
+    """Backbone, AFRL, evaluation of every requirement, probes, and every output file."""
+    method = method_config(config)
+    out_dir = pathlib.Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    timings = {}
+    tick = time.perf_counter()
+    split = backbone_experiment.load_split(config.data, log)
+    save_split(split, out_dir / "split.npz")
+    write_json(out_dir / "config.json", config.to_dict())
+    write_users_csv(out_dir / "users.csv", split)
+    timings["data_seconds"] = time.perf_counter() - tick
+
+    tick = time.perf_counter()
+    backbone, context, bb_params, bb_fit = backbone_experiment.train_backbone(split, config, out_dir, log)
+    backbone_experiment.save_best(out_dir, bb_params, bb_fit.best_epoch)
+    user_vecs, item_vecs = backbone_experiment.embeddings_of(backbone, context, bb_params)
+    timings["backbone_seconds"] = time.perf_counter() - tick
+
+    score = jax.tree_util.Partial(backbone.score, bb_params)
+    data = afrl_data(split, user_vecs["valid"], item_vecs)
+    tick = time.perf_counter()
+    afrl_fit = train_afrl(split, data, score, method, config.train.seed, out_dir, log, user_vecs["valid"])
+    timings["afrl_seconds"] = time.perf_counter() - tick
+    timings["afrl_epochs"] = afrl_fit.epochs_run
+
+    tick = time.perf_counter()
+    requirements = afrl.all_requirements(len(split.attribute_names))
+    req_names = [afrl.requirement_name(r, split.attribute_names) for r in requirements]
+    ks = config.evaluate.ks
+    test_targets, test_negatives = jnp.asarray(split.test_items), jnp.asarray(split.test_negatives)
+    afrl_metrics = requirement_metrics(
+        afrl_fit.best_params, score, user_vecs["test"], item_vecs, test_targets, test_negatives,
+        jnp.asarray(requirements), config=method, ks=ks,
+    )
+    backbone_metrics = backbone_experiment.evaluate_ranking(
+        lambda u, v: backbone.score(bb_params, u, v), user_vecs, item_vecs, split,
+        dataclasses.replace(config.evaluate, protocols=("sampled",)),
+    )["sampled"]["test"]
+    fair = np.asarray(
+        afrl.fair_embeddings_all_requirements(afrl_fit.best_params, user_vecs["test"], jnp.asarray(requirements), method)
+    )
+    timings["evaluate_seconds"] = time.perf_counter() - tick
+
+    tick = time.perf_counter()
+    probe_key = jax.random.fold_in(jax.random.key(config.train.seed), 1)
+    everything = np.ones((1, len(split.attribute_names)), bool)
+    backbone_probe = probe_requirements({"backbone": np.asarray(user_vecs["test"])}, everything, split, probe_key, config.probe)
+    fair_probe = probe_requirements(dict(zip(req_names, fair)), requirements, split, probe_key, config.probe)
+    timings["probe_seconds"] = time.perf_counter() - tick
+
+    write_npy(out_dir / "user_embeddings_backbone.npy", np.asarray(user_vecs["test"]))
+    for name, embeddings in zip(req_names, fair):
+        write_npy(out_dir / f"user_embeddings_{name}.npy", embeddings)
+
+    per_requirement = {}
+    for r, name in enumerate(req_names):
+        per_requirement[name] = {
+            "sensitive": [split.attribute_names[i] for i in np.flatnonzero(requirements[r])],
+            "metrics": {k: float(v[r]) for k, v in afrl_metrics.items()},
+            "probe_auc": {a: p["auc"] for a, p in fair_probe[name]["auc"].items()},
+            "probe_auc_ci": {a: p["auc_ci"] for a, p in fair_probe[name]["auc"].items()},
+            "mean_auc": fair_probe[name]["mean_auc"],
+        }
+    results = {
+        "dataset": split.name,
+        "source": config.data.source,
+        "statistics": split.statistics(),
+        "protocol": "sampled",
+        "protocol_description": f"target ranked among {split.test_negatives.shape[1]} fixed sampled negatives",
+        "seed": config.train.seed,
+        "split_seed": config.data.seed,
+        "backbone": {
+            "name": config.backbone_name,
+            "metrics": backbone_metrics,
+            "probe_auc": {a: p["auc"] for a, p in backbone_probe["backbone"]["auc"].items()},
+            "best_epoch": bb_fit.best_epoch,
+        },
+        "afrl": {
+            "config": to_dict(method),
+            "best_epoch": afrl_fit.best_epoch,
+            "epochs_run": afrl_fit.epochs_run,
+            "requirements": per_requirement,
+        },
+        "timings": timings,
+        "config": config.to_dict(),
+    }
+    write_json(out_dir / "results.json", results)
+    log(results_table(results, ks[0]))
+    return results
+
+
+def results_table(results: dict, k: int = 10) -> str:
+    """The paper's Table 2 layout: per requirement, mean probe AUC of the sensitive attributes, NDCG@k, HR@k."""
+    backbone = results["backbone"]
+    rows = []
+    for name, block in results["afrl"]["requirements"].items():
+        bb_auc = [backbone["probe_auc"][a] for a in block["sensitive"]]
+        rows.append(
+            {
+                "requirement": name,
+                "backbone auc": float(np.mean(bb_auc)) if bb_auc else "-",
+                "afrl auc": block["mean_auc"] if block["mean_auc"] is not None else "-",
+                f"backbone ndcg@{k}": backbone["metrics"][f"ndcg@{k}"],
+                f"afrl ndcg@{k}": block["metrics"][f"ndcg@{k}"],
+                f"backbone hr@{k}": backbone["metrics"][f"hr@{k}"],
+                f"afrl hr@{k}": block["metrics"][f"hr@{k}"],
+            }
+        )
+    title = f"{results['dataset']} / {results['backbone']['name']} / sampled protocol (test users); AUC 0.5 = no leak\n"
+    return title + format_table(rows, list(rows[0]))

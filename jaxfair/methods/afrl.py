@@ -1,0 +1,301 @@
+"""AFRL: one model that serves every personalised fairness requirement (Zhu et al., "Adaptive Fair Representation
+Learning for Personalized Fairness in Recommendations via Information Alignment", SIGIR 2024).
+
+Given a frozen backbone's user embedding ``u`` (``d``-dimensional) and ``M`` user attributes, AFRL learns
+
+* attribute encoders ``E_i`` (6-layer MLPs) with classifiers ``C_i`` (2-layer MLPs): ``z_i = E_i(u)`` (Eq. 1),
+  trained by the EM / bilevel steps of Eqs. (10)-(13): ``min_E min_C E_u[ 1/2 ||z_i||^2 - beta log q(a_i | z_i; C_i) ]``;
+* a debiased collaborative encoder ``F`` (6-layer MLP) against discriminators ``D_i`` (2-layer MLPs):
+  ``z_0 = F(u)``, min-max of Eq. (16): ``min_F max_D E_u ||z_0 - u||^2 - lambda sum_i [-log q(a_i | z_0; D_i)]``;
+* an aggregator ``G`` (MLP): ``u* = G(z_0 (+) [(z_1 (+) ... (+) z_M) * s_u])`` (Eq. 17), trained with BPR through
+  the frozen backbone scorer ``R(u*, v)`` (Eq. 18).
+
+The fairness requirement is an input. This module takes it as ``sensitive``, a bool ``(B, M)`` array where True means
+"this attribute must not influence this user's recommendations" (the paper's ``s_u`` is its complement, repeated over
+the ``d`` dimensions of each ``z_i``). During training each row draws its requirement uniformly over the ``2^M``
+combinations (Algorithm 1, line 5).
+
+Algorithm 1 runs one jitted step per batch that updates, in order, C (Eq. 10), E (Eq. 13), D (Eq. 16 inner),
+F (Eq. 16 outer) and G (Eq. 18); each player has its own Adam state, so a player is only moved by its own update.
+
+Choices where the paper is silent (recorded here on purpose):
+
+* Attributes with different numbers of classes share one stacked head of ``max_classes`` outputs; absent classes
+  are masked out of the softmax.
+* The per-user terms (Eqs. 13, 16) use the users of the BPR batch (users weighted by their number of training
+  positives), so one batch feeds all five updates.
+* Users of the probe test split contribute no attribute labels to training (``attribute_weight = 0``): the probe
+  that measures leakage is then scored on users whose attributes AFRL never saw.
+* ``G`` has ``aggregator_layers`` layers of width ``hidden`` (the paper does not give its depth); the attribute
+  classifiers' and discriminators' hidden width is ``hidden`` too.
+* The ablations AFRL-w/o-z_i and AFRL-w/o-z_0 zero the corresponding inputs of ``G`` (same architecture).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+from typing import Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from jaxfair.methods.mlp import mlp_apply, mlp_init, mlp_sizes, stack_apply, stack_apply_each, stack_init
+from jaxfair.training.step import TrainState
+
+PLAYERS = ("C", "E", "D", "F", "G")
+
+
+@dataclasses.dataclass(frozen=True)
+class AFRLConfig:
+    """AFRL hyper-parameters; defaults follow the paper (section 4.1.4, Table 1 for PMF on ML-1M).
+
+    Attributes:
+      beta: weight of the classification term in Eq. (13).
+      lam: lambda of Eq. (16), the fairness-accuracy trade-off.
+      hidden: width of every hidden layer.
+      encoder_layers: layers of E_i and F (6 in the paper).
+      head_layers: layers of C_i and D_i (2 in the paper).
+      aggregator_layers: layers of G.
+      learning_rate, batch_size, epochs, patience: AFRL's own training loop (Adam, early stopping on the mean
+        validation NDCG@10 over all fairness requirements).
+      use_attribute_embeddings: False gives the AFRL-w/o-z_i ablation.
+      use_collaborative_embedding: False gives the AFRL-w/o-z_0 ablation.
+    """
+
+    beta: float = 0.1
+    lam: float = 0.1
+    hidden: int = 64
+    encoder_layers: int = 6
+    head_layers: int = 2
+    aggregator_layers: int = 2
+    learning_rate: float = 5e-5
+    batch_size: int = 256
+    epochs: int = 100
+    patience: int = 5
+    use_attribute_embeddings: bool = True
+    use_collaborative_embedding: bool = True
+
+    def __post_init__(self):
+        if self.beta < 0 or self.lam < 0:
+            raise ValueError("beta and lam must be non-negative")
+        for name in ("hidden", "encoder_layers", "head_layers", "aggregator_layers", "batch_size", "epochs", "patience"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if not (self.use_attribute_embeddings or self.use_collaborative_embedding):
+            raise ValueError("at least one of use_attribute_embeddings and use_collaborative_embedding must be true")
+
+
+class AFRLData(NamedTuple):
+    """Constant inputs of AFRL training, built once from the frozen backbone and the split.
+
+    Attributes:
+      user_vecs: ``(U, d)`` frozen backbone user embeddings (training-time history).
+      item_vecs: ``(I, d)`` frozen backbone item embeddings.
+      labels: int32 ``(U, M)`` attribute classes.
+      attribute_weight: float ``(U,)``; 0 for users whose labels must not be used (the probe test users).
+      class_mask: bool ``(M, max_classes)``; True for the classes each attribute really has.
+    """
+
+    user_vecs: jax.Array
+    item_vecs: jax.Array
+    labels: jax.Array
+    attribute_weight: jax.Array
+    class_mask: jax.Array
+
+
+def class_mask(num_classes: tuple[int, ...]) -> np.ndarray:
+    """Bool ``(M, max(num_classes))``: row ``i`` is True on attribute ``i``'s first ``num_classes[i]`` columns."""
+    width = max(num_classes)
+    return np.arange(width)[None, :] < np.asarray(num_classes)[:, None]
+
+
+def init_params(key: jax.Array, dim: int, num_classes: tuple[int, ...], config: AFRLConfig) -> dict:
+    """Initialise every player. ``E``, ``C``, ``D`` are stacks of ``M`` networks (leading axis ``M``)."""
+    m = len(num_classes)
+    kc, ke, kd, kf, kg = jax.random.split(key, 5)
+    head = mlp_sizes(dim, config.hidden, max(num_classes), config.head_layers)
+    encoder = mlp_sizes(dim, config.hidden, dim, config.encoder_layers)
+    return {
+        "C": stack_init(kc, m, head),
+        "E": stack_init(ke, m, encoder),
+        "D": stack_init(kd, m, head),
+        "F": mlp_init(kf, encoder),
+        "G": mlp_init(kg, mlp_sizes((m + 1) * dim, config.hidden, dim, config.aggregator_layers)),
+    }
+
+
+def encode(params: dict, u: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Eq. (1) and ``z_0 = F(u)``: ``u (B, d) -> (z_0 (B, d), z (M, B, d))``."""
+    return mlp_apply(params["F"], u), stack_apply(params["E"], u)
+
+
+def aggregate(params: dict, z0: jax.Array, z: jax.Array, sensitive: jax.Array, config: AFRLConfig) -> jax.Array:
+    """Eq. (17): ``u* = G(z_0 (+) [(z_1 (+) ... (+) z_M) * s_u])`` with ``s_u = not sensitive``.
+
+    Args:
+      z0: ``(B, d)``; z: ``(M, B, d)``; sensitive: bool ``(B, M)``.
+
+    Returns:
+      ``(B, d)`` fair user embeddings.
+    """
+    keep = jnp.logical_not(sensitive).T[..., None].astype(z.dtype)  # (M, B, 1)
+    zi = z * keep if config.use_attribute_embeddings else jnp.zeros_like(z)
+    z0 = z0 if config.use_collaborative_embedding else jnp.zeros_like(z0)
+    flat = jnp.transpose(zi, (1, 0, 2)).reshape(z0.shape[0], -1)
+    return mlp_apply(params["G"], jnp.concatenate([z0, flat], axis=-1))
+
+
+def fair_user_embeddings(params: dict, user_embeddings: jax.Array, sensitive: jax.Array, config: AFRLConfig) -> jax.Array:
+    """The serving API: fair embeddings ``u*`` for any per-user requirement.
+
+    Args:
+      user_embeddings: ``(B, d)`` frozen backbone embeddings.
+      sensitive: bool ``(B, M)``, or ``(M,)`` for one requirement shared by every row.
+
+    Returns:
+      ``(B, d)``; score items with the backbone's own ``score(params, u*, v)``.
+    """
+    sensitive = jnp.broadcast_to(jnp.asarray(sensitive, bool), (user_embeddings.shape[0], params["C"][0]["w"].shape[0]))
+    z0, z = encode(params, user_embeddings)
+    return aggregate(params, z0, z, sensitive, config)
+
+
+def all_requirements(num_attributes: int) -> np.ndarray:
+    """Every fairness requirement, bool ``(2^M, M)``: the empty one first, then by size, e.g. for (G, A, O):
+    none, G, A, O, G+A, G+O, A+O, G+A+O."""
+    rows = [np.zeros(num_attributes, bool)]
+    for size in range(1, num_attributes + 1):
+        for combo in itertools.combinations(range(num_attributes), size):
+            row = np.zeros(num_attributes, bool)
+            row[list(combo)] = True
+            rows.append(row)
+    return np.stack(rows)
+
+
+def requirement_name(sensitive: np.ndarray, attribute_names: tuple[str, ...]) -> str:
+    """``"G+A"``-style name from the attributes' initials (``"none"`` for the empty requirement)."""
+    picked = [attribute_names[i][0].upper() for i in np.flatnonzero(sensitive)]
+    return "+".join(picked) if picked else "none"
+
+
+def _weighted_mean(values: jax.Array, weight: jax.Array) -> jax.Array:
+    return jnp.sum(values * weight) / jnp.maximum(jnp.sum(weight), 1.0)
+
+
+def head_nll(heads, z: jax.Array, labels: jax.Array, mask: jax.Array) -> jax.Array:
+    """``-log q(a_i | z_i; head_i)`` for every attribute: ``z (M, B, d)`` -> ``(M, B)``.
+
+    ``mask (M, max_classes)`` removes classes an attribute does not have from its softmax.
+    """
+    logits = stack_apply_each(heads, z)
+    logits = jnp.where(mask[:, None, :], logits, -1e9)
+    logp = jax.nn.log_softmax(logits, axis=-1)
+    return -jnp.take_along_axis(logp, labels.T[..., None], axis=-1)[..., 0]
+
+
+def classifier_loss(c_params, z, labels, weight, mask) -> jax.Array:
+    """Eq. (10), inner minimisation of Eq. (13): mean over users of ``sum_i -log q(a_i | z_i; C_i)``."""
+    return _weighted_mean(jnp.sum(head_nll(c_params, z, labels, mask), axis=0), weight)
+
+
+def encoder_loss(e_params, c_params, u, labels, weight, mask, beta: float) -> jax.Array:
+    """Eq. (13), outer minimisation over E: mean over users of ``sum_i [1/2 ||z_i||^2 - beta log q(a_i | z_i; C_i)]``."""
+    z = stack_apply(e_params, u)
+    compression = 0.5 * jnp.sum(z**2, axis=-1)  # (M, B), Eq. (4)
+    return _weighted_mean(jnp.sum(compression + beta * head_nll(c_params, z, labels, mask), axis=0), weight)
+
+
+def discriminator_loss(d_params, z0, labels, weight, mask) -> jax.Array:
+    """Inner maximisation of Eq. (16) written as a minimisation: mean of ``sum_i -log q(a_i | z_0; D_i)``."""
+    m = labels.shape[1]
+    return _weighted_mean(jnp.sum(head_nll(d_params, jnp.broadcast_to(z0, (m,) + z0.shape), labels, mask), axis=0), weight)
+
+
+def collaborative_loss(f_params, d_params, u, labels, recon_weight, attr_weight, mask, lam: float) -> jax.Array:
+    """Eq. (16), outer minimisation over F: ``E ||z_0 - u||^2 - lambda sum_i [-log q(a_i | z_0; D_i)]``."""
+    z0 = mlp_apply(f_params, u)
+    reconstruction = _weighted_mean(jnp.sum((z0 - u) ** 2, axis=-1), recon_weight)
+    return reconstruction - lam * discriminator_loss(d_params, z0, labels, attr_weight, mask)
+
+
+def aggregator_loss(g_params, params, u, pos_vecs, neg_vecs, sensitive, weight, score, config) -> jax.Array:
+    """Eq. (18): BPR of ``R(u*, v+) - R(u*, v-)`` through the frozen backbone scorer, as a function of G only."""
+    z0, z = encode(params, u)
+    z0, z = jax.lax.stop_gradient(z0), jax.lax.stop_gradient(z)
+    u_star = aggregate(dict(params, G=g_params), z0, z, sensitive, config)
+    diff = score(u_star, pos_vecs) - score(u_star, neg_vecs)
+    return _weighted_mean(-jax.nn.log_sigmoid(diff), weight)
+
+
+def make_optimizer(config: AFRLConfig) -> optax.GradientTransformation:
+    return optax.adam(config.learning_rate)
+
+
+def init_state(key: jax.Array, data: AFRLData, config: AFRLConfig) -> TrainState:
+    """Parameters of every player and one optimizer state per player."""
+    num_classes = tuple(int(n) for n in np.asarray(data.class_mask).sum(axis=1))
+    params = init_params(key, data.user_vecs.shape[1], num_classes, config)
+    tx = make_optimizer(config)
+    return TrainState(params=params, opt_state={p: tx.init(params[p]) for p in PLAYERS}, step=jnp.zeros((), jnp.int32))
+
+
+def update_player(params: dict, opt_state: dict, name: str, loss_fn: Callable, tx) -> tuple[dict, dict, jax.Array]:
+    """Differentiate ``loss_fn(params[name])`` and move only player ``name`` with its own optimizer state."""
+    loss, grads = jax.value_and_grad(loss_fn)(params[name])
+    updates, new_opt = tx.update(grads, opt_state[name], params[name])
+    return (
+        dict(params, **{name: optax.apply_updates(params[name], updates)}),
+        dict(opt_state, **{name: new_opt}),
+        loss,
+    )
+
+
+def make_train_step(data: AFRLData, score: Callable, config: AFRLConfig):
+    """Algorithm 1 for one batch, as ``(state, batch, key) -> (state, metrics)``.
+
+    ``batch`` holds BPR rows: ``user``, ``pos``, ``neg`` (int32 ``(B,)``) and ``weight`` (``(B,)``, 0 on padding).
+    ``score(u (..., d), v (..., d)) -> (...)`` is the frozen backbone's scorer.
+    """
+    tx = make_optimizer(config)
+
+    def step(state: TrainState, batch: dict, key: jax.Array):
+        params, opt_state = state.params, state.opt_state
+        u = data.user_vecs[batch["user"]]
+        labels = data.labels[batch["user"]]
+        weight = batch["weight"]
+        attr_weight = weight * data.attribute_weight[batch["user"]]
+        sensitive = jax.random.bernoulli(key, 0.5, labels.shape)  # uniform over the 2^M requirements
+
+        z = jax.lax.stop_gradient(stack_apply(params["E"], u))
+        params, opt_state, loss_c = update_player(
+            params, opt_state, "C", lambda c: classifier_loss(c, z, labels, attr_weight, data.class_mask), tx
+        )
+        params, opt_state, loss_e = update_player(
+            params, opt_state, "E",
+            lambda e: encoder_loss(e, params["C"], u, labels, attr_weight, data.class_mask, config.beta), tx,
+        )
+        z0 = jax.lax.stop_gradient(mlp_apply(params["F"], u))
+        params, opt_state, loss_d = update_player(
+            params, opt_state, "D", lambda d: discriminator_loss(d, z0, labels, attr_weight, data.class_mask), tx
+        )
+        params, opt_state, loss_f = update_player(
+            params, opt_state, "F",
+            lambda f: collaborative_loss(f, params["D"], u, labels, weight, attr_weight, data.class_mask, config.lam), tx,
+        )
+        pos_vecs, neg_vecs = data.item_vecs[batch["pos"]], data.item_vecs[batch["neg"]]
+        params, opt_state, loss_g = update_player(
+            params, opt_state, "G",
+            lambda g: aggregator_loss(g, params, u, pos_vecs, neg_vecs, sensitive, weight, score, config), tx,
+        )
+        metrics = {"loss": loss_g, "loss_C": loss_c, "loss_E": loss_e, "loss_D": loss_d, "loss_F": loss_f}
+        return TrainState(params, opt_state, state.step + 1), metrics
+
+    return step
+
+
+def fair_embeddings_all_requirements(params: dict, user_vecs: jax.Array, requirements: jax.Array, config: AFRLConfig):
+    """``u*`` of every user under every requirement in one ``jax.vmap``: ``(K, M), (U, d) -> (K, U, d)``."""
+    return jax.vmap(lambda s: fair_user_embeddings(params, user_vecs, s, config))(requirements)

@@ -1,0 +1,200 @@
+"""Top-k ranking metrics and the two evaluation protocols (``sampled`` and ``full``).
+
+Ranking is by score, descending, with ties broken *against* relevant items: among equal scores every non-relevant
+candidate is placed before every relevant one. A constant scorer therefore earns no credit, and a model cannot gain
+from collapsing scores. Masked candidates are passed with score ``-inf`` and rank after every finite score.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+PROTOCOLS = ("sampled", "full")
+
+ScoreFn = Callable[[jax.Array, jax.Array], jax.Array]
+
+
+def metric_names(ks: tuple[int, ...]) -> tuple[str, ...]:
+    """Keys returned by :func:`ranking_metrics` for cut-offs ``ks``, e.g. ``("ndcg@10", "hr@10", ...)``."""
+    return tuple(f"{m}@{k}" for k in ks for m in ("ndcg", "hr", "recall", "precision"))
+
+
+def ranking_metrics(scores: jax.Array, relevant: jax.Array, ks: tuple[int, ...]) -> dict[str, jax.Array]:
+    """Per-row NDCG, hit rate, recall and precision at each cut-off.
+
+    Candidates are sorted by the two keys ``(-score, relevant)``, so ties go exactly (no epsilon) to the
+    non-relevant candidates. With ``hits@k`` the number of relevant candidates in the first ``k`` positions and
+    ``n`` the number of relevant candidates in the row:
+
+    * ``hr@k = 1[hits@k > 0]``
+    * ``recall@k = hits@k / n`` (0 when ``n = 0``)
+    * ``precision@k = hits@k / k``
+    * ``ndcg@k = DCG@k / IDCG@k`` with ``DCG@k = sum_{p<k} rel_p / log2(p + 2)`` over 0-based positions ``p`` and
+      ``IDCG@k`` the DCG of ``min(n, k)`` relevant items at the top (``ndcg = 0`` when ``n = 0``).
+
+    Jitted, with ``ks`` static.
+
+    Args:
+      scores: float ``(B, C)`` over ``C`` candidates; ``-inf`` marks a masked candidate.
+      relevant: bool ``(B, C)``.
+      ks: positive cut-offs; a ``k`` above ``C`` sees all ``C`` candidates (precision still divides by ``k``).
+
+    Returns:
+      ``{"ndcg@k", "hr@k", "recall@k", "precision@k"}`` for each ``k``, each float32 ``(B,)``.
+    """
+    ks = tuple(int(k) for k in ks)
+    if not ks or min(ks) < 1:
+        raise ValueError(f"ks must be positive integers, got {ks!r}")
+    return _ranking_metrics(scores, relevant, ks)
+
+
+@functools.partial(jax.jit, static_argnums=2)
+def _ranking_metrics(scores: jax.Array, relevant: jax.Array, ks: tuple[int, ...]) -> dict[str, jax.Array]:
+    scores = jnp.asarray(scores)
+    if not jnp.issubdtype(scores.dtype, jnp.floating):
+        scores = scores.astype(jnp.float32)
+    rel = jnp.asarray(relevant).astype(jnp.int32)
+    num_candidates = scores.shape[-1]
+    # Ascending sort on (-score, rel): best score first, and within a tie rel=0 precedes rel=1.
+    _, ranked_rel = jax.lax.sort((-scores, rel), dimension=-1, num_keys=2)
+    ranked_rel = ranked_rel.astype(jnp.float32)
+
+    discount = 1.0 / jnp.log2(jnp.arange(num_candidates, dtype=jnp.float32) + 2.0)
+    cum_hits = jnp.cumsum(ranked_rel, axis=-1)
+    cum_dcg = jnp.cumsum(ranked_rel * discount, axis=-1)
+    # ideal_dcg[m] = DCG of m relevant items at the top, m = 0..C.
+    ideal_dcg = jnp.concatenate([jnp.zeros(1, jnp.float32), jnp.cumsum(discount)])
+    num_relevant = rel.sum(axis=-1)
+
+    out = {}
+    for k in ks:
+        last = min(k, num_candidates) - 1
+        hits = cum_hits[..., last]
+        idcg = ideal_dcg[jnp.minimum(num_relevant, k)]
+        out[f"ndcg@{k}"] = jnp.where(num_relevant > 0, cum_dcg[..., last] / jnp.where(idcg > 0, idcg, 1.0), 0.0)
+        out[f"hr@{k}"] = (hits > 0).astype(jnp.float32)
+        out[f"recall@{k}"] = jnp.where(num_relevant > 0, hits / jnp.maximum(num_relevant, 1), 0.0)
+        out[f"precision@{k}"] = hits / k
+    return out
+
+
+def _run_batched(
+    fn: Callable, shared: tuple, per_user: tuple[np.ndarray, ...], batch_size: int
+) -> dict[str, np.ndarray]:
+    """Call ``fn(*shared, *batch)`` on fixed-size row batches of ``per_user`` and concatenate the per-row outputs.
+
+    The last batch is zero-padded to the same size (zeros are valid indices / False masks) so a jitted ``fn``
+    compiles once; padded rows are dropped from the result.
+    """
+    n = per_user[0].shape[0]
+    size = max(1, min(batch_size, n))
+    pending = []
+    for start in range(0, n, size):
+        chunk = [a[start : start + size] for a in per_user]
+        rows = chunk[0].shape[0]
+        if rows < size:
+            chunk = [np.concatenate([c, np.zeros((size - rows,) + c.shape[1:], c.dtype)]) for c in chunk]
+        pending.append((rows, fn(*shared, *chunk)))  # dispatched asynchronously; fetched below
+    results = [{k: np.asarray(v)[:rows] for k, v in jax.device_get(out).items()} for rows, out in pending]
+    return {k: np.concatenate([r[k] for r in results]) for k in results[0]}
+
+
+def sampled_protocol(
+    score_fn: ScoreFn,
+    user_vecs: jax.Array,
+    item_vecs: jax.Array,
+    targets: np.ndarray,
+    negatives: np.ndarray,
+    ks: tuple[int, ...] = (10,),
+    batch_size: int = 1024,
+) -> dict[str, np.ndarray]:
+    """Rank each user's target among that user's fixed sampled negatives.
+
+    Candidates of user ``u`` are ``[targets[u], *negatives[u]]``; only the first is relevant.
+
+    Args:
+      score_fn: ``score_fn(users (B, 1, d), items (B, 1 + N, d)) -> (B, 1 + N)``; broadcasts leading axes.
+      user_vecs: ``(U, d)`` user representations.
+      item_vecs: ``(I, d)`` item representations.
+      targets: int ``(U,)`` held-out item per user.
+      negatives: int ``(U, N)`` sampled negatives per user.
+      ks: cut-offs.
+      batch_size: users per jitted call.
+
+    Returns:
+      Metric name -> float ``(U,)`` numpy array (see :func:`ranking_metrics`).
+    """
+    ks = tuple(int(k) for k in ks)
+    user_vecs, item_vecs = jnp.asarray(user_vecs), jnp.asarray(item_vecs)
+    targets = np.asarray(targets, dtype=np.int32)
+    negatives = np.asarray(negatives, dtype=np.int32)
+    if targets.shape[0] == 0:
+        return {name: np.zeros(0, np.float32) for name in metric_names(ks)}
+
+    @jax.jit
+    def batch(user_vecs, item_vecs, users, tgt, neg):
+        cands = jnp.concatenate([tgt[:, None], neg], axis=1)
+        scores = score_fn(user_vecs[users][:, None, :], item_vecs[cands])
+        relevant = jnp.zeros(cands.shape, bool).at[:, 0].set(True)
+        return ranking_metrics(scores, relevant, ks)
+
+    users = np.arange(targets.shape[0], dtype=np.int32)
+    # Embeddings are arguments, not closed-over constants, so they are not baked into the compiled program.
+    return _run_batched(batch, (user_vecs, item_vecs), (users, targets, negatives), batch_size)
+
+
+def full_protocol(
+    score_fn: ScoreFn,
+    user_vecs: jax.Array,
+    item_vecs: jax.Array,
+    targets: np.ndarray,
+    exclude: np.ndarray,
+    ks: tuple[int, ...] = (10,),
+    batch_size: int = 256,
+) -> dict[str, np.ndarray]:
+    """Rank each user's targets among all items, with the user's other known positives masked out.
+
+    Args:
+      score_fn: ``score_fn(users (B, 1, d), items (1, I, d)) -> (B, I)``; broadcasts leading axes.
+      user_vecs: ``(U, d)`` user representations.
+      item_vecs: ``(I, d)`` item representations.
+      targets: int ``(U,)`` one target per user, or bool ``(U, I)`` multi-hot targets.
+      exclude: bool ``(U, I)`` known positives to mask (score ``-inf``); a target is never masked, even when it is
+        also marked here.
+      ks: cut-offs.
+      batch_size: users per jitted call.
+
+    Returns:
+      Metric name -> float ``(U,)`` numpy array (see :func:`ranking_metrics`).
+    """
+    ks = tuple(int(k) for k in ks)
+    user_vecs, item_vecs = jnp.asarray(user_vecs), jnp.asarray(item_vecs)
+    num_items = item_vecs.shape[0]
+    targets = np.asarray(targets)
+    multi_hot = targets.ndim == 2
+    targets = targets.astype(bool if multi_hot else np.int32)
+    exclude = np.asarray(exclude, dtype=bool)
+    if exclude.shape != (targets.shape[0], num_items):
+        raise ValueError(f"exclude must have shape {(targets.shape[0], num_items)}, got {exclude.shape}")
+    if targets.shape[0] == 0:
+        return {name: np.zeros(0, np.float32) for name in metric_names(ks)}
+
+    @jax.jit
+    def batch(user_vecs, item_vecs, users, tgt, excl):
+        scores = score_fn(user_vecs[users][:, None, :], item_vecs[None])
+        relevant = tgt if multi_hot else jnp.arange(num_items)[None, :] == tgt[:, None]
+        scores = jnp.where(excl & ~relevant, -jnp.inf, scores)
+        return ranking_metrics(scores, relevant, ks)
+
+    users = np.arange(targets.shape[0], dtype=np.int32)
+    return _run_batched(batch, (user_vecs, item_vecs), (users, targets, exclude), batch_size)
+
+
+def summarize(per_user: dict[str, np.ndarray]) -> dict[str, float]:
+    """Mean over users of each per-user metric array."""
+    return {name: float(np.mean(values)) for name, values in per_user.items()}

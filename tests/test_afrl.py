@@ -1,0 +1,197 @@
+"""AFRL: each loss against a hand computation, players move only by their own update, the requirement removes z_i,
+shapes/finiteness/single compilation, and an end-to-end run in which a planted attribute stops leaking."""
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxfair.methods import afrl
+from jaxfair.training.trainer import tree_equal
+
+M, D, B = 3, 4, 5
+CLASSES = (2, 3, 4)
+
+
+def linear_stack(weights):
+    """A stack of one-layer heads/encoders with the given weight matrices and zero bias."""
+    w = jnp.stack([jnp.asarray(x, jnp.float32) for x in weights])
+    return [{"w": w, "b": jnp.zeros((w.shape[0], w.shape[2]))}]
+
+
+def numpy_nll(logits, label, num_classes):
+    logits = logits[:num_classes]
+    logp = logits - np.log(np.sum(np.exp(logits - logits.max()))) - logits.max()
+    return -logp[label]
+
+
+@pytest.fixture
+def toy():
+    rng = np.random.default_rng(0)
+    u = rng.normal(size=(B, D)).astype(np.float32)
+    labels = np.stack([rng.integers(0, c, B) for c in CLASSES], axis=1).astype(np.int32)
+    weight = np.array([1, 1, 0, 1, 1], np.float32)  # user 2 is withheld
+    head_w = [rng.normal(size=(D, max(CLASSES))) for _ in range(M)]
+    mask = jnp.asarray(afrl.class_mask(CLASSES))
+    return u, labels, weight, head_w, mask
+
+
+def hand_classification(z, labels, weight, head_w):
+    """mean_u sum_i -log softmax(z_i W_i)[a_i] over the users with weight 1."""
+    per_user = np.zeros(B)
+    for i, c in enumerate(CLASSES):
+        for b in range(B):
+            per_user[b] += numpy_nll(z[i][b] @ head_w[i], labels[b, i], c)
+    return np.sum(per_user * weight) / weight.sum()
+
+
+def test_class_mask_marks_each_attributes_classes():
+    assert afrl.class_mask(CLASSES).tolist() == [[1, 1, 0, 0], [1, 1, 1, 0], [1, 1, 1, 1]]
+
+
+def test_classifier_loss_eq10_matches_hand_computation(toy):
+    u, labels, weight, head_w, mask = toy
+    z = np.stack([u, 2 * u, -u])
+    got = afrl.classifier_loss(linear_stack(head_w), jnp.asarray(z), labels, weight, mask)
+    np.testing.assert_allclose(got, hand_classification(z, labels, weight, head_w), rtol=1e-5)
+
+
+def test_encoder_loss_eq13_is_compression_plus_beta_classification(toy):
+    u, labels, weight, head_w, mask = toy
+    scales = [np.eye(D), 2 * np.eye(D), -np.eye(D)]  # E_i(u) = s_i * u
+    z = np.stack([u @ s for s in scales])
+    compression = np.sum(0.5 * np.sum(z**2, axis=-1), axis=0)
+    expected = np.sum(compression * weight) / weight.sum() + 0.7 * hand_classification(z, labels, weight, head_w)
+    got = afrl.encoder_loss(linear_stack(scales), linear_stack(head_w), u, labels, weight, mask, beta=0.7)
+    np.testing.assert_allclose(got, expected, rtol=1e-5)
+
+
+def test_discriminator_and_collaborative_losses_eq16(toy):
+    u, labels, weight, head_w, mask = toy
+    z0 = u @ (0.5 * np.eye(D))  # F(u) = u / 2
+    adversarial = hand_classification(np.stack([z0] * M), labels, weight, head_w)
+    got_d = afrl.discriminator_loss(linear_stack(head_w), jnp.asarray(z0), labels, weight, mask)
+    np.testing.assert_allclose(got_d, adversarial, rtol=1e-5)
+    f_params = [{"w": jnp.asarray(0.5 * np.eye(D), jnp.float32), "b": jnp.zeros(D)}]
+    recon_weight = np.ones(B, np.float32)
+    reconstruction = np.mean(np.sum((z0 - u) ** 2, axis=-1))
+    got_f = afrl.collaborative_loss(f_params, linear_stack(head_w), u, labels, recon_weight, weight, mask, lam=3.0)
+    np.testing.assert_allclose(got_f, reconstruction - 3.0 * adversarial, rtol=1e-5)
+
+
+def test_aggregator_loss_eq18_is_bpr_through_the_frozen_scorer(toy):
+    u, labels, weight, head_w, mask = toy
+    config = afrl.AFRLConfig(encoder_layers=1, aggregator_layers=1)
+    params = afrl.init_params(jax.random.key(1), D, CLASSES, config)
+    rng = np.random.default_rng(1)
+    pos, neg = rng.normal(size=(B, D)).astype(np.float32), rng.normal(size=(B, D)).astype(np.float32)
+    sensitive = np.array([[1, 0, 0], [0, 0, 0], [1, 1, 1], [0, 1, 0], [0, 0, 1]], bool)
+    z0 = u @ np.asarray(params["F"][0]["w"]) + np.asarray(params["F"][0]["b"])
+    zs = [u @ np.asarray(params["E"][0]["w"][i]) + np.asarray(params["E"][0]["b"][i]) for i in range(M)]
+    x = np.concatenate([z0] + [zs[i] * (1 - sensitive[:, i : i + 1]) for i in range(M)], axis=1)
+    u_star = x @ np.asarray(params["G"][0]["w"]) + np.asarray(params["G"][0]["b"])
+    diff = np.sum(u_star * pos, 1) - np.sum(u_star * neg, 1)
+    expected = np.sum(np.log1p(np.exp(-diff)) * weight) / weight.sum()
+    score = lambda a, b: jnp.sum(a * b, axis=-1)
+    got = afrl.aggregator_loss(params["G"], params, u, pos, neg, sensitive, weight, score, config)
+    np.testing.assert_allclose(got, expected, rtol=1e-4)
+
+
+@pytest.fixture
+def state_and_data():
+    rng = np.random.default_rng(2)
+    U, I = 30, 20
+    data = afrl.AFRLData(
+        user_vecs=jnp.asarray(rng.normal(size=(U, D)), jnp.float32),
+        item_vecs=jnp.asarray(rng.normal(size=(I, D)), jnp.float32),
+        labels=jnp.asarray(np.stack([rng.integers(0, c, U) for c in CLASSES], 1), jnp.int32),
+        attribute_weight=jnp.ones(U),
+        class_mask=jnp.asarray(afrl.class_mask(CLASSES)),
+    )
+    config = afrl.AFRLConfig(hidden=8, learning_rate=1e-2)
+    batch = {
+        "user": jnp.asarray(rng.integers(0, U, 8), jnp.int32),
+        "pos": jnp.asarray(rng.integers(0, I, 8), jnp.int32),
+        "neg": jnp.asarray(rng.integers(0, I, 8), jnp.int32),
+        "weight": jnp.ones(8),
+    }
+    return afrl.init_state(jax.random.key(0), data, config), data, config, batch
+
+
+@pytest.mark.parametrize("player", afrl.PLAYERS)
+def test_a_players_update_leaves_every_other_player_and_optimizer_state_unchanged(state_and_data, player):
+    state, data, config, _ = state_and_data
+    loss = lambda p: sum(jnp.sum(leaf**2) for leaf in jax.tree.leaves(p))
+    params, opt, _ = afrl.update_player(state.params, state.opt_state, player, loss, afrl.make_optimizer(config))
+    assert not tree_equal(params[player], state.params[player])
+    for other in afrl.PLAYERS:
+        if other != player:
+            assert tree_equal(params[other], state.params[other])
+            assert tree_equal(opt[other], state.opt_state[other])
+
+
+def test_train_step_updates_every_player_compiles_once_and_stays_finite(state_and_data):
+    state, data, config, batch = state_and_data
+    step = jax.jit(chex.assert_max_traces(afrl.make_train_step(data, lambda a, b: jnp.sum(a * b, -1), config), n=1))
+    new, metrics = step(state, batch, jax.random.key(1))
+    new, metrics = step(new, jax.tree.map(lambda x: x[::-1], batch), jax.random.key(2))
+    chex.assert_tree_all_finite((new.params, metrics))
+    assert set(metrics) == {"loss", "loss_C", "loss_E", "loss_D", "loss_F"}
+    for player in afrl.PLAYERS:
+        assert not tree_equal(new.params[player], state.params[player]), player
+    assert int(new.step) == 2
+
+
+def test_sensitive_attribute_encoder_cannot_influence_the_fair_embedding(state_and_data):
+    state, data, config, _ = state_and_data
+    params = state.params
+    u = data.user_vecs[:6]
+    perturbed = dict(params, E=jax.tree.map(lambda leaf: leaf.at[1].add(0.5), params["E"]))  # change E_age only
+    age_sensitive = np.array([False, True, False])
+    before = afrl.fair_user_embeddings(params, u, age_sensitive, config)
+    after = afrl.fair_user_embeddings(perturbed, u, age_sensitive, config)
+    np.testing.assert_array_equal(before, after)
+    not_sensitive = np.zeros(M, bool)
+    assert not np.allclose(
+        afrl.fair_user_embeddings(params, u, not_sensitive, config),
+        afrl.fair_user_embeddings(perturbed, u, not_sensitive, config),
+    )
+
+
+def test_per_user_requirements_match_one_requirement_at_a_time(state_and_data):
+    state, data, config, _ = state_and_data
+    u = data.user_vecs[:8]
+    requirements = afrl.all_requirements(M)
+    per_user = afrl.fair_user_embeddings(state.params, u, requirements, config)  # user r gets requirement r
+    for r in range(8):
+        alone = afrl.fair_user_embeddings(state.params, u[r : r + 1], requirements[r], config)
+        np.testing.assert_allclose(per_user[r], alone[0], rtol=1e-5, atol=1e-6)
+    stacked = afrl.fair_embeddings_all_requirements(state.params, u, jnp.asarray(requirements), config)
+    chex.assert_shape(stacked, (8, 8, D))
+    np.testing.assert_allclose(stacked[3], afrl.fair_user_embeddings(state.params, u, requirements[3], config), rtol=1e-5)
+
+
+def test_all_requirements_are_the_2_to_the_m_combinations_in_table_order():
+    reqs = afrl.all_requirements(3)
+    names = [afrl.requirement_name(r, ("gender", "age", "occupation")) for r in reqs]
+    assert names == ["none", "G", "A", "O", "G+A", "G+O", "A+O", "G+A+O"]
+    assert len({tuple(r) for r in reqs}) == 8
+
+
+def test_ablation_switches_remove_their_inputs(state_and_data):
+    state, data, _, _ = state_and_data
+    u = data.user_vecs[:4]
+    no_zi = afrl.AFRLConfig(hidden=8, use_attribute_embeddings=False)
+    np.testing.assert_allclose(  # without z_i, the requirement has no effect
+        afrl.fair_user_embeddings(state.params, u, np.zeros(M, bool), no_zi),
+        afrl.fair_user_embeddings(state.params, u, np.ones(M, bool), no_zi),
+    )
+    no_z0 = afrl.AFRLConfig(hidden=8, use_collaborative_embedding=False)
+    perturbed = dict(state.params, F=jax.tree.map(lambda leaf: leaf + 1.0, state.params["F"]))
+    np.testing.assert_array_equal(
+        afrl.fair_user_embeddings(state.params, u, np.zeros(M, bool), no_z0),
+        afrl.fair_user_embeddings(perturbed, u, np.zeros(M, bool), no_z0),
+    )
+    with pytest.raises(ValueError, match="at least one"):
+        afrl.AFRLConfig(use_attribute_embeddings=False, use_collaborative_embedding=False)

@@ -1,0 +1,166 @@
+import dataclasses
+import math
+
+import jax
+import numpy as np
+import pytest
+
+from jaxfair.metrics.auc import binary_auc, multiclass_auc, resampled_auc
+from jaxfair.metrics.probe import ProbeConfig, probe_all, probe_attribute
+
+FAST = ProbeConfig(steps=100, eval_every=20, bootstrap=200)
+
+
+def brute_force_auc(positive, scores):
+    pos, neg = scores[positive], scores[~positive]
+    wins = sum((p > n) + 0.5 * (p == n) for p in pos for n in neg)
+    return wins / (len(pos) * len(neg))
+
+
+# ---------------------------------------------------------------- AUC
+
+
+def test_binary_auc_matches_pairwise_count_with_ties():
+    rng = np.random.default_rng(0)
+    for n in (2, 7, 50, 201):
+        y = rng.integers(0, 2, n)
+        y[:2] = [0, 1]  # both classes present
+        scores = rng.integers(0, 5, n) / 4.0  # heavy ties
+        assert binary_auc(y, scores) == pytest.approx(brute_force_auc(y == 1, scores), abs=1e-12)
+        assert binary_auc(y.astype(bool), scores) == pytest.approx(brute_force_auc(y == 1, scores), abs=1e-12)
+
+
+def test_binary_auc_extremes_and_undefined():
+    y = np.array([0, 0, 1, 1, 1])
+    s = np.array([0.1, 0.2, 0.3, 0.4, 0.5])
+    assert binary_auc(y, s) == 1.0
+    assert binary_auc(y, -s) == 0.0
+    assert binary_auc(y, np.zeros(5)) == 0.5
+    assert math.isnan(binary_auc(np.ones(4, int), np.arange(4.0)))
+    with pytest.raises(ValueError):
+        binary_auc(np.array([1, 2]), np.array([0.1, 0.2]))
+
+
+def test_multiclass_auc_is_macro_one_vs_rest():
+    rng = np.random.default_rng(1)
+    n, c = 120, 4
+    y = rng.integers(0, c - 1, n)  # the last class never occurs: excluded from the mean
+    proba = rng.dirichlet(np.ones(c), n).round(1)  # rounding creates ties
+    expected = np.mean([brute_force_auc(y == k, proba[:, k]) for k in range(c - 1)])
+    assert multiclass_auc(y, proba) == pytest.approx(expected, abs=1e-12)
+
+
+def test_multiclass_auc_two_classes_is_binary_auc_of_class_one():
+    rng = np.random.default_rng(2)
+    y = rng.integers(0, 2, 60)
+    p1 = rng.random(60).round(2)
+    proba = np.stack([1 - p1, p1], axis=1)
+    assert multiclass_auc(y, proba) == pytest.approx(brute_force_auc(y == 1, p1), abs=1e-12)
+
+
+def test_resampled_auc_equals_auc_of_materialized_resample():
+    rng = np.random.default_rng(3)
+    y = rng.integers(0, 3, 40)
+    proba = rng.dirichlet(np.ones(3), 40).round(1)
+    counts = rng.multinomial(40, np.full(40, 1 / 40), size=5)
+    got = resampled_auc(y, proba, counts)
+    for r in range(5):
+        idx = np.repeat(np.arange(40), counts[r])
+        assert got[r] == pytest.approx(multiclass_auc(y[idx], proba[idx]), abs=1e-12)
+
+
+# ---------------------------------------------------------------- probes
+
+
+def _split(n, rng):
+    perm = rng.permutation(n)
+    a, b = int(0.6 * n), int(0.8 * n)
+    return {"train": np.sort(perm[:a]), "valid": np.sort(perm[a:b]), "test": np.sort(perm[b:])}
+
+
+def test_probe_finds_planted_attribute():
+    rng = np.random.default_rng(0)
+    n, d = 600, 8
+    labels = rng.integers(0, 3, n)
+    emb = rng.normal(size=(n, d)).astype(np.float32)
+    emb[:, :3] += 3.0 * np.eye(3)[labels]  # one shifted direction per class
+    users = _split(n, rng)
+    out = probe_attribute(emb, labels, users, 3, jax.random.key(0), FAST)
+    assert out["auc"] > 0.9
+    assert out["valid_auc"] > 0.9
+    assert out["num_test"] == 120
+    assert out["majority_rate"] == pytest.approx(np.bincount(labels[users["test"]]).max() / 120)
+
+
+def test_probe_on_random_labels_is_near_chance():
+    rng = np.random.default_rng(1)
+    n, d = 2000, 16
+    emb = rng.normal(size=(n, d)).astype(np.float32)
+    labels = rng.integers(0, 2, n)
+    out = probe_attribute(emb, labels, _split(n, rng), 2, jax.random.key(1), FAST)
+    assert abs(out["auc"] - 0.5) < 0.1
+
+
+def _weak_signal(seed=2, n=500, d=6):
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 2, n)
+    emb = rng.normal(size=(n, d)).astype(np.float32)
+    emb[:, 0] += 0.8 * labels
+    return emb, labels, _split(n, rng)
+
+
+def test_selection_ignores_test_labels():
+    emb, labels, users = _weak_signal()
+    base = probe_attribute(emb, labels, users, 2, jax.random.key(0), FAST)
+    shuffled = labels.copy()
+    test = users["test"]
+    shuffled[test] = np.random.default_rng(9).permutation(labels[test])
+    other = probe_attribute(emb, shuffled, users, 2, jax.random.key(0), FAST)
+    for name in ("weight_decay", "step", "valid_auc"):
+        assert other[name] == base[name]
+    assert other["auc"] != base["auc"]  # the test labels did change; only the test score moved
+
+
+def test_selected_checkpoint_is_best_on_validation():
+    emb, labels, users = _weak_signal(seed=4)
+    full = probe_attribute(emb, labels, users, 2, jax.random.key(0), FAST)
+    singles = {
+        wd: probe_attribute(emb, labels, users, 2, jax.random.key(0), dataclasses.replace(FAST, weight_decays=(wd,)))
+        for wd in FAST.weight_decays
+    }
+    assert full["valid_auc"] == pytest.approx(max(s["valid_auc"] for s in singles.values()), abs=1e-12)
+    chosen = singles[full["weight_decay"]]
+    assert (chosen["step"], chosen["valid_auc"]) == (full["step"], full["valid_auc"])
+    assert full["step"] % FAST.eval_every == 0 and 0 < full["step"] <= FAST.steps
+
+
+def test_ci_contains_estimate_and_results_are_deterministic():
+    emb, labels, users = _weak_signal(seed=5)
+    a = probe_attribute(emb, labels, users, 2, jax.random.key(3), FAST)
+    b = probe_attribute(emb, labels, users, 2, jax.random.key(3), FAST)
+    low, high = a["auc_ci"]
+    assert low < a["auc"] < high
+    assert high - low < 0.3
+    assert a == b
+    c = probe_attribute(emb, labels, users, 2, jax.random.key(4), FAST)
+    assert c["auc_ci"] != a["auc_ci"]  # the bootstrap draws come from the key
+    off = probe_attribute(emb, labels, users, 2, jax.random.key(3), dataclasses.replace(FAST, bootstrap=0))
+    assert off["auc_ci"] is None and off["auc"] == a["auc"]
+
+
+def test_hidden_layer_probe_and_probe_all():
+    rng = np.random.default_rng(6)
+    n = 400
+    attrs = {"gender": rng.integers(0, 2, n), "age": rng.integers(0, 3, n)}
+    emb = rng.normal(size=(n, 6)).astype(np.float32)
+    emb[:, 0] += 3.0 * attrs["gender"]
+    classes = {"gender": ("F", "M"), "age": ("young", "mid", "old")}
+    config = ProbeConfig(hidden=8, steps=60, eval_every=20, bootstrap=0)
+    users = _split(n, rng)
+    key = jax.random.key(0)
+    out = probe_all(emb, attrs, classes, users, key, config)
+    assert set(out) == {"gender", "age"}
+    assert out["gender"]["auc"] > 0.9
+    assert abs(out["age"]["auc"] - 0.5) < 0.15
+    # Attribute i is probed with fold_in(key, i).
+    assert out["age"] == probe_attribute(emb, attrs["age"], users, 3, jax.random.fold_in(key, 1), config)
