@@ -102,12 +102,15 @@ def test_aggregator_loss_eq18_is_bpr_through_the_frozen_scorer(toy):
 def state_and_data():
     rng = np.random.default_rng(2)
     U, I = 30, 20
+    labels = np.stack([rng.integers(0, c, U) for c in CLASSES], 1).astype(np.int32)
+    mask = afrl.class_mask(CLASSES)
     data = afrl.AFRLData(
-        user_vecs=jnp.asarray(rng.normal(size=(U, D)), jnp.float32),
+        user_vecs=jnp.asarray(rng.normal(size=(U, D)) * 3.0 + 1.0, jnp.float32),
         item_vecs=jnp.asarray(rng.normal(size=(I, D)), jnp.float32),
-        labels=jnp.asarray(np.stack([rng.integers(0, c, U) for c in CLASSES], 1), jnp.int32),
+        labels=jnp.asarray(labels),
         attribute_weight=jnp.ones(U),
-        class_mask=jnp.asarray(afrl.class_mask(CLASSES)),
+        class_mask=jnp.asarray(mask),
+        class_prior=jnp.asarray(afrl.class_prior(labels, np.ones(U), mask)),
     )
     config = afrl.AFRLConfig(hidden=8, learning_rate=1e-2)
     batch = {
@@ -195,3 +198,25 @@ def test_ablation_switches_remove_their_inputs(state_and_data):
     )
     with pytest.raises(ValueError, match="at least one"):
         afrl.AFRLConfig(use_attribute_embeddings=False, use_collaborative_embedding=False)
+
+
+def test_class_prior_is_the_weighted_class_frequency():
+    labels = np.array([[0, 2], [1, 2], [1, 0], [1, 1]])
+    prior = afrl.class_prior(labels, np.array([1.0, 1.0, 1.0, 0.0]), afrl.class_mask((2, 3)))
+    np.testing.assert_allclose(prior, [[1 / 3, 2 / 3, 0], [1 / 3, 0, 2 / 3]], rtol=1e-6)
+
+
+def test_confusion_adversary_is_cross_entropy_to_the_prior_and_bounded(toy):
+    u, labels, weight, head_w, mask = toy
+    prior = np.asarray(afrl.class_prior(labels, weight, np.asarray(mask)))
+    z0 = u
+    expected = 0.0
+    for i, c in enumerate(CLASSES):
+        logits = z0 @ head_w[i][:, :c]
+        logp = logits - np.log(np.exp(logits).sum(1, keepdims=True))
+        expected += -(logp * prior[i, :c]).sum(1)
+    expected = np.sum(expected * weight) / weight.sum()
+    got = afrl.confusion_loss(linear_stack(head_w), jnp.asarray(z0), jnp.asarray(prior), weight, mask)
+    np.testing.assert_allclose(got, expected, rtol=1e-5)
+    entropy = -sum(np.sum(p[p > 0] * np.log(p[p > 0])) for p in prior)
+    assert got >= entropy - 1e-5  # never below the prior's entropy: F cannot win by making D confidently wrong

@@ -51,11 +51,14 @@ class Config:
     num_heads: int = 2
     dropout: float = 0.1
     mask_prob: float = 0.2
+    last_prob: float = 0.0
 
     def __post_init__(self):
         transformer.check_transformer_config(self)
         if not 0.0 < self.mask_prob <= 1.0:
             raise ValueError(f"mask_prob must be in (0, 1], got {self.mask_prob}")
+        if not 0.0 <= self.last_prob <= 1.0:
+            raise ValueError(f"last_prob must be in [0, 1], got {self.last_prob}")
 
 
 def mask_rows(hist: np.ndarray, pad: int, mask_prob: float, rng: np.random.Generator) -> np.ndarray:
@@ -114,6 +117,10 @@ def backbone(config: Config = Config()) -> Backbone:
         pad, mask_id = split.num_items, split.num_items + 1
         hist = split.histories("train", config.max_len)
         masked = mask_rows(hist, pad, config.mask_prob, rng)
+        if config.last_prob > 0:
+            last_only = rng.random(len(hist)) < config.last_prob
+            masked[last_only] = False
+            masked[last_only, -1] = hist[last_only, -1] != pad
         users = np.arange(split.num_users, dtype=np.int32)
         pos = np.where(masked, hist, pad).astype(np.int32)
         rows = {

@@ -50,12 +50,15 @@ def afrl_data(split: Split, user_vecs: jax.Array, item_vecs: jax.Array) -> afrl.
     names = split.attribute_names
     weight = np.ones(split.num_users, np.float32)
     weight[split.probe_users["test"]] = 0.0
+    labels = np.stack([split.user_attributes[n] for n in names], axis=1)
+    mask = afrl.class_mask(tuple(len(split.attribute_classes[n]) for n in names))
     return afrl.AFRLData(
         user_vecs=jnp.asarray(user_vecs),
         item_vecs=jnp.asarray(item_vecs),
-        labels=jnp.asarray(np.stack([split.user_attributes[n] for n in names], axis=1)),
+        labels=jnp.asarray(labels),
         attribute_weight=jnp.asarray(weight),
-        class_mask=jnp.asarray(afrl.class_mask(tuple(len(split.attribute_classes[n]) for n in names))),
+        class_mask=jnp.asarray(mask),
+        class_prior=jnp.asarray(afrl.class_prior(labels, weight, mask)),
     )
 
 
@@ -131,6 +134,44 @@ def probe_requirements(embeddings_by_req: dict[str, np.ndarray], requirements: n
     return out
 
 
+def evaluate_requirements(params, method, split: Split, user_vecs, item_vecs, score, ks, probe_config, key) -> dict:
+    """Test-time evaluation of every requirement: sampled-protocol metrics (one vmapped pass) and probes.
+
+    Args:
+      user_vecs: ``(U, d)`` test-time backbone user embeddings; the probes also run on them for reference.
+
+    Returns:
+      ``{"requirements": {name: {"sensitive", "metrics", "probe_auc", "probe_auc_ci", "probe_valid_auc",
+      "mean_auc"}}, "embeddings": {name: (U, d)}, "backbone_probe": {attribute: probe result}}``.
+    """
+    requirements = afrl.all_requirements(len(split.attribute_names))
+    names = [afrl.requirement_name(r, split.attribute_names) for r in requirements]
+    metrics = requirement_metrics(
+        params, score, user_vecs, item_vecs, jnp.asarray(split.test_items), jnp.asarray(split.test_negatives),
+        jnp.asarray(requirements), config=method, ks=tuple(ks),
+    )
+    fair = np.asarray(afrl.fair_embeddings_all_requirements(params, user_vecs, jnp.asarray(requirements), method))
+    everything = np.ones((1, len(split.attribute_names)), bool)
+    backbone_probe = probe_requirements({"backbone": np.asarray(user_vecs)}, everything, split, key, probe_config)
+    probes = probe_requirements(dict(zip(names, fair)), requirements, split, key, probe_config)
+    per_requirement = {}
+    for r, name in enumerate(names):
+        per_attr = probes[name]["auc"]
+        per_requirement[name] = {
+            "sensitive": [split.attribute_names[i] for i in np.flatnonzero(requirements[r])],
+            "metrics": {k: float(v[r]) for k, v in metrics.items()},
+            "probe_auc": {a: p["auc"] for a, p in per_attr.items()},
+            "probe_auc_ci": {a: p["auc_ci"] for a, p in per_attr.items()},
+            "probe_valid_auc": {a: p["valid_auc"] for a, p in per_attr.items()},
+            "mean_auc": probes[name]["mean_auc"],
+        }
+    return {
+        "requirements": per_requirement,
+        "embeddings": dict(zip(names, fair)),
+        "backbone_probe": backbone_probe["backbone"]["auc"],
+    }
+
+
 def run(config: ExperimentConfig, out_dir, log: Callable[[str], None] = print) -> dict:
     """Backbone, AFRL, evaluation of every requirement, probes, and every output file."""
     method = method_config(config)
@@ -158,43 +199,21 @@ def run(config: ExperimentConfig, out_dir, log: Callable[[str], None] = print) -
     timings["afrl_epochs"] = afrl_fit.epochs_run
 
     tick = time.perf_counter()
-    requirements = afrl.all_requirements(len(split.attribute_names))
-    req_names = [afrl.requirement_name(r, split.attribute_names) for r in requirements]
-    ks = config.evaluate.ks
-    test_targets, test_negatives = jnp.asarray(split.test_items), jnp.asarray(split.test_negatives)
-    afrl_metrics = requirement_metrics(
-        afrl_fit.best_params, score, user_vecs["test"], item_vecs, test_targets, test_negatives,
-        jnp.asarray(requirements), config=method, ks=ks,
+    evaluation = evaluate_requirements(
+        afrl_fit.best_params, method, split, user_vecs["test"], item_vecs, score, config.evaluate.ks, config.probe,
+        jax.random.fold_in(jax.random.key(config.train.seed), 1),
     )
     backbone_metrics = backbone_experiment.evaluate_ranking(
         lambda u, v: backbone.score(bb_params, u, v), user_vecs, item_vecs, split,
         dataclasses.replace(config.evaluate, protocols=("sampled",)),
     )["sampled"]["test"]
-    fair = np.asarray(
-        afrl.fair_embeddings_all_requirements(afrl_fit.best_params, user_vecs["test"], jnp.asarray(requirements), method)
-    )
-    timings["evaluate_seconds"] = time.perf_counter() - tick
-
-    tick = time.perf_counter()
-    probe_key = jax.random.fold_in(jax.random.key(config.train.seed), 1)
-    everything = np.ones((1, len(split.attribute_names)), bool)
-    backbone_probe = probe_requirements({"backbone": np.asarray(user_vecs["test"])}, everything, split, probe_key, config.probe)
-    fair_probe = probe_requirements(dict(zip(req_names, fair)), requirements, split, probe_key, config.probe)
-    timings["probe_seconds"] = time.perf_counter() - tick
+    timings["evaluate_and_probe_seconds"] = time.perf_counter() - tick
 
     write_npy(out_dir / "user_embeddings_backbone.npy", np.asarray(user_vecs["test"]))
-    for name, embeddings in zip(req_names, fair):
+    for name, embeddings in evaluation["embeddings"].items():
         write_npy(out_dir / f"user_embeddings_{name}.npy", embeddings)
-
-    per_requirement = {}
-    for r, name in enumerate(req_names):
-        per_requirement[name] = {
-            "sensitive": [split.attribute_names[i] for i in np.flatnonzero(requirements[r])],
-            "metrics": {k: float(v[r]) for k, v in afrl_metrics.items()},
-            "probe_auc": {a: p["auc"] for a, p in fair_probe[name]["auc"].items()},
-            "probe_auc_ci": {a: p["auc_ci"] for a, p in fair_probe[name]["auc"].items()},
-            "mean_auc": fair_probe[name]["mean_auc"],
-        }
+    per_requirement = evaluation["requirements"]
+    backbone_probe = evaluation["backbone_probe"]
     results = {
         "dataset": split.name,
         "source": config.data.source,
@@ -206,7 +225,7 @@ def run(config: ExperimentConfig, out_dir, log: Callable[[str], None] = print) -
         "backbone": {
             "name": config.backbone_name,
             "metrics": backbone_metrics,
-            "probe_auc": {a: p["auc"] for a, p in backbone_probe["backbone"]["auc"].items()},
+            "probe_auc": {a: p["auc"] for a, p in backbone_probe.items()},
             "best_epoch": bb_fit.best_epoch,
         },
         "afrl": {
@@ -219,7 +238,7 @@ def run(config: ExperimentConfig, out_dir, log: Callable[[str], None] = print) -
         "config": config.to_dict(),
     }
     write_json(out_dir / "results.json", results)
-    log(results_table(results, ks[0]))
+    log(results_table(results, config.evaluate.ks[0]))
     return results
 
 

@@ -104,7 +104,7 @@ def popularity_scorer(split: Split) -> tuple[ScoreFn, jax.Array, jax.Array]:
     return (lambda u, v: jnp.sum(u * v, axis=-1)), jnp.ones((split.num_users, 1)), jnp.asarray(counts)[:, None]
 
 
-def train_backbone(split: Split, config: ExperimentConfig, out_dir: pathlib.Path | None, log=print):
+def train_backbone(split: Split, config: ExperimentConfig, out_dir: pathlib.Path | None = None, log=print):
     """Train the configured backbone with BPR; return ``(backbone, context, best_params, fit_result)``."""
     backbone, _ = make_backbone(config.backbone_name, dataclasses.asdict(config.backbone))
     context = backbone.context(split)

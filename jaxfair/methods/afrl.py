@@ -29,6 +29,12 @@ Choices where the paper is silent (recorded here on purpose):
 * ``G`` has ``aggregator_layers`` layers of width ``hidden`` (the paper does not give its depth); the attribute
   classifiers' and discriminators' hidden width is ``hidden`` too.
 * The ablations AFRL-w/o-z_i and AFRL-w/o-z_0 zero the corresponding inputs of ``G`` (same architecture).
+* F's adversarial term. The default ``adversary = "paper"`` is Eq. (16) as written. Its ``-lambda * CE`` is
+  unbounded below: F can lower it by making ``D_i`` confidently *wrong*, i.e. by flipping the attribute's encoding
+  one step ahead of ``D_i``, which leaves the attribute recoverable by a fresh probe. ``adversary = "confusion"``
+  keeps the min-max structure but gives F a bounded target: it minimises ``lambda * sum_i CE(p(a_i), q(. | z_0;
+  D_i))``, the cross-entropy between the attribute's class prior and the discriminator's prediction, smallest
+  exactly when D_i can do no better than the prior. D_i is trained as in the paper in both cases.
 """
 
 from __future__ import annotations
@@ -46,6 +52,7 @@ from jaxfair.methods.mlp import mlp_apply, mlp_init, mlp_sizes, stack_apply, sta
 from jaxfair.training.step import TrainState
 
 PLAYERS = ("C", "E", "D", "F", "G")
+ADVERSARIES = ("confusion", "paper")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,6 +70,10 @@ class AFRLConfig:
         validation NDCG@10 over all fairness requirements).
       use_attribute_embeddings: False gives the AFRL-w/o-z_i ablation.
       use_collaborative_embedding: False gives the AFRL-w/o-z_0 ablation.
+      adversary: ``"paper"`` (default; Eq. 16's ``-lambda * CE`` literally) or ``"confusion"`` (F pushes D_i's
+        prediction to the class prior); see the module docstring.
+      discriminator_steps: D updates per batch before F's update (the inner maximisation of Eq. 16; the paper
+        does one alternating step, Algorithm 1 line 9).
     """
 
     beta: float = 0.1
@@ -77,11 +88,18 @@ class AFRLConfig:
     patience: int = 5
     use_attribute_embeddings: bool = True
     use_collaborative_embedding: bool = True
+    adversary: str = "paper"
+    discriminator_steps: int = 1
 
     def __post_init__(self):
+        if self.adversary not in ADVERSARIES:
+            raise ValueError(f"adversary must be one of {ADVERSARIES}, got {self.adversary!r}")
         if self.beta < 0 or self.lam < 0:
             raise ValueError("beta and lam must be non-negative")
-        for name in ("hidden", "encoder_layers", "head_layers", "aggregator_layers", "batch_size", "epochs", "patience"):
+        for name in (
+            "hidden", "encoder_layers", "head_layers", "aggregator_layers", "batch_size", "epochs", "patience",
+            "discriminator_steps",
+        ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         if not (self.use_attribute_embeddings or self.use_collaborative_embedding):
@@ -97,6 +115,8 @@ class AFRLData(NamedTuple):
       labels: int32 ``(U, M)`` attribute classes.
       attribute_weight: float ``(U,)``; 0 for users whose labels must not be used (the probe test users).
       class_mask: bool ``(M, max_classes)``; True for the classes each attribute really has.
+      class_prior: float ``(M, max_classes)``; each attribute's class frequencies among the training users (0 on
+        masked classes), the target of the ``"confusion"`` adversary.
     """
 
     user_vecs: jax.Array
@@ -104,6 +124,15 @@ class AFRLData(NamedTuple):
     labels: jax.Array
     attribute_weight: jax.Array
     class_mask: jax.Array
+    class_prior: jax.Array
+
+
+def class_prior(labels: np.ndarray, weight: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Weighted class frequencies ``(M, max_classes)`` of ``labels (U, M)`` over users with ``weight > 0``."""
+    prior = np.zeros(mask.shape, np.float64)
+    for i in range(mask.shape[0]):
+        prior[i] = np.bincount(labels[:, i], weights=weight, minlength=mask.shape[1])[: mask.shape[1]]
+    return (prior / prior.sum(axis=1, keepdims=True)).astype(np.float32)
 
 
 def class_mask(num_classes: tuple[int, ...]) -> np.ndarray:
@@ -158,7 +187,7 @@ def fair_user_embeddings(params: dict, user_embeddings: jax.Array, sensitive: ja
     Returns:
       ``(B, d)``; score items with the backbone's own ``score(params, u*, v)``.
     """
-    sensitive = jnp.broadcast_to(jnp.asarray(sensitive, bool), (user_embeddings.shape[0], params["C"][0]["w"].shape[0]))
+    sensitive = jnp.broadcast_to(jnp.asarray(sensitive, bool), (user_embeddings.shape[0], params["E"][0]["w"].shape[0]))
     z0, z = encode(params, user_embeddings)
     return aggregate(params, z0, z, sensitive, config)
 
@@ -190,9 +219,7 @@ def head_nll(heads, z: jax.Array, labels: jax.Array, mask: jax.Array) -> jax.Arr
 
     ``mask (M, max_classes)`` removes classes an attribute does not have from its softmax.
     """
-    logits = stack_apply_each(heads, z)
-    logits = jnp.where(mask[:, None, :], logits, -1e9)
-    logp = jax.nn.log_softmax(logits, axis=-1)
+    logp = head_log_probs(heads, z, mask)
     return -jnp.take_along_axis(logp, labels.T[..., None], axis=-1)[..., 0]
 
 
@@ -208,17 +235,42 @@ def encoder_loss(e_params, c_params, u, labels, weight, mask, beta: float) -> ja
     return _weighted_mean(jnp.sum(compression + beta * head_nll(c_params, z, labels, mask), axis=0), weight)
 
 
+def head_log_probs(heads, z: jax.Array, mask: jax.Array) -> jax.Array:
+    """Log class probabilities ``(M, B, max_classes)`` of a stack of heads on ``z (M, B, d)``; masked classes -inf-like."""
+    logits = jnp.where(mask[:, None, :], stack_apply_each(heads, z), -1e9)
+    return jax.nn.log_softmax(logits, axis=-1)
+
+
+def confusion_loss(d_params, z0, prior, weight, mask) -> jax.Array:
+    """F's bounded adversarial target: mean over users of ``sum_i CE(p(a_i), q(. | z_0; D_i))``.
+
+    Smallest (equal to the prior's entropy) when every discriminator predicts the class prior for every user.
+    """
+    m = prior.shape[0]
+    logp = head_log_probs(d_params, jnp.broadcast_to(z0, (m,) + z0.shape), mask)
+    per_user = -jnp.sum(jnp.where(mask[:, None, :], prior[:, None, :] * logp, 0.0), axis=(0, 2))
+    return _weighted_mean(per_user, weight)
+
+
 def discriminator_loss(d_params, z0, labels, weight, mask) -> jax.Array:
     """Inner maximisation of Eq. (16) written as a minimisation: mean of ``sum_i -log q(a_i | z_0; D_i)``."""
     m = labels.shape[1]
     return _weighted_mean(jnp.sum(head_nll(d_params, jnp.broadcast_to(z0, (m,) + z0.shape), labels, mask), axis=0), weight)
 
 
-def collaborative_loss(f_params, d_params, u, labels, recon_weight, attr_weight, mask, lam: float) -> jax.Array:
-    """Eq. (16), outer minimisation over F: ``E ||z_0 - u||^2 - lambda sum_i [-log q(a_i | z_0; D_i)]``."""
+def collaborative_loss(
+    f_params, d_params, u, labels, recon_weight, attr_weight, mask, lam: float, prior=None, adversary="paper"
+) -> jax.Array:
+    """Outer minimisation of Eq. (16) over F: ``E ||z_0 - u||^2`` (Eq. 15) plus the adversarial term.
+
+    ``adversary="paper"``: ``- lambda sum_i [-log q(a_i | z_0; D_i)]`` (Eq. 14 as written);
+    ``adversary="confusion"``: ``+ lambda sum_i CE(p(a_i), q(. | z_0; D_i))`` with ``prior`` the class priors.
+    """
     z0 = mlp_apply(f_params, u)
     reconstruction = _weighted_mean(jnp.sum((z0 - u) ** 2, axis=-1), recon_weight)
-    return reconstruction - lam * discriminator_loss(d_params, z0, labels, attr_weight, mask)
+    if adversary == "paper":
+        return reconstruction - lam * discriminator_loss(d_params, z0, labels, attr_weight, mask)
+    return reconstruction + lam * confusion_loss(d_params, z0, prior, attr_weight, mask)
 
 
 def aggregator_loss(g_params, params, u, pos_vecs, neg_vecs, sensitive, weight, score, config) -> jax.Array:
@@ -278,12 +330,21 @@ def make_train_step(data: AFRLData, score: Callable, config: AFRLConfig):
             lambda e: encoder_loss(e, params["C"], u, labels, attr_weight, data.class_mask, config.beta), tx,
         )
         z0 = jax.lax.stop_gradient(mlp_apply(params["F"], u))
-        params, opt_state, loss_d = update_player(
-            params, opt_state, "D", lambda d: discriminator_loss(d, z0, labels, attr_weight, data.class_mask), tx
+
+        def discriminator_update(_, carry):
+            p, o, _ = carry
+            return update_player(p, o, "D", lambda d: discriminator_loss(d, z0, labels, attr_weight, data.class_mask), tx)
+
+        params, opt_state, loss_d = jax.lax.fori_loop(
+            0, config.discriminator_steps, discriminator_update, (params, opt_state, jnp.zeros(()))
         )
         params, opt_state, loss_f = update_player(
             params, opt_state, "F",
-            lambda f: collaborative_loss(f, params["D"], u, labels, weight, attr_weight, data.class_mask, config.lam), tx,
+            lambda f: collaborative_loss(
+                f, params["D"], u, labels, weight, attr_weight, data.class_mask, config.lam, data.class_prior,
+                config.adversary,
+            ),
+            tx,
         )
         pos_vecs, neg_vecs = data.item_vecs[batch["pos"]], data.item_vecs[batch["neg"]]
         params, opt_state, loss_g = update_player(
