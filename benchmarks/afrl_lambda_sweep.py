@@ -131,7 +131,7 @@ def plot(points, summary, path):
     ax.set_xlabel("mean probe AUC of the sensitive attributes (test users)")
     ax.set_ylabel("mean NDCG@10, sampled protocol (test)")
     ax.set_title("AFRL fairness-accuracy front over lambda")
-    ax.legend(loc="lower right")
+    ax.legend(loc="upper left")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

@@ -52,6 +52,7 @@ class Config:
     dropout: float = 0.1
     mask_prob: float = 0.2
     last_prob: float = 0.0
+    also_last: bool = False
 
     def __post_init__(self):
         transformer.check_transformer_config(self)
@@ -121,6 +122,8 @@ def backbone(config: Config = Config()) -> Backbone:
             last_only = rng.random(len(hist)) < config.last_prob
             masked[last_only] = False
             masked[last_only, -1] = hist[last_only, -1] != pad
+        if config.also_last:
+            masked[:, -1] |= hist[:, -1] != pad
         users = np.arange(split.num_users, dtype=np.int32)
         pos = np.where(masked, hist, pad).astype(np.int32)
         rows = {

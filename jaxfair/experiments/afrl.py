@@ -16,7 +16,6 @@ All requirements are evaluated in one ``jax.vmap`` over the requirement axis.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import pathlib
 import time
 from typing import Callable
@@ -25,18 +24,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxfair.backbones.base import padded_batches
 from jaxfair.config import from_dict, to_dict
 from jaxfair.data.dataset import Split, save_split
-from jaxfair.data.sampling import bpr_pairs
 from jaxfair.experiments import backbone as backbone_experiment
 from jaxfair.experiments.config import ExperimentConfig
 from jaxfair.experiments.outputs import format_table, write_json, write_npy, write_users_csv
 from jaxfair.methods import afrl
+from jaxfair.methods import requirements as requirements_lib
 from jaxfair.metrics.probe import probe_attribute
-from jaxfair.metrics.ranking import ranking_metrics
-from jaxfair.training.step import make_epoch_fn
-from jaxfair.training.trainer import Task, TrainConfig, fit
 
 SECTION = "afrl"
 
@@ -62,57 +57,26 @@ def afrl_data(split: Split, user_vecs: jax.Array, item_vecs: jax.Array) -> afrl.
     )
 
 
-@functools.partial(jax.jit, static_argnames=("config", "ks"))
 def requirement_metrics(params, score, user_vecs, item_vecs, targets, negatives, requirements, *, config, ks):
-    """Sampled-protocol metrics of every requirement in one vmapped pass.
-
-    Args:
-      params: AFRL parameters; score: the backbone scorer as a ``jax.tree_util.Partial`` (its parameters are traced).
-      user_vecs: ``(U, d)`` backbone user embeddings; item_vecs: ``(I, d)``.
-      targets: int ``(U,)``; negatives: int ``(U, N)``; requirements: bool ``(K, M)``.
-
-    Returns:
-      metric name -> ``(K,)`` mean over users.
-    """
-    candidates = jnp.concatenate([targets[:, None], negatives], axis=1)
-    cand_vecs = item_vecs[candidates]  # (U, 1+N, d)
-    relevant = jnp.zeros(candidates.shape, bool).at[:, 0].set(True)
-
-    def one(sensitive):
-        u_star = afrl.fair_user_embeddings(params, user_vecs, sensitive, config)
-        scores = score(u_star[:, None, :], cand_vecs)
-        return {k: jnp.mean(v) for k, v in ranking_metrics(scores, relevant, ks).items()}
-
-    return jax.vmap(one)(requirements)
+    """AFRL's sampled-protocol metrics of every requirement in one vmapped pass (metric name -> ``(K,)``)."""
+    return requirements_lib.requirement_metrics(
+        params, score, user_vecs, item_vecs, targets, negatives, requirements,
+        config=config, ks=tuple(ks), embed=afrl.fair_user_embeddings,
+    )
 
 
 def train_afrl(split, data, score, method: afrl.AFRLConfig, seed: int, out_dir, log, valid_user_vecs, ks=(10,)):
     """Fit AFRL with the shared trainer; early stopping on the mean validation NDCG@10 over all requirements."""
-    requirements = jnp.asarray(afrl.all_requirements(data.labels.shape[1]))
-    valid_targets, valid_negatives = jnp.asarray(split.valid_items), jnp.asarray(split.valid_negatives)
-    known = split.positive_matrix()
-
-    def validate(params):
-        metrics = requirement_metrics(
-            params, score, valid_user_vecs, data.item_vecs, valid_targets, valid_negatives, requirements,
-            config=method, ks=ks,
-        )
-        return {k: float(jnp.mean(v)) for k, v in metrics.items()}
-
-    def epoch_batches(rng):
-        return padded_batches(bpr_pairs(split, rng, known), method.batch_size, rng)
-
-    task = Task(
+    return requirements_lib.fit_method(
+        split,
         init_state=lambda key: afrl.init_state(key, data, method),
-        epoch_batches=epoch_batches,
-        run_epoch=make_epoch_fn(afrl.make_train_step(data, score, method)),
-        validate=validate,
+        train_step=afrl.make_train_step(data, score, method),
+        embed=afrl.fair_user_embeddings,
+        config=method,
+        requirements=afrl.all_requirements(data.labels.shape[1]),
+        score=score, valid_user_vecs=valid_user_vecs, item_vecs=data.item_vecs, seed=seed, out_dir=out_dir, log=log,
+        name="afrl", ks=ks,
     )
-    train_config = TrainConfig(
-        epochs=method.epochs, batch_size=method.batch_size, learning_rate=method.learning_rate,
-        patience=method.patience, monitor=f"ndcg@{ks[0]}", seed=seed,
-    )
-    return fit(task, train_config, out_dir, log=log, name="afrl")
 
 
 def probe_requirements(embeddings_by_req: dict[str, np.ndarray], requirements: np.ndarray, split: Split, key, config):
@@ -135,22 +99,28 @@ def probe_requirements(embeddings_by_req: dict[str, np.ndarray], requirements: n
 
 
 def evaluate_requirements(params, method, split: Split, user_vecs, item_vecs, score, ks, probe_config, key) -> dict:
-    """Test-time evaluation of every requirement: sampled-protocol metrics (one vmapped pass) and probes.
+    """Test-time evaluation of every AFRL requirement; see :func:`evaluate_embeddings`."""
+    requirements = afrl.all_requirements(len(split.attribute_names))
+    fair = afrl.fair_embeddings_all_requirements(params, user_vecs, jnp.asarray(requirements), method)
+    return evaluate_embeddings(np.asarray(fair), requirements, split, user_vecs, item_vecs, score, ks, probe_config, key)
+
+
+def evaluate_embeddings(fair, requirements, split: Split, user_vecs, item_vecs, score, ks, probe_config, key) -> dict:
+    """Sampled-protocol metrics (one vmapped pass) and probes of one embedding set per requirement.
 
     Args:
-      user_vecs: ``(U, d)`` test-time backbone user embeddings; the probes also run on them for reference.
+      fair: ``(K, U, d)`` test-time fair user embeddings, row ``k`` serving ``requirements[k]`` (bool ``(K, M)``).
+      user_vecs: ``(U, d)`` test-time backbone user embeddings, probed too for reference.
 
     Returns:
       ``{"requirements": {name: {"sensitive", "metrics", "probe_auc", "probe_auc_ci", "probe_valid_auc",
       "mean_auc"}}, "embeddings": {name: (U, d)}, "backbone_probe": {attribute: probe result}}``.
     """
-    requirements = afrl.all_requirements(len(split.attribute_names))
     names = [afrl.requirement_name(r, split.attribute_names) for r in requirements]
-    metrics = requirement_metrics(
-        params, score, user_vecs, item_vecs, jnp.asarray(split.test_items), jnp.asarray(split.test_negatives),
-        jnp.asarray(requirements), config=method, ks=tuple(ks),
+    metrics = requirements_lib.embedding_metrics(
+        score, jnp.asarray(fair), item_vecs, jnp.asarray(split.test_items), jnp.asarray(split.test_negatives),
+        ks=tuple(ks),
     )
-    fair = np.asarray(afrl.fair_embeddings_all_requirements(params, user_vecs, jnp.asarray(requirements), method))
     everything = np.ones((1, len(split.attribute_names)), bool)
     backbone_probe = probe_requirements({"backbone": np.asarray(user_vecs)}, everything, split, key, probe_config)
     probes = probe_requirements(dict(zip(names, fair)), requirements, split, key, probe_config)
