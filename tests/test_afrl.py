@@ -220,3 +220,24 @@ def test_confusion_adversary_is_cross_entropy_to_the_prior_and_bounded(toy):
     np.testing.assert_allclose(got, expected, rtol=1e-5)
     entropy = -sum(np.sum(p[p > 0] * np.log(p[p > 0])) for p in prior)
     assert got >= entropy - 1e-5  # never below the prior's entropy: F cannot win by making D confidently wrong
+
+
+def test_vmapped_requirement_metrics_equal_a_loop_over_requirements(state_and_data):
+    from jaxfair.methods.requirements import embedding_metrics, requirement_metrics
+
+    state, data, config, _ = state_and_data
+    rng = np.random.default_rng(5)
+    targets = jnp.asarray(rng.integers(0, 20, 30), jnp.int32)
+    negatives = jnp.asarray(rng.integers(0, 20, (30, 9)), jnp.int32)
+    score = jax.tree_util.Partial(lambda a, b: jnp.sum(a * b, -1))
+    reqs = jnp.asarray(afrl.all_requirements(M))
+    together = requirement_metrics(
+        state.params, score, data.user_vecs, data.item_vecs, targets, negatives, reqs,
+        config=config, ks=(3,), embed=afrl.fair_user_embeddings,
+    )
+    fair = afrl.fair_embeddings_all_requirements(state.params, data.user_vecs, reqs, config)
+    for r in range(8):
+        alone = embedding_metrics(score, fair[r : r + 1], data.item_vecs, targets, negatives, ks=(3,))
+        for name in ("ndcg@3", "hr@3"):
+            np.testing.assert_allclose(together[name][r], alone[name][0], rtol=1e-6)
+    assert together["hr@3"].shape == (8,)
