@@ -44,12 +44,15 @@ def median_seconds(fn, repeats: int) -> float:
 
 def make_inputs(users, items, dim, batch, steps, seed=0):
     rng = np.random.default_rng(seed)
+    labels = np.stack([rng.integers(0, c, users) for c in CLASSES], 1).astype(np.int32)
+    mask = afrl.class_mask(CLASSES)
     data = afrl.AFRLData(
         user_vecs=jnp.asarray(rng.normal(size=(users, dim)), jnp.float32),
         item_vecs=jnp.asarray(rng.normal(size=(items, dim)), jnp.float32),
-        labels=jnp.asarray(np.stack([rng.integers(0, c, users) for c in CLASSES], 1), jnp.int32),
+        labels=jnp.asarray(labels),
         attribute_weight=jnp.ones(users),
-        class_mask=jnp.asarray(afrl.class_mask(CLASSES)),
+        class_mask=jnp.asarray(mask),
+        class_prior=jnp.asarray(afrl.class_prior(labels, np.ones(users), mask)),
     )
     batches = {
         "user": rng.integers(0, users, (steps, batch)).astype(np.int32),
