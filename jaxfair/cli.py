@@ -121,7 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, help="override [train] seed")
     p.set_defaults(func=_train)
 
-    p = sub.add_parser("evaluate", help="re-evaluate the selected model of a finished run")
+    p = sub.add_parser("evaluate", help="re-evaluate the selected backbone of a finished run (same split and negatives)")
     p.add_argument("run_dir", help="a folder written by 'jaxfair train'")
     p.add_argument("--protocol", nargs="+", choices=["sampled", "full"], help="default: the run's protocols")
     p.add_argument("--k", nargs="+", type=int, help="cut-offs (default: the run's)")
