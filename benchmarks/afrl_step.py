@@ -44,16 +44,8 @@ def median_seconds(fn, repeats: int) -> float:
 
 def make_inputs(users, items, dim, batch, steps, seed=0):
     rng = np.random.default_rng(seed)
-    labels = np.stack([rng.integers(0, c, users) for c in CLASSES], 1).astype(np.int32)
-    mask = afrl.class_mask(CLASSES)
-    data = afrl.AFRLData(
-        user_vecs=jnp.asarray(rng.normal(size=(users, dim)), jnp.float32),
-        item_vecs=jnp.asarray(rng.normal(size=(items, dim)), jnp.float32),
-        labels=jnp.asarray(labels),
-        attribute_weight=jnp.ones(users),
-        class_mask=jnp.asarray(mask),
-        class_prior=jnp.asarray(afrl.class_prior(labels, np.ones(users), mask)),
-    )
+    labels = np.stack([rng.integers(0, c, users) for c in CLASSES], 1)
+    data = afrl.make_data(rng.normal(size=(users, dim)), rng.normal(size=(items, dim)), labels, CLASSES)
     batches = {
         "user": rng.integers(0, users, (steps, batch)).astype(np.int32),
         "pos": rng.integers(0, items, (steps, batch)).astype(np.int32),

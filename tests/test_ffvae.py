@@ -112,16 +112,8 @@ def test_vae_loss_terms_match_hand_computation_on_linear_nets(toy, adversary):
 def state_and_data():
     rng = np.random.default_rng(2)
     U, I = 30, 20
-    labels = np.stack([rng.integers(0, c, U) for c in CLASSES], 1).astype(np.int32)
-    mask = afrl.class_mask(CLASSES)
-    data = afrl.AFRLData(
-        user_vecs=jnp.asarray(rng.normal(size=(U, D)) * 2.0 + 0.5, jnp.float32),
-        item_vecs=jnp.asarray(rng.normal(size=(I, D)), jnp.float32),
-        labels=jnp.asarray(labels),
-        attribute_weight=jnp.ones(U),
-        class_mask=jnp.asarray(mask),
-        class_prior=jnp.asarray(afrl.class_prior(labels, np.ones(U), mask)),
-    )
+    labels = np.stack([rng.integers(0, c, U) for c in CLASSES], 1)
+    data = afrl.make_data(rng.normal(size=(U, D)) * 2.0 + 0.5, rng.normal(size=(I, D)), labels, CLASSES)
     config = ffvae.FFVAEConfig(attr_dim=2, latent_dim=3, hidden=8, learning_rate=1e-2)
     batch = {
         "user": jnp.asarray(rng.integers(0, U, 8), jnp.int32),

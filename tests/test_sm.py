@@ -100,16 +100,8 @@ def test_a_non_sensitive_attribute_does_not_enter_the_filter_loss(toy, adversary
 def setup():
     rng = np.random.default_rng(2)
     U, I = 30, 20
-    labels = np.stack([rng.integers(0, c, U) for c in CLASSES], 1).astype(np.int32)
-    mask = afrl.class_mask(CLASSES)
-    data = afrl.AFRLData(
-        user_vecs=jnp.asarray(rng.normal(size=(U, D)) * 2.0 + 1.0, jnp.float32),
-        item_vecs=jnp.asarray(rng.normal(size=(I, D)), jnp.float32),
-        labels=jnp.asarray(labels),
-        attribute_weight=jnp.ones(U),
-        class_mask=jnp.asarray(mask),
-        class_prior=jnp.asarray(afrl.class_prior(labels, np.ones(U), mask)),
-    )
+    labels = np.stack([rng.integers(0, c, U) for c in CLASSES], 1)
+    data = afrl.make_data(rng.normal(size=(U, D)) * 2.0 + 1.0, rng.normal(size=(I, D)), labels, CLASSES)
     config = sm.SMConfig(hidden=8, learning_rate=1e-2)
     batch = {
         "user": jnp.asarray(rng.integers(0, U, 8), jnp.int32),

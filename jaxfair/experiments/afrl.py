@@ -46,15 +46,8 @@ def afrl_data(split: Split, user_vecs: jax.Array, item_vecs: jax.Array) -> afrl.
     weight = np.ones(split.num_users, np.float32)
     weight[split.probe_users["test"]] = 0.0
     labels = np.stack([split.user_attributes[n] for n in names], axis=1)
-    mask = afrl.class_mask(tuple(len(split.attribute_classes[n]) for n in names))
-    return afrl.AFRLData(
-        user_vecs=jnp.asarray(user_vecs),
-        item_vecs=jnp.asarray(item_vecs),
-        labels=jnp.asarray(labels),
-        attribute_weight=jnp.asarray(weight),
-        class_mask=jnp.asarray(mask),
-        class_prior=jnp.asarray(afrl.class_prior(labels, weight, mask)),
-    )
+    num_classes = tuple(len(split.attribute_classes[n]) for n in names)
+    return afrl.make_data(user_vecs, item_vecs, labels, num_classes, weight)
 
 
 def requirement_metrics(params, score, user_vecs, item_vecs, targets, negatives, requirements, *, config, ks):

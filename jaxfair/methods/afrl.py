@@ -48,6 +48,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from jaxfair.backbones.base import bpr_loss
 from jaxfair.methods.mlp import mlp_apply, mlp_init, mlp_sizes, stack_apply, stack_apply_each, stack_init
 from jaxfair.training.step import TrainState
 
@@ -125,6 +126,26 @@ class AFRLData(NamedTuple):
     attribute_weight: jax.Array
     class_mask: jax.Array
     class_prior: jax.Array
+
+
+def make_data(user_vecs, item_vecs, labels, num_classes: tuple[int, ...], attribute_weight=None) -> AFRLData:
+    """Build :class:`AFRLData`, deriving the class mask and the class prior (over users with weight > 0).
+
+    Args:
+      user_vecs: ``(U, d)``; item_vecs: ``(I, d)``; labels: int ``(U, M)``; num_classes: classes per attribute;
+      attribute_weight: ``(U,)``, default all ones.
+    """
+    labels = np.asarray(labels, np.int32)
+    weight = np.ones(len(labels), np.float32) if attribute_weight is None else np.asarray(attribute_weight, np.float32)
+    mask = class_mask(tuple(num_classes))
+    return AFRLData(
+        user_vecs=jnp.asarray(user_vecs, jnp.float32),
+        item_vecs=jnp.asarray(item_vecs, jnp.float32),
+        labels=jnp.asarray(labels),
+        attribute_weight=jnp.asarray(weight),
+        class_mask=jnp.asarray(mask),
+        class_prior=jnp.asarray(class_prior(labels, weight, mask)),
+    )
 
 
 def class_prior(labels: np.ndarray, weight: np.ndarray, mask: np.ndarray) -> np.ndarray:
@@ -278,20 +299,27 @@ def aggregator_loss(g_params, params, u, pos_vecs, neg_vecs, sensitive, weight, 
     z0, z = encode(params, u)
     z0, z = jax.lax.stop_gradient(z0), jax.lax.stop_gradient(z)
     u_star = aggregate(dict(params, G=g_params), z0, z, sensitive, config)
-    diff = score(u_star, pos_vecs) - score(u_star, neg_vecs)
-    return _weighted_mean(-jax.nn.log_sigmoid(diff), weight)
+    return bpr_loss(score(u_star, pos_vecs), score(u_star, neg_vecs), weight)
 
 
 def make_optimizer(config: AFRLConfig) -> optax.GradientTransformation:
     return optax.adam(config.learning_rate)
 
 
+def num_classes_of(data: AFRLData) -> tuple[int, ...]:
+    """Classes per attribute, read off the class mask."""
+    return tuple(int(n) for n in np.asarray(data.class_mask).sum(axis=1))
+
+
+def init_player_state(params: dict, players: tuple[str, ...], tx) -> TrainState:
+    """A train state holding one optimizer state per player, so each player is moved only by its own update."""
+    return TrainState(params=params, opt_state={p: tx.init(params[p]) for p in players}, step=jnp.zeros((), jnp.int32))
+
+
 def init_state(key: jax.Array, data: AFRLData, config: AFRLConfig) -> TrainState:
     """Parameters of every player and one optimizer state per player."""
-    num_classes = tuple(int(n) for n in np.asarray(data.class_mask).sum(axis=1))
-    params = init_params(key, data.user_vecs.shape[1], num_classes, config)
-    tx = make_optimizer(config)
-    return TrainState(params=params, opt_state={p: tx.init(params[p]) for p in PLAYERS}, step=jnp.zeros((), jnp.int32))
+    params = init_params(key, data.user_vecs.shape[1], num_classes_of(data), config)
+    return init_player_state(params, PLAYERS, make_optimizer(config))
 
 
 def update_player(params: dict, opt_state: dict, name: str, loss_fn: Callable, tx) -> tuple[dict, dict, jax.Array]:

@@ -54,9 +54,9 @@ from typing import Callable
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 
+from jaxfair.backbones.base import bpr_loss
 from jaxfair.methods import afrl
 from jaxfair.methods.afrl import AFRLData, _weighted_mean
 from jaxfair.methods.mlp import mlp_apply, mlp_init, mlp_sizes, stack_init
@@ -231,8 +231,7 @@ def aggregator_loss(g_params, params, u, pos_vecs, neg_vecs, sensitive, weight, 
     """BPR of ``R(u*, v+) - R(u*, v-)`` through the frozen scorer (AFRL's Eq. 18) as a function of G only."""
     latent = jax.lax.stop_gradient(serving_latent(params, u, sensitive, config))
     u_star = aggregate(g_params, latent)
-    diff = score(u_star, pos_vecs) - score(u_star, neg_vecs)
-    return _weighted_mean(-jax.nn.log_sigmoid(diff), weight)
+    return bpr_loss(score(u_star, pos_vecs), score(u_star, neg_vecs), weight)
 
 
 def make_optimizer(config: FFVAEConfig) -> optax.GradientTransformation:
@@ -241,10 +240,8 @@ def make_optimizer(config: FFVAEConfig) -> optax.GradientTransformation:
 
 def init_state(key: jax.Array, data: AFRLData, config: FFVAEConfig) -> TrainState:
     """Parameters of every player and one optimizer state per player."""
-    num_classes = tuple(int(n) for n in np.asarray(data.class_mask).sum(axis=1))
-    params = init_params(key, data.user_vecs.shape[1], num_classes, config)
-    tx = make_optimizer(config)
-    return TrainState(params=params, opt_state={p: tx.init(params[p]) for p in PLAYERS}, step=jnp.zeros((), jnp.int32))
+    params = init_params(key, data.user_vecs.shape[1], afrl.num_classes_of(data), config)
+    return afrl.init_player_state(params, PLAYERS, make_optimizer(config))
 
 
 def make_train_step(data: AFRLData, score: Callable, config: FFVAEConfig):

@@ -114,12 +114,11 @@ def init_state(key: jax.Array, data: AFRLData, sensitive, config: SMConfig) -> T
     ``sensitive`` (bool ``(M,)``, the requirement) only fixes ``M`` here; every requirement starts from the same
     shapes.
     """
-    num_classes = tuple(int(n) for n in np.asarray(data.class_mask).sum(axis=1))
+    num_classes = afrl.num_classes_of(data)
     if len(np.asarray(sensitive)) != len(num_classes):
         raise ValueError(f"sensitive has {len(np.asarray(sensitive))} entries for {len(num_classes)} attributes")
     params = init_params(key, data.user_vecs.shape[1], num_classes, config)
-    tx = make_optimizer(config)
-    return TrainState(params=params, opt_state={p: tx.init(params[p]) for p in PLAYERS}, step=jnp.zeros((), jnp.int32))
+    return afrl.init_player_state(params, PLAYERS, make_optimizer(config))
 
 
 def filter_embeddings(params: dict, user_vecs: jax.Array) -> jax.Array:
