@@ -190,8 +190,9 @@ def test_sasrec_targets_are_next_items(split):
 
 
 def test_bert4rec_masks_at_least_one_position(split):
-    # With a tiny mask_prob most rows draw no mask, so the at-least-one rule does the work.
-    bb, _ = make_backbone("bert4rec", dict(SMALL["bert4rec"], mask_prob=0.01))
+    # With a tiny mask_prob most rows draw no mask, so the at-least-one rule does the work (mask_last off, or it
+    # would supply the mask).
+    bb, _ = make_backbone("bert4rec", dict(SMALL["bert4rec"], mask_prob=0.01, mask_last=False))
     batches = bb.make_epoch(split, np.random.default_rng(5), split.num_users)
     weight, seq, pos = batches["weight"][0], batches["seq"][0], batches["pos"][0]
     mask_id = split.num_items + 1
@@ -201,6 +202,25 @@ def test_bert4rec_masks_at_least_one_position(split):
     hist = split.histories("train", SMALL["bert4rec"]["max_len"])
     order = batches["user"][0]
     np.testing.assert_array_equal(np.where(weight > 0, pos, seq), hist[order])
+
+
+def test_bert4rec_mask_last_matches_the_evaluation_layout(split):
+    # mask_last (the default) masks every row's most recent item on top of the random masks, so the last slot holds
+    # [mask] with only earlier items around it, exactly like the rows user_embeddings reads.
+    bb, config = make_backbone("bert4rec", dict(SMALL["bert4rec"], mask_prob=0.01))
+    assert config.mask_last
+    batches = bb.make_epoch(split, np.random.default_rng(6), split.num_users)
+    weight, seq, pos = batches["weight"][0], batches["seq"][0], batches["pos"][0]
+    mask_id = split.num_items + 1
+    hist = split.histories("train", SMALL["bert4rec"]["max_len"])[batches["user"][0]]
+    assert np.all(seq[:, -1] == mask_id) and np.all(weight[:, -1] == 1)
+    np.testing.assert_array_equal(pos[:, -1], hist[:, -1])
+    np.testing.assert_array_equal(seq == mask_id, weight > 0)
+    np.testing.assert_array_equal(np.where(weight > 0, pos, seq), hist)
+    # Random masks still fall inside the history.
+    assert (weight[:, :-1] > 0).any()
+    context = bb.context(split)
+    assert np.all(np.asarray(context["valid"])[:, -1] == mask_id)
 
 
 def test_make_backbone_rejects_unknown_name():

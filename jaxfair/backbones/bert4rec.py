@@ -6,12 +6,27 @@ token), positions ``(L, d)`` and ``num_blocks`` bidirectional self-attention blo
 ``4d``; see :mod:`jaxfair.backbones.transformer`), ``L = max_len``.
 
 Training (Cloze task): each user's most recent ``L`` training items form one row. Every item is replaced by
-``[mask]`` with probability ``mask_prob`` (at least one per non-empty row); at each masked position ``t`` with
+``[mask]`` with probability ``mask_prob`` (at least one per non-empty row), and with ``mask_last`` (default) the
+most recent item is always masked too, matching the evaluation layout; at each masked position ``t`` with
 hidden state ``H_t`` (``(B, L, d)``), true item ``i_t`` and one sampled negative ``j_t`` (never a known positive):
 
     loss = -sum_t w_t log sigmoid(<H_t, E_{i_t}> - <H_t, E_{j_t}>) / sum_t w_t,   w_t = [t masked]
 
 The paper uses a softmax over all items; BPR with one negative keeps the objective identical across backbones.
+
+Why ``mask_last``: evaluation reads the hidden state of a ``[mask]`` in the last slot that sees only earlier items,
+while random masks almost always sit inside the history, with items on both sides. The paper closes this gap by
+adding training sequences whose last item alone is masked; masking the last item of every row on top of the random
+masks gives each user one inference-shaped target per epoch without extra rows. On MovieLens-100k
+(``configs/bert4rec_ml100k.toml``) it left the popularity plateau (validation NDCG@10 about 0.22) sooner than the
+paper's scheme (20% of the rows masked at the last item only), about 9-12 epochs against 14-19, and ended as high
+or slightly higher (about 0.30 against 0.29-0.30).
+
+Training settings, chosen by validation sampled NDCG@10 only (see the config file): Adam at 3e-3 with 32 users per
+step (about 30 steps an epoch). At 1e-3 with 64 users (14 steps an epoch) the model sat at popularity level for 30
+or more epochs before it started to use the history. ``dropout`` 0.1 (the paper's) beat 0.2 and matched 0.0;
+``mask_prob`` 0.3 matched 0.2; weighting the last-item target up did not help. The validation curve moves by about
+0.01 between epochs and still creeps up late, hence 60 epochs with patience 15.
 
 Evaluation: the user vector is the hidden state (no dropout) at a ``[mask]`` appended after the user's history,
 i.e. the row ``split.histories(stage, L - 1) ++ [mask]``. ``R(u, v) = <u, v>``.
@@ -42,6 +57,9 @@ class Config:
       num_heads: attention heads (must divide ``dim``).
       dropout: dropout rate on embeddings, attention weights and residual branches (training only).
       mask_prob: probability of masking each training position, in ``(0, 1]``.
+      mask_last: also mask every row's most recent item, on top of the random masks. Evaluation reads the hidden
+        state of a ``[mask]`` in the last slot; random Cloze masks alone rarely train that layout, and on
+        MovieLens-100k the model then stayed at popularity level (validation NDCG@10 about 0.22).
     """
 
     dim: int = 64
@@ -51,15 +69,12 @@ class Config:
     num_heads: int = 2
     dropout: float = 0.1
     mask_prob: float = 0.2
-    last_prob: float = 0.0
-    also_last: bool = False
+    mask_last: bool = True
 
     def __post_init__(self):
         transformer.check_transformer_config(self)
         if not 0.0 < self.mask_prob <= 1.0:
             raise ValueError(f"mask_prob must be in (0, 1], got {self.mask_prob}")
-        if not 0.0 <= self.last_prob <= 1.0:
-            raise ValueError(f"last_prob must be in [0, 1], got {self.last_prob}")
 
 
 def mask_rows(hist: np.ndarray, pad: int, mask_prob: float, rng: np.random.Generator) -> np.ndarray:
@@ -118,11 +133,7 @@ def backbone(config: Config = Config()) -> Backbone:
         pad, mask_id = split.num_items, split.num_items + 1
         hist = split.histories("train", config.max_len)
         masked = mask_rows(hist, pad, config.mask_prob, rng)
-        if config.last_prob > 0:
-            last_only = rng.random(len(hist)) < config.last_prob
-            masked[last_only] = False
-            masked[last_only, -1] = hist[last_only, -1] != pad
-        if config.also_last:
+        if config.mask_last:  # train on the layout evaluation reads: [mask] in the last slot
             masked[:, -1] |= hist[:, -1] != pad
         users = np.arange(split.num_users, dtype=np.int32)
         pos = np.where(masked, hist, pad).astype(np.int32)
