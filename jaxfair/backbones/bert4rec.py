@@ -41,7 +41,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxfair.backbones import transformer
-from jaxfair.backbones.base import Backbone, Batch, dot_score, padded_batches
+from jaxfair.backbones.base import Backbone, Batch, padded_batches
 from jaxfair.backbones.common import position_negatives
 from jaxfair.data.dataset import Split
 
@@ -120,9 +120,6 @@ def backbone(config: Config = Config()) -> Backbone:
         activation="gelu",
     )
 
-    def init(key, split):
-        return transformer.init_params(key, encoder, split.num_items + 2, split.num_items, config.max_len)
-
     def context(split):
         mask_col = np.full((split.num_users, 1), split.num_items + 1, np.int32)
         return {
@@ -147,26 +144,4 @@ def backbone(config: Config = Config()) -> Backbone:
         }
         return padded_batches(rows, batch_size, rng)
 
-    def loss(params, context, batch, key):
-        del context
-        pad = params["items"].shape[0] - 2
-        return transformer.sequence_loss(params, encoder, batch, pad, config.l2, key)
-
-    def user_embeddings(params, context, stage="valid"):
-        pad = params["items"].shape[0] - 2
-        return transformer.last_hidden(params, encoder, context[stage], pad)
-
-    def item_embeddings(params, context):
-        del context
-        return params["items"][:-2]
-
-    return Backbone(
-        name="bert4rec",
-        init=init,
-        context=context,
-        make_epoch=make_epoch,
-        loss=loss,
-        user_embeddings=user_embeddings,
-        item_embeddings=item_embeddings,
-        score=lambda params, user_vecs, item_vecs: dot_score(user_vecs, item_vecs),
-    )
+    return transformer.sequence_backbone("bert4rec", encoder, config, 2, context, make_epoch)

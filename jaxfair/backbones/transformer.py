@@ -22,7 +22,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxfair.backbones.base import Batch, dot_score
+from jaxfair.backbones.base import Backbone, Batch, dot_score
 from jaxfair.backbones.common import bpr_with_l2, check_dim_l2, init_table
 
 # Users encoded at once when reading out embeddings; bounds the (chunk, heads, L, L) attention tensor.
@@ -120,3 +120,40 @@ def sequence_loss(params: dict, encoder: Encoder, batch: Batch, pad_id: int, l2:
     neg = params["items"][batch["neg"]]
     return bpr_with_l2(dot_score, hidden, pos, neg, batch["weight"], l2, (pos, neg))
 
+
+
+def sequence_backbone(name: str, encoder: Encoder, config, special_rows: int, context, make_epoch) -> Backbone:
+    """The :class:`Backbone` of a self-attention model whose item table has ``special_rows`` rows after the ``I``
+    items (padding first, then e.g. BERT4Rec's ``[mask]``).
+
+    The model supplies its own ``context`` (the evaluation histories) and ``make_epoch`` (its training rows); init,
+    per-position BPR loss, last-position read-out, item table and dot-product score are shared.
+    """
+
+    def pad_of(params):
+        return params["items"].shape[0] - special_rows
+
+    def init(key, split):
+        return init_params(key, encoder, split.num_items + special_rows, split.num_items, config.max_len)
+
+    def loss(params, context, batch, key):
+        del context
+        return sequence_loss(params, encoder, batch, pad_of(params), config.l2, key)
+
+    def user_embeddings(params, context, stage="valid"):
+        return last_hidden(params, encoder, context[stage], pad_of(params))
+
+    def item_embeddings(params, context):
+        del context
+        return params["items"][:-special_rows]
+
+    return Backbone(
+        name=name,
+        init=init,
+        context=context,
+        make_epoch=make_epoch,
+        loss=loss,
+        user_embeddings=user_embeddings,
+        item_embeddings=item_embeddings,
+        score=lambda params, user_vecs, item_vecs: dot_score(user_vecs, item_vecs),
+    )
