@@ -37,3 +37,50 @@ def test_main_job_summary_aggregates_seeds():
     summary, table = summarize(runs)
     assert "| G | 0.700 ± 0.000 | 0.550 ± 0.000 | 0.350 ± 0.050 |" in table
     assert summary["total_seconds"] == [1.0, 2.0]
+
+
+TINY_AFRL = """
+[data]
+source = "{source}"
+attributes = ["gender", "age"]
+[backbone]
+name = "pmf"
+dim = 8
+[train]
+epochs = 2
+learning_rate = 0.01
+[evaluate]
+protocols = ["sampled"]
+ks = [10]
+[probe]
+steps = 50
+eval_every = 25
+bootstrap = 0
+[afrl]
+hidden = 8
+epochs = 2
+learning_rate = 1e-3
+"""
+
+
+def tiny_afrl_config(tmp_path):
+    from jaxfair.data.synthetic import make_synthetic, write_ml100k_folder
+
+    write_ml100k_folder(make_synthetic(num_users=120, num_items=160, per_user=20), tmp_path / "data")
+    config = tmp_path / "afrl.toml"
+    config.write_text(TINY_AFRL.format(source=tmp_path / "data"))
+    return str(config)
+
+
+def test_lambda_sweep_writes_front_and_picks_on_validation(tmp_path):
+    load("afrl_lambda_sweep").main([tiny_afrl_config(tmp_path), "--lams", "0.1", "1", "--out", str(tmp_path / "sweep")])
+    sweep = json.loads((tmp_path / "sweep" / "sweep.json").read_text())
+    assert [p["lam"] for p in sweep["points"]] == [0.1, 1.0] and sweep["chosen_lam"] in (0.1, 1.0)
+    assert (tmp_path / "sweep" / "pareto.png").stat().st_size > 0
+
+
+def test_baselines_benchmark_reports_every_method(tmp_path):
+    load("afrl_baselines").main([tiny_afrl_config(tmp_path), "--out", str(tmp_path / "base")])
+    payload = json.loads((tmp_path / "base" / "baselines.json").read_text())
+    assert set(payload["methods"]) == {"AFRL", "AFRL-w/o-z_i", "AFRL-w/o-z_0", "SM", "FFVAE"}
+    assert all(seconds > 0 for seconds in payload["seconds"].values())

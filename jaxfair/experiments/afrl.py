@@ -18,7 +18,7 @@ from __future__ import annotations
 import dataclasses
 import pathlib
 import time
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -48,6 +48,43 @@ def afrl_data(split: Split, user_vecs: jax.Array, item_vecs: jax.Array) -> afrl.
     labels = np.stack([split.user_attributes[n] for n in names], axis=1)
     num_classes = tuple(len(split.attribute_classes[n]) for n in names)
     return afrl.make_data(user_vecs, item_vecs, labels, num_classes, weight)
+
+
+class FrozenBackbone(NamedTuple):
+    """A trained backbone, frozen, with everything AFRL and its baselines read from it.
+
+    Attributes:
+      backbone, context, params, fit: the backbone's functions, constants, selected parameters and training result.
+      user_vecs: ``{"valid": (U, d), "test": (U, d)}``; item_vecs: ``(I, d)``.
+      score: ``backbone.score`` bound to ``params`` as a ``jax.tree_util.Partial`` (traced, so jitted evaluation
+        compiles once).
+      data: :class:`jaxfair.methods.afrl.AFRLData` built from the validation-time user embeddings.
+    """
+
+    backbone: object
+    context: dict
+    params: object
+    fit: object
+    user_vecs: dict
+    item_vecs: jax.Array
+    score: jax.tree_util.Partial
+    data: afrl.AFRLData
+
+
+def frozen_backbone(split: Split, config: ExperimentConfig, out_dir=None, log=print) -> FrozenBackbone:
+    """Train the configured backbone (checkpointed under ``out_dir`` when given) and freeze it for AFRL."""
+    backbone, context, params, fit_result = backbone_experiment.train_backbone(split, config, out_dir, log)
+    user_vecs, item_vecs = backbone_experiment.embeddings_of(backbone, context, params)
+    return FrozenBackbone(
+        backbone=backbone,
+        context=context,
+        params=params,
+        fit=fit_result,
+        user_vecs=user_vecs,
+        item_vecs=item_vecs,
+        score=jax.tree_util.Partial(backbone.score, params),
+        data=afrl_data(split, user_vecs["valid"], item_vecs),
+    )
 
 
 def requirement_metrics(params, score, user_vecs, item_vecs, targets, negatives, requirements, *, config, ks):
@@ -149,13 +186,12 @@ def run(config: ExperimentConfig, out_dir, log: Callable[[str], None] = print) -
     timings["data_seconds"] = time.perf_counter() - tick
 
     tick = time.perf_counter()
-    backbone, context, bb_params, bb_fit = backbone_experiment.train_backbone(split, config, out_dir, log)
-    backbone_experiment.save_best(out_dir, bb_params, bb_fit.best_epoch)
-    user_vecs, item_vecs = backbone_experiment.embeddings_of(backbone, context, bb_params)
+    frozen = frozen_backbone(split, config, out_dir, log)
+    backbone_experiment.save_best(out_dir, frozen.params, frozen.fit.best_epoch)
+    backbone, bb_params, bb_fit = frozen.backbone, frozen.params, frozen.fit
+    user_vecs, item_vecs, score, data = frozen.user_vecs, frozen.item_vecs, frozen.score, frozen.data
     timings["backbone_seconds"] = time.perf_counter() - tick
 
-    score = jax.tree_util.Partial(backbone.score, bb_params)
-    data = afrl_data(split, user_vecs["valid"], item_vecs)
     tick = time.perf_counter()
     afrl_fit = train_afrl(split, data, score, method, config.train.seed, out_dir, log, user_vecs["valid"])
     timings["afrl_seconds"] = time.perf_counter() - tick
