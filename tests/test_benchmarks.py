@@ -84,3 +84,18 @@ def test_baselines_benchmark_reports_every_method(tmp_path):
     payload = json.loads((tmp_path / "base" / "baselines.json").read_text())
     assert set(payload["methods"]) == {"AFRL", "AFRL-w/o-z_i", "AFRL-w/o-z_0", "SM", "FFVAE"}
     assert all(seconds > 0 for seconds in payload["seconds"].values())
+
+
+def test_cofair_step_benchmark_reports_every_ratio(tmp_path):
+    out = tmp_path / "cofair_step.json"
+    results = load("cofair_step").main(["--quick", "--out", str(out)])
+    saved = json.loads(out.read_text())
+    assert saved == json.loads(json.dumps(results))
+    times = ["jax_vmap_ms", "jax_loop_ms", "jax_vmap_per_row_ms", "jax_loop_per_row_ms"]
+    ratios = ["loop_over_vmap", "loop_over_vmap_per_row", "per_row_over_per_user"]
+    if "torch_skipped" not in saved:
+        times.append("torch_ms")
+        ratios += ["torch_over_jax_vmap", "torch_over_jax_vmap_per_row", "torch_over_jax_loop"]
+    assert all(saved[key] > 0 for key in times + ratios)
+    checks = [key for key in saved if key.startswith("check_max_abs_diff_")]
+    assert len(checks) >= 2 and all(saved[key] < 1e-4 for key in checks)

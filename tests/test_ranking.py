@@ -203,3 +203,23 @@ def test_summarize_means():
         "hr@10": 0.5,
         "ndcg@10": 0.375,
     }
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_top_k_path_equals_full_sort_under_heavy_ties(seed):
+    """The fast path (top_k, used when 4 * max(k) <= candidates) is exact: same metrics as the full two-key sort,
+    even with most scores tied, signed zeros, and -inf masked candidates."""
+    from jaxfair.metrics.ranking import _ranking_metrics, _ranking_metrics_topk
+
+    rng = np.random.default_rng(seed)
+    scores = rng.integers(-3, 4, size=(200, 64)).astype(np.float32)
+    scores[rng.random(scores.shape) < 0.1] = -np.inf
+    scores[rng.random(scores.shape) < 0.05] = -0.0
+    relevant = rng.random(scores.shape) < 0.15
+    relevant[:5] = False  # rows without any relevant candidate
+    scores[relevant & np.isinf(scores)] = 0.0  # a target is never masked
+    ks = (1, 3, 5, 10, 16)
+    fast = _ranking_metrics_topk(jnp.asarray(scores), jnp.asarray(relevant), ks)
+    exact = _ranking_metrics(jnp.asarray(scores), jnp.asarray(relevant), ks)
+    for name in exact:
+        np.testing.assert_allclose(np.asarray(fast[name]), np.asarray(exact[name]), rtol=1e-6, atol=1e-7, err_msg=name)

@@ -170,8 +170,9 @@ class Split:
         }
 
 
-def save_split(split: Split, path) -> None:
-    """Write ``split`` (negatives and probe users included) to one ``.npz`` file, atomically."""
+def save_split(split, path) -> None:
+    """Write ``split`` (a :class:`Split` or a :class:`jaxfair.data.holdout.HoldoutSplit`; negatives and probe users
+    included) to one ``.npz`` file, atomically."""
     import json
     import os
     import pathlib
@@ -179,7 +180,7 @@ def save_split(split: Split, path) -> None:
     path = pathlib.Path(path)
     arrays = {}
     meta = {}
-    for field in dataclasses.fields(Split):
+    for field in dataclasses.fields(split):
         value = getattr(split, field.name)
         if isinstance(value, np.ndarray):
             arrays[field.name] = value
@@ -189,15 +190,18 @@ def save_split(split: Split, path) -> None:
             arrays.update({f"probe/{k}": v for k, v in value.items()})
         else:
             meta[field.name] = value
+    meta["container"] = type(split).__name__
     arrays["meta"] = np.array(json.dumps(meta))
     tmp = path.with_name(path.name + ".tmp.npz")
     np.savez_compressed(tmp, **arrays)
     os.replace(tmp, path)
 
 
-def load_split(path) -> Split:
-    """Read a split written by :func:`save_split`."""
+def load_split(path):
+    """Read a split written by :func:`save_split` (the container type it was saved from)."""
     import json
+
+    from jaxfair.data.holdout import HoldoutSplit
 
     with np.load(path, allow_pickle=False) as data:
         meta = json.loads(str(data["meta"]))
@@ -208,4 +212,5 @@ def load_split(path) -> Split:
     meta["genre_names"] = tuple(meta["genre_names"])
     # JSON keeps the attribute order, so the attributes come back in the order they were saved.
     user_attributes = {k: attrs[k] for k in meta["attribute_classes"]}
-    return Split(**kwargs, **meta, user_attributes=user_attributes, probe_users=probe)
+    container = {"Split": Split, "HoldoutSplit": HoldoutSplit}[meta.pop("container", "Split")]
+    return container(**kwargs, **meta, user_attributes=user_attributes, probe_users=probe)

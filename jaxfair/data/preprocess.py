@@ -11,6 +11,11 @@ Steps, in order:
    sorted categories.
 6. :func:`sample_eval_negatives` - 99 distinct negatives per user for validation and test (``sampled`` protocol).
 7. :func:`split_probe_users` - a seeded train/validation/test split of users for attribute probes.
+
+With ``split = "temporal_ratio"`` or ``"random_ratio"`` step 4 is :func:`jaxfair.data.holdout.ratio_split` (several
+validation and test positives per user, ranked over all items), step 6 is skipped, and :func:`prepare` returns a
+:class:`jaxfair.data.holdout.HoldoutSplit`. Cofair's recipe is ``rating_threshold = 0`` (every rating is a positive)
+with ``temporal_ratio`` 80/10/10.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import numpy as np
 import pandas as pd
 
 from jaxfair.data.dataset import DataError, RawDataset, Split
+from jaxfair.data.holdout import SPLIT_KINDS, HoldoutSplit, check_ratios, ratio_split
 from jaxfair.data.sampling import sample_negatives
 
 # MovieLens-1M age codes and the bucket each stands for; ML-100k raw ages are mapped onto the same buckets.
@@ -39,8 +45,13 @@ class PrepConfig:
     attributes: tuple[str, ...] = ("gender", "age", "occupation")
     probe_fractions: tuple[float, float, float] = (0.6, 0.2, 0.2)
     seed: int = 0
+    split: str = "leave_one_out"
+    ratios: tuple[float, float, float] = (0.8, 0.1, 0.1)
 
     def __post_init__(self):
+        if self.split not in SPLIT_KINDS:
+            raise ValueError(f"split must be one of {list(SPLIT_KINDS)}, got {self.split!r}")
+        check_ratios(self.ratios)
         if self.min_positives < 3:
             raise ValueError("min_positives must be at least 3 (one train, one validation and one test positive)")
         if self.eval_negatives < 1:
@@ -155,19 +166,38 @@ def split_probe_users(num_users: int, fractions, rng: np.random.Generator) -> di
     return {k: np.sort(p).astype(np.int32) for k, p in zip(("train", "valid", "test"), parts)}
 
 
-def prepare(raw: RawDataset, config: PrepConfig = PrepConfig()) -> Split:
-    """Run every step on ``raw`` and return the leave-one-out :class:`Split`."""
-    positives = filter_users(binarize(raw.interactions, config.rating_threshold), config.min_positives)
-    positives, old_users, old_items = reindex(positives)
-    train, valid_items, test_items = leave_one_out(positives)
-    num_users, num_items = len(old_users), len(old_items)
+def _item_genres(raw: RawDataset, old_items: np.ndarray) -> tuple[np.ndarray, tuple[str, ...]]:
+    """Bool ``(I, G)`` multi-hot genres of the kept items and the genre names (sorted)."""
+    genre_names = tuple(sorted({g for gs in raw.items["genres"] for g in gs}))
+    genres = np.zeros((len(old_items), len(genre_names)), dtype=bool)
+    column = {g: k for k, g in enumerate(genre_names)}
+    for row, gs in enumerate(raw.items.iloc[old_items]["genres"]):
+        for g in gs:
+            genres[row, column[g]] = True
+    return genres, genre_names
 
-    user_of_row = positives["user"].to_numpy()
-    item_of_row = positives["item"].to_numpy()
+
+def _positives_csr(users: np.ndarray, items: np.ndarray, num_users: int, num_items: int):
+    """``(known (U, I) bool, indptr, indices)`` of the positives ``(users, items)``."""
     known = np.zeros((num_users, num_items), dtype=bool)
-    known[user_of_row, item_of_row] = True
+    known[users, items] = True
     indptr = np.concatenate([[0], np.cumsum(known.sum(axis=1))]).astype(np.int64)
     indices = np.nonzero(known)[1].astype(np.int32)
+    return known, indptr, indices
+
+
+def prepare(raw: RawDataset, config: PrepConfig = PrepConfig()) -> Split | HoldoutSplit:
+    """Run every step on ``raw``; returns the leave-one-out :class:`Split` or, for a ratio split, a
+    :class:`HoldoutSplit`."""
+    positives = filter_users(binarize(raw.interactions, config.rating_threshold), config.min_positives)
+    positives, old_users, old_items = reindex(positives)
+    if config.split != "leave_one_out":
+        return _prepare_holdout(raw, config, positives, old_users, old_items)
+    train, valid_items, test_items = leave_one_out(positives)
+    num_users, num_items = len(old_users), len(old_items)
+    known, indptr, indices = _positives_csr(
+        positives["user"].to_numpy(), positives["item"].to_numpy(), num_users, num_items
+    )
 
     rng = np.random.default_rng(config.seed)
     valid_negatives = sample_eval_negatives(known, config.eval_negatives, rng)
@@ -176,13 +206,7 @@ def prepare(raw: RawDataset, config: PrepConfig = PrepConfig()) -> Split:
 
     kept_users = raw.users.iloc[old_users].reset_index(drop=True)
     attributes, classes = encode_attributes(kept_users, config.attributes)
-    kept_items = raw.items.iloc[old_items]
-    genre_names = tuple(sorted({g for gs in raw.items["genres"] for g in gs}))
-    genres = np.zeros((num_items, len(genre_names)), dtype=bool)
-    column = {g: k for k, g in enumerate(genre_names)}
-    for row, gs in enumerate(kept_items["genres"]):
-        for g in gs:
-            genres[row, column[g]] = True
+    genres, genre_names = _item_genres(raw, old_items)
 
     return Split(
         name=raw.name,
@@ -202,6 +226,41 @@ def prepare(raw: RawDataset, config: PrepConfig = PrepConfig()) -> Split:
         genre_names=genre_names,
         probe_users=probe,
         user_raw_ids=kept_users["raw_id"].to_numpy().astype(str),
-        item_raw_ids=kept_items["raw_id"].to_numpy().astype(str),
+        item_raw_ids=raw.items.iloc[old_items]["raw_id"].to_numpy().astype(str),
+        seed=config.seed,
+    )
+
+
+def _prepare_holdout(raw, config: PrepConfig, positives, old_users, old_items) -> HoldoutSplit:
+    """Steps 4-7 for a ratio split (no sampled evaluation negatives)."""
+    num_users, num_items = len(old_users), len(old_items)
+    rng = np.random.default_rng(config.seed)
+    train, valid, test = ratio_split(positives, config.ratios, config.split, rng)
+    _, indptr, indices = _positives_csr(positives["user"].to_numpy(), positives["item"].to_numpy(), num_users, num_items)
+    probe = split_probe_users(num_users, config.probe_fractions, rng)
+    kept_users = raw.users.iloc[old_users].reset_index(drop=True)
+    attributes, classes = encode_attributes(kept_users, config.attributes)
+    genres, genre_names = _item_genres(raw, old_items)
+    column = lambda frame, name: frame[name].to_numpy().astype(np.int32)
+    return HoldoutSplit(
+        name=raw.name,
+        kind=config.split,
+        num_users=num_users,
+        num_items=num_items,
+        train_users=column(train, "user"),
+        train_items=column(train, "item"),
+        valid_users=column(valid, "user"),
+        valid_items=column(valid, "item"),
+        test_users=column(test, "user"),
+        test_items=column(test, "item"),
+        positives_indptr=indptr,
+        positives_indices=indices,
+        user_attributes=attributes,
+        attribute_classes=classes,
+        item_genres=genres,
+        genre_names=genre_names,
+        probe_users=probe,
+        user_raw_ids=kept_users["raw_id"].to_numpy().astype(str),
+        item_raw_ids=raw.items.iloc[old_items]["raw_id"].to_numpy().astype(str),
         seed=config.seed,
     )

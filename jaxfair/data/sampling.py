@@ -26,7 +26,8 @@ def sample_negatives(
       ValueError: a user has fewer than ``num`` non-positive items (with ``replace=False``) or none at all.
     """
     num_items = positives.shape[1]
-    free = num_items - positives[users].sum(axis=1)
+    users = np.asarray(users)
+    free = num_items - positives.sum(axis=1)[users]  # per user first: never gathers (R, I) rows
     needed = num if not replace else 1
     if len(users) and free.min() < needed:
         bad = int(users[np.argmin(free)])

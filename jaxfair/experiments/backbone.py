@@ -26,6 +26,7 @@ import optax
 from jaxfair.backbones import make_backbone
 from jaxfair.data.dataset import Split, save_split
 from jaxfair.data.fetch import load
+from jaxfair.data.holdout import HoldoutSplit
 from jaxfair.data.preprocess import prepare
 from jaxfair.experiments.config import DataConfig, EvalConfig, ExperimentConfig
 from jaxfair.experiments.outputs import format_table, write_json, write_npy, write_users_csv
@@ -70,6 +71,8 @@ def evaluate_ranking(
     Returns:
       ``{protocol: {"protocol": name, "description": ..., stage: {metric@k: mean}}}``.
     """
+    if isinstance(split, HoldoutSplit):
+        return evaluate_holdout(score_fn, user_vecs, item_vecs, split, config, stages)
     known = split.positive_matrix() if known is None else known
     targets = {"valid": split.valid_items, "test": split.test_items}
     negatives = {"valid": split.valid_negatives, "test": split.test_negatives}
@@ -94,6 +97,34 @@ def evaluate_ranking(
     return out
 
 
+def evaluate_holdout(
+    score_fn: ScoreFn,
+    user_vecs: dict[str, jax.Array],
+    item_vecs: jax.Array,
+    split: HoldoutSplit,
+    config: EvalConfig,
+    stages: tuple[str, ...] = ("valid", "test"),
+) -> dict:
+    """Full-ranking metrics on a ratio hold-out split: each stage's positives ranked over all items, with the
+    training positives (and, for test, the validation positives) masked. Users without positives in a stage are left
+    out of its means. Same return layout as :func:`evaluate_ranking`, with the single protocol ``full``."""
+    if "sampled" in config.protocols:
+        raise ValueError("the 'sampled' protocol needs a leave-one-out split; a ratio split is ranked over all items")
+    block = {
+        "protocol": "full",
+        "description": f"held-out positives ranked among all {split.num_items} items, training"
+        " (and for test, validation) positives masked",
+    }
+    for stage in stages:
+        targets = split.target_matrix(stage)
+        has_targets = targets.any(axis=1)
+        per_user = full_protocol(
+            score_fn, user_vecs[stage], item_vecs, targets, split.exclude_matrix(stage), config.ks, config.batch_size
+        )
+        block[stage] = summarize({k: v[has_targets] for k, v in per_user.items()})
+    return {"full": block}
+
+
 def popularity_scorer(split: Split) -> tuple[ScoreFn, jax.Array, jax.Array]:
     """The popularity baseline: every user scores an item by its number of training positives.
 
@@ -110,14 +141,17 @@ def train_backbone(split: Split, config: ExperimentConfig, out_dir: pathlib.Path
     context = backbone.context(split)
     tx = optax.adam(config.train.learning_rate)
     step = make_train_step(lambda p, b, k: backbone.loss(p, context, b, k), tx)
-    eval_sampled = EvalConfig(protocols=("sampled",), ks=config.evaluate.ks, batch_size=config.evaluate.batch_size)
+    # Validation ranks the validation targets among sampled negatives on a leave-one-out split, over all items on a
+    # ratio split.
+    protocol = "full" if isinstance(split, HoldoutSplit) else "sampled"
+    eval_valid = EvalConfig(protocols=(protocol,), ks=config.evaluate.ks, batch_size=config.evaluate.batch_size)
     item_fn = jax.jit(lambda p: backbone.item_embeddings(p, context))
     user_fn = jax.jit(lambda p: backbone.user_embeddings(p, context, "valid"))
 
     def validate(params):
         score = lambda u, v: backbone.score(params, u, v)
-        metrics = evaluate_ranking(score, {"valid": user_fn(params)}, item_fn(params), split, eval_sampled, ("valid",))
-        return metrics["sampled"]["valid"]
+        metrics = evaluate_ranking(score, {"valid": user_fn(params)}, item_fn(params), split, eval_valid, ("valid",))
+        return metrics[protocol]["valid"]
 
     task = Task(
         init_state=lambda key: init_state(backbone.init(key, split), tx),

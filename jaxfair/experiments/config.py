@@ -26,7 +26,8 @@ class DataConfig:
     """Where the data comes from and how it is preprocessed (see :mod:`jaxfair.data.preprocess`).
 
     ``source`` is a dataset name (``ml-100k``, ``ml-1m``: fetched into the cache) or a local folder in any supported
-    format.
+    format. ``split`` is ``leave_one_out`` (AFRL; sampled and full protocols) or ``temporal_ratio`` /
+    ``random_ratio`` with ``ratios = [train, valid, test]`` (full protocol only; :mod:`jaxfair.data.holdout`).
     """
 
     source: str = "ml-100k"
@@ -36,6 +37,8 @@ class DataConfig:
     attributes: tuple[str, ...] = ("gender", "age", "occupation")
     probe_fractions: tuple[float, float, float] = (0.6, 0.2, 0.2)
     seed: int = 0
+    split: str = "leave_one_out"
+    ratios: tuple[float, float, float] = (0.8, 0.1, 0.1)
 
     def prep(self) -> PrepConfig:
         fields = {f.name for f in dataclasses.fields(PrepConfig)}
@@ -97,12 +100,19 @@ def parse_config(values: dict, method_sections: tuple[str, ...] = ()) -> Experim
         raise ConfigError("backbone.name: required key is missing")
     name = backbone_values.pop("name")
     _, backbone_config = make_backbone(name, backbone_values)
+    data = from_dict(DataConfig, values.get("data"), "data")
+    evaluate = from_dict(EvalConfig, values.get("evaluate"), "evaluate")
+    if data.split != "leave_one_out" and "sampled" in evaluate.protocols:
+        raise ConfigError(
+            f"evaluate.protocols: 'sampled' needs data.split = 'leave_one_out' (a {data.split} split is ranked over"
+            " all items); use protocols = [\"full\"]"
+        )
     return ExperimentConfig(
-        data=from_dict(DataConfig, values.get("data"), "data"),
+        data=data,
         backbone_name=name,
         backbone=backbone_config,
         train=from_dict(TrainConfig, values.get("train"), "train"),
-        evaluate=from_dict(EvalConfig, values.get("evaluate"), "evaluate"),
+        evaluate=evaluate,
         probe=from_dict(ProbeConfig, values.get("probe"), "probe"),
         sections={k: v for k, v in values.items() if k in method_sections},
     )

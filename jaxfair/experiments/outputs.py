@@ -40,6 +40,19 @@ def write_npy(path, array: np.ndarray) -> None:
     _atomic(path, write)
 
 
+def write_figure(path, figure) -> None:
+    """Save a matplotlib figure (format from the suffix, e.g. PNG) atomically and close it."""
+    import matplotlib.pyplot as plt
+
+    def write(tmp):
+        figure.savefig(tmp, dpi=120, format=pathlib.Path(path).suffix.lstrip(".") or "png")
+
+    try:
+        _atomic(path, write)
+    finally:
+        plt.close(figure)
+
+
 def write_users_csv(path, split: Split) -> None:
     """``users.csv``: row ``r`` describes row ``r`` of every ``user_embeddings*.npy`` of the run.
 

@@ -18,11 +18,15 @@ from jaxfair.config import ConfigError
 from jaxfair.data.dataset import load_split
 from jaxfair.experiments import afrl as afrl_experiment
 from jaxfair.experiments import backbone as backbone_experiment
+from jaxfair.experiments import cofair as cofair_experiment
 from jaxfair.experiments.config import ExperimentConfig, load_config, parse_config
 from jaxfair.experiments.outputs import format_table, write_json
 
 # Method section name -> module with ``SECTION`` parsing and ``run(config, out_dir, log)``.
-METHODS: dict[str, object] = {afrl_experiment.SECTION: afrl_experiment}
+METHODS: dict[str, object] = {
+    afrl_experiment.SECTION: afrl_experiment,
+    cofair_experiment.SECTION: cofair_experiment,
+}
 
 
 def load(path, seed: int | None = None) -> ExperimentConfig:

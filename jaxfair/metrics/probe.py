@@ -125,6 +125,8 @@ def probe_attribute(
     num_classes: int,
     key: jax.Array,
     config: ProbeConfig = ProbeConfig(),
+    *,
+    return_test_proba: bool = False,
 ) -> dict:
     """Train, select and test one attribute probe on frozen embeddings.
 
@@ -140,6 +142,8 @@ def probe_attribute(
       num_classes: ``C >= 2``.
       key: JAX PRNG key (hidden-layer initialisation and bootstrap resampling).
       config: probe settings.
+      return_test_proba: also return ``test_proba``, float ``(n_test, C)`` class probabilities of the probe test
+        users (in ``probe_users["test"]`` order), e.g. for per-user attacker losses.
 
     Returns:
       ``auc`` (test AUC, :func:`~jaxfair.metrics.auc.multiclass_auc` of probabilities), ``auc_ci`` (``[low, high]``
@@ -195,7 +199,9 @@ def probe_attribute(
             tail = (1.0 - config.ci) / 2.0
             auc_ci = [float(v) for v in np.quantile(replicates, [tail, 1.0 - tail])]
 
+    extra = {"test_proba": test_proba} if return_test_proba else {}
     return {
+        **extra,
         "auc": auc,
         "auc_ci": auc_ci,
         "valid_auc": float(valid_auc[best_e, best_w]),

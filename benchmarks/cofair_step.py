@@ -1,0 +1,442 @@
+"""Benchmark Cofair's training step: the jaxfair step (all T levels in one ``jax.vmap``) against the same step with a
+Python loop over the levels (also jitted, so the ratio isolates vmap vs loop) and against a PyTorch implementation of
+the same step. Every number is measured in this one run.
+
+    python benchmarks/cofair_step.py [--users 943 --items 1682 --dim 64 --levels 5 --batch 4096 --repeats 50]
+    python benchmarks/cofair_step.py --quick --out /tmp/cofair_step.json     # tiny shapes, a few repeats
+
+Shapes default to MovieLens-100k (943 users, 1682 items), d = 64, T = 5 levels, batches of 4096 BPR rows, a binary
+attribute, synthetic random embeddings and random batches (numpy, seeded). One step is, in order: one Adam step of
+the discriminator D (d -> 32 -> K) on the stopped level embeddings, then one Adam step of the filter (shared layer,
+T adapters, output layer) on ``mean_t (BPR_t - lambda_t L_t) + beta R`` with the adaptive lambdas (Eq. 10) and the
+monotonicity regulariser, against the updated D (:mod:`jaxfair.methods.cofair`, adversary ``"paper"``).
+
+Variants:
+
+* ``jax_vmap``: ``jax.jit(cofair.make_train_step(...))``. As the dataset has no more users than a batch has rows, the
+  filter and D run once per distinct user (weighted by row counts), jaxfair's automatic per-user mode.
+* ``jax_loop``: the same math and the same mode, each level computed separately from a slice of the adapter stack in a
+  Python loop (unrolled inside one ``jax.jit``).
+* ``jax_vmap_per_row`` / ``jax_loop_per_row``: both again in per-row mode (one filter row per BPR row, as the public
+  Cofair code does), forced by padding the dataset with unsampled users so it has more users than a batch has rows.
+* ``torch``: PyTorch (``pip install torch==2.13.0``, the ``bench`` extra; skipped with a note if missing), per-row,
+  ``nn.Linear`` layers and a Python loop over the T adapter Linears, ``torch.set_num_threads(--torch-threads)``. It
+  starts from the JAX parameters; the metrics (BPR_t, L_t, lambda_t, R, both losses) of its first two steps are
+  compared with the JAX step's (``check_max_abs_diff_*``; the loop and per-row variants are checked the same way).
+  ``torch_1_thread`` is the same with one thread, a reference that suffers less when other processes share the cores.
+
+Timings: every variant first takes two steps (compiling / warm-up, and the checks); then ``--repeats`` steps of each
+are timed one at a time, round-robin over the variants so that load from other processes falls on all of them alike
+(JAX results blocked on, pre-drawn batches cycled), and the median (with quartiles) is reported in milliseconds. The
+load average at the start and end is recorded: on a shared 2-core machine it bounds how far the numbers can be trusted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pathlib
+import platform
+import statistics
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from jaxfair.backbones.base import bpr_loss, dot_score
+from jaxfair.methods import cofair
+from jaxfair.methods.afrl import update_player
+from jaxfair.training.step import TrainState
+
+DEFAULT_OUT = pathlib.Path(__file__).resolve().parent / "results" / "cofair_step.json"
+QUICK = {"users": 40, "items": 30, "dim": 8, "levels": 3, "batch": 64, "repeats": 3, "batches": 2}
+
+
+def interleaved_ms(variants: dict, repeats: int) -> dict[str, list[float]]:
+    """Wall times (ms) of ``repeats`` calls of every variant, taken round-robin (one step of each variant in turn) so
+    that load from other processes falls on all variants alike.
+
+    ``variants``: name -> ``(prepare, step)``; ``prepare()`` runs untimed before each timed ``step(r)``.
+    """
+    times = {name: [] for name in variants}
+    for r in range(repeats):
+        for name, (prepare, step) in variants.items():
+            prepare()
+            tick = time.perf_counter()
+            step(r)
+            times[name].append(1e3 * (time.perf_counter() - tick))
+    return times
+
+
+def _nothing():
+    pass
+
+
+def make_inputs(users, items, dim, batch, count, classes=2, seed=0):
+    """Random frozen embeddings, a random attribute and ``count`` random BPR batches (numpy arrays)."""
+    rng = np.random.default_rng(seed)
+    user_vecs = rng.normal(size=(users, dim)).astype(np.float32)
+    item_vecs = rng.normal(size=(items, dim)).astype(np.float32)
+    labels = rng.integers(0, classes, users).astype(np.int32)
+    batches = [
+        {
+            "user": rng.integers(0, users, batch).astype(np.int32),
+            "pos": rng.integers(0, items, batch).astype(np.int32),
+            "neg": rng.integers(0, items, batch).astype(np.int32),
+            "weight": np.ones(batch, np.float32),
+        }
+        for _ in range(count)
+    ]
+    return user_vecs, item_vecs, labels, batches
+
+
+def padded_data(user_vecs, item_vecs, labels, classes, batch):
+    """The same data with unsampled zero-weight users appended so that ``U > B``: jaxfair's per-row mode."""
+    users, dim = user_vecs.shape
+    extra = max(0, batch + 1 - users)
+    vecs = np.concatenate([user_vecs, np.zeros((extra, dim), np.float32)])
+    labs = np.concatenate([labels, np.zeros(extra, np.int32)])
+    weight = np.concatenate([np.ones(users, np.float32), np.zeros(extra, np.float32)])
+    return cofair.make_data(vecs, item_vecs, labs, classes, label_weight=weight)
+
+
+# --- the loop-over-levels variant (same math as cofair.make_train_step, one level at a time) -----------------------
+
+
+def _level(adapters: dict, t: int) -> dict:
+    return jax.tree.map(lambda x: x[t], adapters)
+
+
+def loop_adapted(filter_params: dict, user_vecs: jax.Array, config: cofair.CofairConfig) -> list[jax.Array]:
+    """Levels 1..T one at a time from slices of the adapter stack: ``T`` arrays ``(N, d)``."""
+    shared = user_vecs @ filter_params["shared"]["w"] + filter_params["shared"]["b"]
+    out = filter_params["out"]
+    levels = []
+    for t in range(config.levels):
+        adapter = _level(filter_params["adapters"], t)
+        private = user_vecs @ adapter["w"] + adapter["b"]
+        hidden = jax.nn.leaky_relu(jnp.concatenate([shared, private], axis=-1), config.negative_slope)
+        levels.append(hidden @ out["w"] + out["b"] + (user_vecs if config.residual else 0.0))
+    return levels
+
+
+def _attacker(disc_params, emb: jax.Array, labels: jax.Array) -> jax.Array:
+    return cofair.attacker_losses(disc_params, emb[None], labels)[0]
+
+
+def loop_discriminator_loss(disc_params, stopped: list[jax.Array], labels, weight) -> jax.Array:
+    total = 0.0
+    for emb in stopped:
+        total = total + cofair.weighted_mean(_attacker(disc_params, emb, labels), weight)
+    return total / len(stopped)
+
+
+def loop_filter_loss(filter_params, disc_params, users: dict, rows: dict, score, config: cofair.CofairConfig):
+    """:func:`cofair.filter_loss` (``paper`` adversary) with a Python loop over the levels."""
+    if config.adversary != "paper":
+        raise ValueError("the loop variant implements the 'paper' adversary only")
+    adapted = loop_adapted(filter_params, users["vecs"], config)
+    bprs, losses, level_losses = [], [], []
+    for emb in adapted:
+        row_vecs = emb[rows["user"]]
+        bprs.append(bpr_loss(score(row_vecs, rows["pos"]), score(row_vecs, rows["neg"]), rows["weight"]))
+        per_user = _attacker(disc_params, emb, users["labels"])
+        losses.append(per_user)
+        level_losses.append(cofair.weighted_mean(per_user, users["weight"]))
+    bpr, level_losses = jnp.stack(bprs), jnp.stack(level_losses)
+    lambdas = jax.lax.stop_gradient(cofair.adaptive_lambdas(level_losses, config.lambda0, config.alpha))
+    reg = 0.0
+    for lo, hi in zip(losses[:-1], losses[1:]):
+        penalty = jnp.maximum(jax.nn.softplus(lo - hi) - cofair.LOG2, 0.0)
+        reg = reg + cofair.weighted_mean(penalty, users["weight"])
+    reg = reg / max(len(losses) - 1, 1)
+    loss = jnp.mean(bpr - lambdas * level_losses) + config.beta * reg
+    return loss, {"bpr": bpr, "attacker_loss": level_losses, "lambda": lambdas, "reg": reg}
+
+
+def make_loop_train_step(data: cofair.CofairData, score, config: cofair.CofairConfig):
+    """:func:`cofair.make_train_step` with every level computed separately (same order of updates, same mode)."""
+    txs = _optimizers(config)
+
+    def step(state: TrainState, batch: dict, key: jax.Array):
+        del key
+        params, opt_state = state.params, state.opt_state
+        per_user = data.user_vecs.shape[0] <= batch["user"].shape[0]
+        users, row_user = cofair.batch_users(data, batch, per_user)
+        rows = {"user": row_user, "pos": data.item_vecs[batch["pos"]], "neg": data.item_vecs[batch["neg"]],
+                "weight": batch["weight"]}
+        stopped = [jax.lax.stop_gradient(e) for e in loop_adapted(params["filter"], users["vecs"], config)]
+
+        def discriminator_update(_, carry):
+            p, o, _ = carry
+            return update_player(
+                p, o, "D", lambda d: loop_discriminator_loss(d, stopped, users["labels"], users["weight"]), txs["D"]
+            )
+
+        params, opt_state, loss_d = jax.lax.fori_loop(
+            0, config.discriminator_steps, discriminator_update, (params, opt_state, jnp.zeros(()))
+        )
+        (loss_f, metrics), grads = jax.value_and_grad(loop_filter_loss, has_aux=True)(
+            params["filter"], params["D"], users, rows, score, config
+        )
+        updates, new_opt = txs["filter"].update(grads, opt_state["filter"], params["filter"])
+        params = dict(params, filter=optax.apply_updates(params["filter"], updates))
+        opt_state = dict(opt_state, filter=new_opt)
+        metrics = dict(metrics, loss=loss_f, discriminator_loss=loss_d)
+        return TrainState(params, opt_state, state.step + 1), metrics
+
+    return step
+
+
+def _optimizers(config: cofair.CofairConfig) -> dict:
+    """The players' optimizers as jaxfair builds them (``make_optimizers``; one shared Adam in older versions)."""
+    if hasattr(cofair, "make_optimizers"):
+        return cofair.make_optimizers(config)
+    tx = cofair.make_optimizer(config)
+    return {"filter": tx, "D": tx}
+
+
+# --- JAX timing ---------------------------------------------------------------------------------------------------
+
+
+def jax_variant(make_step, data, batches, config):
+    """``step(r)``: one jitted step on batch ``r`` (cycling), blocked on; plus the metrics of the first two steps
+    from the initial state (the first call compiles) and that initial state."""
+    step = jax.jit(make_step(data, dot_score, config))
+    init = cofair.init_state(jax.random.key(0), data, config)
+    device_batches = [jax.tree.map(jnp.asarray, b) for b in batches]
+    key = jax.random.key(0)
+    state, checked = init, []
+    for i in range(2):
+        state, metrics = jax.block_until_ready(step(state, device_batches[i % len(device_batches)], key))
+        checked.append(jax.tree.map(np.asarray, metrics))
+    state = [state]
+
+    def one(r):
+        state[0], metrics = step(state[0], device_batches[r % len(device_batches)], key)
+        jax.block_until_ready((state[0], metrics))
+
+    return one, checked, init
+
+
+def max_metric_diff(a: list[dict], b: list[dict]) -> float:
+    """Largest absolute difference between two runs' per-step metrics (losses, lambdas, regulariser)."""
+    return max(
+        float(np.max(np.abs(np.asarray(x[k], np.float64) - np.asarray(y[k], np.float64))))
+        for x, y in zip(a, b, strict=True)
+        for k in x
+    )
+
+
+# --- PyTorch ------------------------------------------------------------------------------------------------------
+
+
+def torch_variant(init_params, user_vecs, item_vecs, labels, batches, config, threads):
+    """The same step in PyTorch, per-row, from the JAX initial parameters: ``(prepare, step(r), first two steps'
+    metrics)``; ``prepare`` sets the thread count (``torch.set_num_threads`` is process-wide)."""
+    import torch
+
+    torch.manual_seed(0)
+    torch.set_num_threads(threads)
+    nn, F = torch.nn, torch.nn.functional
+    dim, levels = user_vecs.shape[1], config.levels
+
+    def linear(p, w=None, b=None):
+        layer = nn.Linear(*np.shape(p["w"] if w is None else w))
+        with torch.no_grad():  # JAX stores (in, out); torch (out, in)
+            layer.weight.copy_(torch.tensor(np.asarray(p["w"] if w is None else w)).T)
+            layer.bias.copy_(torch.tensor(np.asarray(p["b"] if b is None else b)))
+        return layer
+
+    fp, dp = init_params["filter"], init_params["D"]
+    shared = linear(fp["shared"])
+    adapters = nn.ModuleList(linear(None, fp["adapters"]["w"][t], fp["adapters"]["b"][t]) for t in range(levels))
+    out = linear(fp["out"])
+    filt = nn.ModuleList([shared, adapters, out])
+    disc_layers = []
+    for layer in dp:  # D as jaxfair's MLP: ReLU between linear layers
+        disc_layers += [linear(layer), nn.ReLU()]
+    disc = nn.Sequential(*disc_layers[:-1])
+    opt_f = torch.optim.Adam(filt.parameters(), lr=config.learning_rate)
+    opt_d = torch.optim.Adam(disc.parameters(), lr=getattr(config, "discriminator_learning_rate", config.learning_rate))
+    filter_params = list(filt.parameters())
+
+    u_all, v_all = torch.tensor(user_vecs), torch.tensor(item_vecs)
+    a_all = torch.tensor(labels, dtype=torch.long)
+    tb = [{k: torch.tensor(v).long() if k != "weight" else torch.tensor(v) for k, v in b.items()} for b in batches]
+    slope, lambda0, alpha, beta, log2 = config.negative_slope, config.lambda0, config.alpha, config.beta, cofair.LOG2
+
+    def level_embeddings(u):
+        s = shared(u)
+        return torch.stack([out(F.leaky_relu(torch.cat([s, adapter(u)], dim=-1), slope)) for adapter in adapters])
+
+    def attacker(emb, a):  # (T, B, d), (B,) -> (T, B)
+        logits = disc(emb)
+        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), a.repeat(emb.shape[0]),
+                               reduction="none").reshape(emb.shape[:2])
+
+    def step(batch):
+        u, a = u_all[batch["user"]], a_all[batch["user"]]
+        pos, neg = v_all[batch["pos"]], v_all[batch["neg"]]
+        emb = level_embeddings(u)  # (T, B, d), one forward pass of the filter
+        for _ in range(config.discriminator_steps):  # D first, on the detached level embeddings
+            opt_d.zero_grad()
+            loss_d = attacker(emb.detach(), a).mean(-1).mean()
+            loss_d.backward()
+            opt_d.step()
+        losses = attacker(emb, a)  # against the updated D
+        level_losses = losses.mean(-1)
+        with torch.no_grad():
+            lambdas = torch.empty(levels)
+            lambdas[0] = lambda0
+            for t in range(1, levels):
+                lambdas[t] = lambdas[t - 1] + alpha * (1.0 - (level_losses[t] - level_losses[t - 1]))
+        bpr = -F.logsigmoid((emb * pos).sum(-1) - (emb * neg).sum(-1)).mean(-1)
+        if levels > 1:
+            reg = torch.clamp(F.softplus(losses[:-1] - losses[1:]) - log2, min=0.0).mean(-1).mean()
+        else:
+            reg = torch.zeros(())
+        loss = (bpr - lambdas * level_losses).mean() + beta * reg
+        opt_f.zero_grad()
+        loss.backward(inputs=filter_params)
+        opt_f.step()
+        return {"bpr": bpr.detach().numpy(), "attacker_loss": level_losses.detach().numpy(),
+                "lambda": lambdas.numpy(), "reg": reg.detach().numpy(), "loss": loss.detach().numpy(),
+                "discriminator_loss": loss_d.detach().numpy()}
+
+    checked = [step(tb[i % len(tb)]) for i in range(2)]  # warm-up, from the shared initial parameters
+    return (lambda: torch.set_num_threads(threads)), (lambda r: step(tb[r % len(tb)])), checked
+
+
+# --- main ---------------------------------------------------------------------------------------------------------
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--users", type=int, default=943)
+    parser.add_argument("--items", type=int, default=1682)
+    parser.add_argument("--dim", type=int, default=64)
+    parser.add_argument("--levels", type=int, default=5)
+    parser.add_argument("--classes", type=int, default=2)
+    parser.add_argument("--batch", type=int, default=4096)
+    parser.add_argument("--repeats", type=int, default=50, help="timed steps per variant (median reported)")
+    parser.add_argument("--batches", type=int, default=10, help="distinct random batches the timed steps cycle through")
+    parser.add_argument("--torch-threads", type=int, default=2)
+    parser.add_argument("--no-torch", action="store_true", help="skip the PyTorch reference")
+    parser.add_argument("--quick", action="store_true", help=f"tiny shapes and few repeats: {QUICK}")
+    parser.add_argument("--out", help=f"results JSON (default {DEFAULT_OUT.relative_to(DEFAULT_OUT.parents[2])}; "
+                                      "with --quick, only written when given)")
+    args = parser.parse_args(argv)
+    if args.quick:
+        for key, value in QUICK.items():
+            setattr(args, key, value)
+    out = args.out if args.out or args.quick else str(DEFAULT_OUT)
+
+    config = cofair.CofairConfig(levels=args.levels, shared_dim=args.dim, adapter_dim=args.dim, adversary="paper",
+                                 discriminator_steps=1, batch_size=args.batch)
+    if getattr(config, "discriminator_layers", 2) != 2:
+        raise ValueError("the benchmark's D is the paper's 2-layer MLP")
+    user_vecs, item_vecs, labels, batches = make_inputs(args.users, args.items, args.dim, args.batch, args.batches,
+                                                        args.classes)
+    data = cofair.make_data(user_vecs, item_vecs, labels, args.classes)
+    row_data = padded_data(user_vecs, item_vecs, labels, args.classes, args.batch)
+    import jaxlib
+
+    jaxlib_version = getattr(jaxlib, "__version__", None) or jaxlib.version.__version__
+
+    results = {
+        "shapes": {"users": args.users, "items": args.items, "dim": args.dim, "levels": args.levels,
+                   "classes": args.classes, "batch": args.batch, "shared_dim": config.shared_dim,
+                   "adapter_dim": config.adapter_dim, "discriminator_hidden": config.discriminator_hidden},
+        "repeats": args.repeats, "batches": args.batches, "quick": args.quick,
+        "default_mode": "per_user" if args.users <= args.batch else "per_row",
+        "device": {"machine": f"{platform.machine()} {platform.processor()}".strip(), "cpu_count": os.cpu_count(),
+                   "jax_backend": jax.default_backend(), "jax_devices": [str(d) for d in jax.devices()],
+                   "load_average_at_start": list(os.getloadavg())},
+        "jax_version": jax.__version__, "jaxlib_version": jaxlib_version,
+    }
+    variants, checked = {}, {}
+    for name, make_step, variant_data in (("jax_vmap", cofair.make_train_step, data),
+                                          ("jax_loop", make_loop_train_step, data),
+                                          ("jax_vmap_per_row", cofair.make_train_step, row_data),
+                                          ("jax_loop_per_row", make_loop_train_step, row_data)):
+        one, checked[name], state = jax_variant(make_step, variant_data, batches, config)
+        variants[name] = (_nothing, one)
+        init = state if name == "jax_vmap" else init
+
+    if args.no_torch:
+        results["torch_skipped"] = "--no-torch given"
+    else:
+        try:
+            import torch
+        except ImportError as error:
+            results["torch_skipped"] = f"torch is not installed ({error}); pip install torch==2.13.0 (the bench extra)"
+        else:
+            results.update(torch_version=torch.__version__, torch_threads=args.torch_threads)
+            thread_counts = {"torch": args.torch_threads}
+            if args.torch_threads != 1:
+                thread_counts["torch_1_thread"] = 1
+            for name, threads in thread_counts.items():
+                prepare, one, checked[name] = torch_variant(init.params, user_vecs, item_vecs, labels, batches, config,
+                                                            threads)
+                variants[name] = (prepare, one)
+
+    times = interleaved_ms(variants, args.repeats)
+    for name, values in times.items():
+        results[f"{name}_ms"] = statistics.median(values)
+    results["quartiles_ms"] = {name: [float(np.percentile(v, 25)), float(np.percentile(v, 75))]
+                               for name, v in times.items()}
+    ms = {name: results[f"{name}_ms"] for name in times}
+    results.update({
+        "loop_over_vmap": ms["jax_loop"] / ms["jax_vmap"],
+        "loop_over_vmap_per_row": ms["jax_loop_per_row"] / ms["jax_vmap_per_row"],
+        "per_row_over_per_user": ms["jax_vmap_per_row"] / ms["jax_vmap"],
+    })
+    if "torch" in ms:
+        results.update({
+            "torch_over_jax_vmap": ms["torch"] / ms["jax_vmap"],
+            "torch_over_jax_vmap_per_row": ms["torch"] / ms["jax_vmap_per_row"],
+            "torch_over_jax_loop": ms["torch"] / ms["jax_loop"],
+        })
+        if "torch_1_thread" in ms:
+            results["torch_1_thread_over_jax_vmap"] = ms["torch_1_thread"] / ms["jax_vmap"]
+            results["torch_1_thread_over_jax_vmap_per_row"] = ms["torch_1_thread"] / ms["jax_vmap_per_row"]
+    for name in checked:
+        if name != "jax_vmap":
+            label = {"jax_loop": "loop_vs_vmap", "jax_vmap_per_row": "per_row_vs_per_user",
+                     "jax_loop_per_row": "loop_per_row_vs_vmap", "torch": "torch_vs_jax",
+                     "torch_1_thread": "torch_1_thread_vs_jax"}[name]
+            results[f"check_max_abs_diff_{label}"] = max_metric_diff(checked["jax_vmap"], checked[name])
+
+    results["device"]["load_average_at_end"] = list(os.getloadavg())  # other processes skew the timings
+    print(f"Cofair train step, U={args.users} I={args.items} d={args.dim} T={args.levels} K={args.classes} "
+          f"B={args.batch}, median of {args.repeats} steps ({results['device']['jax_backend']}, "
+          f"{results['device']['cpu_count']} cpus)")
+    rows = [("jax vmap (jaxfair, %s)" % results["default_mode"], "jax_vmap_ms"),
+            ("jax loop over levels", "jax_loop_ms"),
+            ("jax vmap, per-row", "jax_vmap_per_row_ms"),
+            ("jax loop, per-row", "jax_loop_per_row_ms"),
+            ("torch (per-row, %s threads)" % results.get("torch_threads", "-"), "torch_ms"),
+            ("torch (per-row, 1 thread)", "torch_1_thread_ms")]
+    for name, key in rows:
+        if key in results:
+            q1, q3 = results["quartiles_ms"][key[:-3]]
+            print(f"  {name:34s} {results[key]:10.3f} ms   (quartiles {q1:.3f} .. {q3:.3f})")
+    for key, value in results.items():
+        if key.endswith("_over_" + key.split("_over_")[-1]) or key.startswith("check_"):
+            print(f"  {key:38s} {value:10.4g}")
+    if "torch_skipped" in results:
+        print(f"  torch skipped: {results['torch_skipped']}")
+    if out:
+        path = pathlib.Path(out)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(results, indent=2) + "\n")
+        print(f"wrote {path}")
+    return results
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,382 @@
+"""Cofair: one model whose fairness strength is chosen after training (Chen et al., "Post-Training Fairness
+Control: A Single-Train Framework for Dynamic Fairness in Recommendation", WWW 2026 companion / HCRS).
+
+Given a frozen backbone's user embedding ``e`` (``d``-dimensional), its frozen item embeddings and one sensitive
+attribute with ``K`` classes, Cofair learns a filter with ``T`` fairness levels (paper section 3.1):
+
+    s      = W_s e + b_s                                      shared layer, (d_s,)
+    p_t    = W_t e + b_t                                      adapter of level t = 1..T, (d_p,)
+    e_t    = W_o LeakyReLU_0.2([s ; p_t]) + b_o               output layer shared by all levels, (d,)
+    e_0    = e                                                level 0 is the original embedding (identity)
+
+All T levels are one ``jax.vmap`` over the stacked adapters (:func:`level_embeddings`). A discriminator ``D``
+(2-layer MLP ``d -> 32 -> K``) predicts the attribute from ``e_t``; the attacker loss of user ``u`` at level ``t`` is
+``l_t(u) = CE(D(e_t(u)), a_u)`` and ``L_t`` is its mean over the batch. One batch of BPR rows ``(u, i, j)`` updates,
+in order:
+
+1. ``D`` (``discriminator_steps`` Adam steps): ``min_D (1/T) sum_t L_t`` on the (stopped) level embeddings;
+2. the filter (shared layer, adapters, output layer; one Adam step) on
+
+       L = (1/T) sum_{t=1..T} [ BPR_t - lambda_t L_t ] + beta R,
+       BPR_t = -mean log sigmoid(<e_t(u), v_i> - <e_t(u), v_j>)    through the frozen item embeddings (backbone scorer)
+
+   with the adaptive level weights (Eq. 10; recomputed every batch from the current attacker losses, no gradient)
+
+       lambda_1 = lambda_0,   lambda_t = lambda_{t-1} + alpha (1 - (L_t - L_{t-1}))     t = 2..T
+
+   so a level that did not gain attacker loss over the previous one gets a larger push, and the user-level
+   monotonicity regulariser
+
+       R = mean_{t=1..T-1} mean_u max(0, softplus(l_t(u) - l_{t+1}(u)) - log 2).
+
+Choices where the paper is silent or its public code (WeixinChen98/Cofair) differs, recorded on purpose:
+
+* ``R`` subtracts ``softplus(0) = log 2`` and clips at zero. The public code uses ``softplus(l_t - l_{t+1})``
+  itself, which is never zero and keeps pushing users whose losses are already in order; here ``R`` is exactly zero
+  when every user's attacker loss is non-decreasing over the levels and positive otherwise (gradient >= 1/2 on a
+  violating pair), so it only acts on violations.
+* The adversary. ``adversary = "paper"`` (the default) is the paper's ``-lambda_t L_t``: unbounded below, so the
+  filter can lower it by making D confidently *wrong* (flipping the attribute's encoding one step ahead of D), which
+  leaves the attribute recoverable by a fresh probe. ``adversary = "confusion"`` keeps the min-max structure but
+  gives the filter a bounded target, ``+lambda_t C_t`` with ``C_t`` the cross-entropy between the attribute's class
+  prior and D's prediction (smallest exactly when D can do no better than the prior). ``adversary = "capped"`` is
+  the paper's term with each user's attacker loss capped at ``-log prior[a_u]`` (what an attacker that only knows
+  the class frequencies pays), in the adversarial term, in Eq. (10) and in ``R`` alike: the filter gains nothing
+  from pushing D past chance, so higher levels are not rewarded for flipping the encoding. Eq. (10) and ``R`` use
+  the (uncapped) attacker loss ``l_t`` with the other two adversaries.
+* ``D`` is one multi-class softmax head for any ``K >= 2`` (binary gender is ``K = 2``), without dropout. The public
+  code takes one ``D`` step per level *before* the filter's backward pass that reuses ``D`` (an in-place update
+  current PyTorch rejects); here ``D`` takes its steps on all levels at once, then the filter is differentiated
+  against the updated ``D``.
+* Users of the probe test split contribute no attribute labels (their adversarial and regulariser weight is 0), so
+  the probe that measures leakage scores users whose attribute Cofair never saw.
+* The per-user terms use the users of the BPR batch (a user counts once per training positive), as the public code
+  does. Weights are He-normal with zero biases (:mod:`jaxfair.methods.mlp`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from jaxfair.backbones.base import bpr_loss
+from jaxfair.methods.afrl import update_player
+from jaxfair.methods.mlp import mlp_apply, mlp_init, mlp_sizes
+from jaxfair.training.step import TrainState
+
+PLAYERS = ("filter", "D")
+ADVERSARIES = ("paper", "capped", "confusion")
+LOG2 = float(np.log(2.0))
+
+
+@dataclasses.dataclass(frozen=True)
+class CofairConfig:
+    """Cofair hyper-parameters; defaults follow the public code's ML-1M/BPR settings unless noted.
+
+    Attributes:
+      attribute: the sensitive attribute (a column of the split's user attributes).
+      levels: ``T``, the number of trained fairness levels (level 0 is the identity).
+      shared_dim, adapter_dim: ``d_s`` and ``d_p``.
+      negative_slope: of the LeakyReLU in the output layer.
+      discriminator_hidden: hidden width of ``D``.
+      discriminator_layers: linear layers of ``D`` (2 in the paper; 1 is a linear attacker, the probe's own class).
+      discriminator_learning_rate: Adam step size of ``D``.
+      lambda0, alpha: the adaptive level weights (Eq. 10).
+      beta: weight of the user-level monotonicity regulariser.
+      discriminator_steps: ``D`` updates per batch before the filter's update.
+      adversary: ``"paper"`` (the filter maximises D's cross-entropy, ``-lambda_t L_t``), ``"capped"`` (the same with
+        each user's ``l_t(u)`` capped at ``-log prior[a_u]``, the loss of guessing from the prior) or ``"confusion"`` (the
+        filter minimises ``lambda_t C_t``, the cross-entropy between the attribute's class prior and D's prediction,
+        smallest exactly when D can do no better than the prior); see the module docstring.
+      residual: add the input embedding to every level's output (``e_t = e + W_o ...``) so an adapter starts from
+        the original embedding; False is the paper's architecture.
+      learning_rate: Adam step size of the filter and of ``D``.
+      batch_size, epochs, patience: Cofair's own loop (early stopping on validation ``monitor`` at level ``T``).
+      monitor: validation metric at level T (full ranking) to maximise.
+    """
+
+    attribute: str = "gender"
+    levels: int = 5
+    shared_dim: int = 64
+    adapter_dim: int = 64
+    negative_slope: float = 0.2
+    discriminator_hidden: int = 32
+    discriminator_layers: int = 2
+    discriminator_learning_rate: float = 1e-3
+    lambda0: float = 0.01
+    alpha: float = 0.01
+    beta: float = 0.02
+    discriminator_steps: int = 1
+    adversary: str = "paper"
+    residual: bool = False
+    learning_rate: float = 1e-3
+    batch_size: int = 4096
+    epochs: int = 100
+    patience: int = 20
+    monitor: str = "recall@10"
+
+    def __post_init__(self):
+        for name in ("levels", "shared_dim", "adapter_dim", "discriminator_hidden", "discriminator_layers",
+                     "discriminator_steps",
+                     "batch_size", "epochs", "patience"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        for name in ("lambda0", "alpha", "beta"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be non-negative, got {getattr(self, name)}")
+        if not (self.learning_rate > 0 and self.discriminator_learning_rate > 0):
+            raise ValueError("learning_rate and discriminator_learning_rate must be positive")
+        if self.adversary not in ADVERSARIES:
+            raise ValueError(f"adversary must be one of {list(ADVERSARIES)}, got {self.adversary!r}")
+
+
+class CofairData(NamedTuple):
+    """Cofair's constant inputs.
+
+    Attributes:
+      user_vecs: ``(U, d)`` frozen backbone user embeddings; item_vecs: ``(I, d)`` frozen item embeddings.
+      labels: int32 ``(U,)`` sensitive attribute class; label_weight: float32 ``(U,)``, 0 for users whose label is
+        withheld from training.
+      prior: float32 ``(K,)`` class frequencies among the labelled users (the ``confusion`` adversary's target).
+      num_classes: ``K`` (static).
+    """
+
+    user_vecs: jax.Array
+    item_vecs: jax.Array
+    labels: jax.Array
+    label_weight: jax.Array
+    prior: jax.Array
+    num_classes: int
+
+
+def make_data(user_vecs, item_vecs, labels, num_classes: int, label_weight=None) -> CofairData:
+    labels = np.asarray(labels, np.int32)
+    if labels.ndim != 1 or labels.shape[0] != np.shape(user_vecs)[0]:
+        raise ValueError(f"labels must be (U,) = ({np.shape(user_vecs)[0]},), got {labels.shape}")
+    if num_classes < 2 or labels.min() < 0 or labels.max() >= num_classes:
+        raise ValueError(f"labels must lie in [0, {num_classes}) with at least 2 classes")
+    weight = np.ones(labels.shape, np.float32) if label_weight is None else np.asarray(label_weight, np.float32)
+    counts = np.bincount(labels, weights=weight, minlength=num_classes)
+    prior = counts / max(counts.sum(), 1e-12)
+    return CofairData(jnp.asarray(user_vecs), jnp.asarray(item_vecs), jnp.asarray(labels), jnp.asarray(weight),
+                      jnp.asarray(prior, jnp.float32), int(num_classes))
+
+
+def _linear_init(key: jax.Array, fan_in: int, fan_out: int) -> dict:
+    return mlp_init(key, (fan_in, fan_out))[0]
+
+
+def init_params(key: jax.Array, dim: int, num_classes: int, config: CofairConfig) -> dict:
+    """``{"filter": {"shared", "adapters", "out"}, "D": MLP}``; adapters are stacked ``(T, d, d_p)`` / ``(T, d_p)``."""
+    k_shared, k_adapters, k_out, k_disc = jax.random.split(key, 4)
+    adapters = jax.vmap(lambda k: _linear_init(k, dim, config.adapter_dim))(jax.random.split(k_adapters, config.levels))
+    return {
+        "filter": {
+            "shared": _linear_init(k_shared, dim, config.shared_dim),
+            "adapters": adapters,
+            "out": _linear_init(k_out, config.shared_dim + config.adapter_dim, dim),
+        },
+        "D": mlp_init(k_disc, mlp_sizes(dim, config.discriminator_hidden, num_classes, config.discriminator_layers)),
+    }
+
+
+def adapted_embeddings(filter_params: dict, user_vecs: jax.Array, config: CofairConfig = CofairConfig()) -> jax.Array:
+    """Levels 1..T in one vmap over the adapter stack: ``(B, d) -> (T, B, d)`` (``config`` gives the LeakyReLU
+    slope and the residual switch)."""
+    # LeakyReLU acts elementwise, so W_o [a(s); a(p_t)] = a(s) W_o[:d_s] + a(p_t) W_o[d_s:]: the shared half is computed
+    # once for all levels, and only the adapter half runs per level.
+    slope = config.negative_slope
+    out = filter_params["out"]
+    shared_dim = filter_params["shared"]["w"].shape[1]
+    shared = jax.nn.leaky_relu(user_vecs @ filter_params["shared"]["w"] + filter_params["shared"]["b"], slope)
+    common = shared @ out["w"][:shared_dim] + out["b"] + (user_vecs if config.residual else 0.0)
+
+    def one_level(adapter):
+        private = jax.nn.leaky_relu(user_vecs @ adapter["w"] + adapter["b"], slope)
+        return common + private @ out["w"][shared_dim:]
+
+    return jax.vmap(one_level)(filter_params["adapters"])
+
+
+def level_embeddings(filter_params: dict, user_vecs: jax.Array, config: CofairConfig = CofairConfig()) -> jax.Array:
+    """Every level including the identity level 0: ``(B, d) -> (T + 1, B, d)``."""
+    adapted = adapted_embeddings(filter_params, user_vecs, config)
+    return jnp.concatenate([user_vecs[None], adapted], axis=0)
+
+
+def user_embeddings_at_level(params: dict, user_embeddings: jax.Array, levels, config: CofairConfig = CofairConfig()):
+    """The serving API: each user's embedding at their own fairness level.
+
+    Args:
+      params: Cofair parameters (the full dict or its ``"filter"`` part).
+      user_embeddings: ``(B, d)`` frozen backbone embeddings.
+      levels: int ``(B,)`` (or a scalar for everyone) in ``[0, T]``; 0 returns the input unchanged.
+      config: the architecture switches the model was trained with (``negative_slope``, ``residual``).
+
+    Returns:
+      ``(B, d)``.
+    """
+    filter_params = params.get("filter", params)
+    num_levels = filter_params["adapters"]["b"].shape[0]
+    levels = jnp.broadcast_to(jnp.asarray(levels, jnp.int32), user_embeddings.shape[:1])
+    all_levels = level_embeddings(filter_params, user_embeddings, config)  # (T + 1, B, d)
+    chosen = jnp.clip(levels, 0, num_levels)
+    return jnp.take_along_axis(all_levels, chosen[None, :, None], axis=0)[0]
+
+
+def attacker_losses(disc_params, embeddings: jax.Array, labels: jax.Array) -> jax.Array:
+    """Per-user attacker loss ``l_t(u) = -log softmax(D(e_t(u)))[a_u]``: ``(T, B, d), (B,) -> (T, B)``."""
+    logits = mlp_apply(disc_params, embeddings)
+    return -jnp.take_along_axis(jax.nn.log_softmax(logits, axis=-1), labels[None, :, None], axis=-1)[..., 0]
+
+
+def weighted_mean(values: jax.Array, weight: jax.Array) -> jax.Array:
+    """``sum_b w_b v[..., b] / sum_b w_b`` over the last axis (0 when every weight is 0)."""
+    return jnp.sum(values * weight, axis=-1) / jnp.maximum(jnp.sum(weight), 1e-12)
+
+
+def adaptive_lambdas(level_losses: jax.Array, lambda0: float, alpha: float) -> jax.Array:
+    """Eq. (10): ``lambda_1 = lambda_0``, ``lambda_t = lambda_{t-1} + alpha (1 - (L_t - L_{t-1}))``.
+
+    Args:
+      level_losses: ``(T,)`` mean attacker loss ``L_t`` of levels 1..T.
+
+    Returns:
+      ``(T,)`` level weights (the caller stops their gradient).
+    """
+    increments = alpha * (1.0 - (level_losses[1:] - level_losses[:-1]))
+    return lambda0 + jnp.concatenate([jnp.zeros((1,), level_losses.dtype), jnp.cumsum(increments)])
+
+
+def monotonicity_regularizer(losses: jax.Array, weight: jax.Array) -> jax.Array:
+    """``mean_{t<T} mean_u max(0, softplus(l_t(u) - l_{t+1}(u)) - log 2)``: zero iff no user's attacker loss drops.
+
+    Args:
+      losses: ``(T, B)`` per-user attacker losses of levels 1..T.
+      weight: ``(B,)`` user weights (0 for padding or withheld labels).
+    """
+    if losses.shape[0] < 2:
+        return jnp.zeros((), losses.dtype)
+    drop = losses[:-1] - losses[1:]
+    penalty = jnp.maximum(jax.nn.softplus(drop) - LOG2, 0.0)
+    return jnp.mean(weighted_mean(penalty, weight))
+
+
+def confusion_losses(disc_params, embeddings: jax.Array, prior: jax.Array) -> jax.Array:
+    """Per-user ``C_t(u) = -sum_k prior_k log softmax(D(e_t(u)))_k``: ``(T, B, d), (K,) -> (T, B)``."""
+    return -jnp.sum(prior * jax.nn.log_softmax(mlp_apply(disc_params, embeddings), axis=-1), axis=-1)
+
+
+def discriminator_loss(disc_params, embeddings: jax.Array, labels: jax.Array, weight: jax.Array) -> jax.Array:
+    """``(1/T) sum_t L_t`` on stopped level embeddings ``(T, B, d)``."""
+    return jnp.mean(weighted_mean(attacker_losses(disc_params, embeddings, labels), weight))
+
+
+def filter_loss(filter_params, disc_params, users: dict, rows: dict, score: Callable, config: CofairConfig,
+                prior: jax.Array | None = None):
+    """The filter's objective ``(1/T) sum_t [BPR_t - lambda_t L_t] + beta R`` of one batch (with the ``confusion``
+    adversary, ``+ lambda_t C_t`` in place of ``- lambda_t L_t``; with ``capped``, ``l_t`` capped at
+    ``-log prior[a_u]``; ``prior`` is required by both).
+
+    The adversarial terms are over ``N`` distinct user rows with weights, the BPR term over the ``B`` batch rows,
+    which index into the ``N`` users. With ``N = B`` (each row its own user) this is the per-row form of the paper;
+    with the ``N = U`` distinct users weighted by their row counts it is the same number, computed once per user.
+
+    Args:
+      users: ``{"vecs": (N, d) frozen embeddings, "labels": (N,), "weight": (N,)}`` (weight: row count times 0/1 for
+        withheld labels).
+      rows: ``{"user": (B,) index into users, "pos": (B, d), "neg": (B, d) frozen item embeddings,
+        "weight": (B,) 0 on padding}``.
+      score: the frozen backbone scorer ``(u (..., d), v (..., d)) -> (...)``.
+
+    Returns:
+      ``(loss, metrics)`` with per-level ``bpr``, ``attacker_loss`` and ``lambda`` ``(T,)`` and scalar ``reg``.
+    """
+    adapted = adapted_embeddings(filter_params, users["vecs"], config)  # (T, N, d)
+    row_vecs = adapted[:, rows["user"]]  # (T, B, d)
+    bpr = jax.vmap(lambda e: bpr_loss(score(e, rows["pos"]), score(e, rows["neg"]), rows["weight"]))(row_vecs)
+    losses = attacker_losses(disc_params, adapted, users["labels"])  # (T, N)
+    if config.adversary == "capped":
+        # No credit beyond the loss of guessing from the prior: making D confidently wrong is not fairer.
+        losses = jnp.minimum(losses, -jnp.log(prior)[users["labels"]])
+    level_losses = weighted_mean(losses, users["weight"])  # (T,)
+    lambdas = jax.lax.stop_gradient(adaptive_lambdas(level_losses, config.lambda0, config.alpha))
+    reg = monotonicity_regularizer(losses, users["weight"])
+    if config.adversary == "confusion":
+        adversarial = weighted_mean(confusion_losses(disc_params, adapted, prior), users["weight"])
+    else:
+        adversarial = -level_losses
+    loss = jnp.mean(bpr + lambdas * adversarial) + config.beta * reg
+    return loss, {"bpr": bpr, "attacker_loss": level_losses, "lambda": lambdas, "reg": reg}
+
+
+def batch_users(data: CofairData, batch: dict, per_user: bool) -> tuple[dict, jax.Array]:
+    """The user side of a batch for :func:`filter_loss`: ``(users, row_user_index)``.
+
+    ``per_user``: every user of the dataset once, weighted by their (label-weighted) row count in the batch, so the
+    filter runs on ``U`` rows instead of ``B`` (cheaper when ``U < B``; identical loss). Otherwise one entry per row.
+    """
+    label_weight = batch["weight"] * data.label_weight[batch["user"]]
+    if per_user:
+        num_users = data.user_vecs.shape[0]
+        weight = jax.ops.segment_sum(label_weight, batch["user"], num_segments=num_users)
+        return {"vecs": data.user_vecs, "labels": data.labels, "weight": weight}, batch["user"]
+    users = {"vecs": data.user_vecs[batch["user"]], "labels": data.labels[batch["user"]], "weight": label_weight}
+    return users, jnp.arange(batch["user"].shape[0])
+
+
+def make_optimizers(config: CofairConfig) -> dict[str, optax.GradientTransformation]:
+    """One Adam per player, each with its own step size."""
+    return {"filter": optax.adam(config.learning_rate), "D": optax.adam(config.discriminator_learning_rate)}
+
+
+def init_state(key: jax.Array, data: CofairData, config: CofairConfig) -> TrainState:
+    """Parameters and one Adam state per player (filter, D), so each player is moved only by its own update."""
+    params = init_params(key, data.user_vecs.shape[1], data.num_classes, config)
+    txs = make_optimizers(config)
+    return TrainState(params=params, opt_state={p: txs[p].init(params[p]) for p in PLAYERS},
+                      step=jnp.zeros((), jnp.int32))
+
+
+def make_train_step(data: CofairData, score: Callable, config: CofairConfig):
+    """One alternating min-max step, ``(state, batch, key) -> (state, metrics)`` (not jitted; scan or jit it).
+
+    ``batch``: ``user``, ``pos``, ``neg`` int32 ``(B,)`` and ``weight`` ``(B,)``. When the dataset has no more
+    users than a batch has rows, the filter and ``D`` run once per distinct user (see :func:`batch_users`).
+    """
+    txs = make_optimizers(config)
+
+    def step(state: TrainState, batch: dict, key: jax.Array):
+        del key  # deterministic given the batch
+        params, opt_state = state.params, state.opt_state
+        per_user = data.user_vecs.shape[0] <= batch["user"].shape[0]
+        users, row_user = batch_users(data, batch, per_user)
+        rows = {"user": row_user, "pos": data.item_vecs[batch["pos"]], "neg": data.item_vecs[batch["neg"]],
+                "weight": batch["weight"]}
+
+        stopped = jax.lax.stop_gradient(adapted_embeddings(params["filter"], users["vecs"], config))
+
+        def discriminator_update(_, carry):
+            p, o, _ = carry
+            return update_player(
+                p, o, "D", lambda d: discriminator_loss(d, stopped, users["labels"], users["weight"]), txs["D"]
+            )
+
+        params, opt_state, loss_d = jax.lax.fori_loop(
+            0, config.discriminator_steps, discriminator_update, (params, opt_state, jnp.zeros(()))
+        )
+        (loss_f, metrics), grads = jax.value_and_grad(filter_loss, has_aux=True)(
+            params["filter"], params["D"], users, rows, score, config, data.prior
+        )
+        updates, new_opt = txs["filter"].update(grads, opt_state["filter"], params["filter"])
+        params = dict(params, filter=optax.apply_updates(params["filter"], updates))
+        opt_state = dict(opt_state, filter=new_opt)
+        metrics = dict(metrics, loss=loss_f, discriminator_loss=loss_d)
+        return TrainState(params, opt_state, state.step + 1), metrics
+
+    return step

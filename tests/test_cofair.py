@@ -1,0 +1,511 @@
+"""Cofair: Eq. (10) and the monotonicity regulariser against hand computations, level 0 is the identity, the vmapped
+levels equal a loop over the adapters, the filter objective equals a numpy reference (both adversaries), the
+per-user and per-row batch forms agree, one jitted step runs, compiles once and updates D before the filter, and
+bad inputs are rejected."""
+
+import functools
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from jaxfair.methods import cofair
+
+U, I, D, T = 30, 40, 8, 3
+LOG2 = np.log(2.0)
+
+
+def dot(u, v):
+    return jnp.sum(u * v, axis=-1)
+
+
+def small_config(**overrides):
+    base = dict(levels=T, shared_dim=6, adapter_dim=5, discriminator_hidden=7, lambda0=0.1, alpha=0.2, beta=0.5,
+                learning_rate=1e-2, discriminator_learning_rate=3e-2, batch_size=16)
+    base.update(overrides)
+    return cofair.CofairConfig(**base)
+
+
+def random_params(seed, config, num_classes=2):
+    """Initial parameters with non-zero biases everywhere, so every bias term is exercised."""
+    params = cofair.init_params(jax.random.PRNGKey(seed), D, num_classes, config)
+    leaves, treedef = jax.tree_util.tree_flatten_with_path(params)
+    rng = np.random.default_rng(seed + 100)
+    new = []
+    for path, leaf in leaves:
+        if getattr(path[-1], "key", None) == "b":
+            leaf = jnp.asarray(rng.normal(scale=0.3, size=leaf.shape), jnp.float32)
+        new.append(leaf)
+    return jax.tree_util.tree_unflatten(treedef, new)
+
+
+def make_toy_data(seed=0, num_classes=2, withheld=(3, 7, 11)):
+    rng = np.random.default_rng(seed)
+    user_vecs = rng.normal(size=(U, D)).astype(np.float32)
+    item_vecs = rng.normal(size=(I, D)).astype(np.float32)
+    labels = np.arange(U) % num_classes  # every class present
+    rng.shuffle(labels)
+    label_weight = np.ones(U, np.float32)
+    label_weight[list(withheld)] = 0.0
+    return cofair.make_data(user_vecs, item_vecs, labels, num_classes, label_weight)
+
+
+def make_batch(seed, rows, num_padding=3):
+    rng = np.random.default_rng(seed)
+    weight = np.ones(rows, np.float32)
+    if num_padding:
+        weight[-num_padding:] = 0.0
+    return {
+        "user": jnp.asarray(rng.integers(0, U, rows), jnp.int32),
+        "pos": jnp.asarray(rng.integers(0, I, rows), jnp.int32),
+        "neg": jnp.asarray(rng.integers(0, I, rows), jnp.int32),
+        "weight": jnp.asarray(weight),
+    }
+
+
+# ----------------------------------------------------------------------------------------------- numpy reference
+
+
+def np_leaky(x, slope):
+    return np.where(x > 0, x, slope * x)
+
+
+def np_levels(filter_params, u, config):
+    """Levels 1..T by a Python loop over the adapter stack: e_t = W_o LeakyReLU([s; p_t]) + b_o (+ u)."""
+    fp = jax.tree_util.tree_map(lambda a: np.asarray(a, np.float64), filter_params)
+    u = np.asarray(u, np.float64)
+    shared = u @ fp["shared"]["w"] + fp["shared"]["b"]
+    levels = []
+    for t in range(fp["adapters"]["w"].shape[0]):
+        private = u @ fp["adapters"]["w"][t] + fp["adapters"]["b"][t]
+        hidden = np_leaky(np.concatenate([shared, private], axis=-1), config.negative_slope)
+        e = hidden @ fp["out"]["w"] + fp["out"]["b"]
+        levels.append(e + u if config.residual else e)
+    return np.stack(levels)
+
+
+def np_log_softmax(x):
+    x = x - x.max(axis=-1, keepdims=True)
+    return x - np.log(np.exp(x).sum(axis=-1, keepdims=True))
+
+
+def np_disc_logits(disc_params, x):
+    disc = [{k: np.asarray(v, np.float64) for k, v in layer.items()} for layer in disc_params]
+    for layer in disc[:-1]:
+        x = np.maximum(x @ layer["w"] + layer["b"], 0.0)
+    return x @ disc[-1]["w"] + disc[-1]["b"]
+
+
+def np_softplus(x):
+    return np.log1p(np.exp(-np.abs(x))) + np.maximum(x, 0.0)
+
+
+def np_filter_loss(params, data, batch, config):
+    """The filter objective of one batch in float64, one entry per BPR row (the paper's per-row form)."""
+    user = np.asarray(batch["user"])
+    w = np.asarray(batch["weight"], np.float64)
+    u = np.asarray(data.user_vecs, np.float64)[user]
+    items = np.asarray(data.item_vecs, np.float64)
+    pos, neg = items[np.asarray(batch["pos"])], items[np.asarray(batch["neg"])]
+    levels = np_levels(params["filter"], u, config)  # (T, B, d)
+    num_levels = levels.shape[0]
+
+    diff = np.sum(levels * pos, -1) - np.sum(levels * neg, -1)
+    bpr = np.sum(np_softplus(-diff) * w, axis=-1) / max(w.sum(), 1.0)  # -log sigmoid(x) = softplus(-x)
+
+    labels = np.asarray(data.labels)[user]
+    user_w = w * np.asarray(data.label_weight)[user]
+    logp = np_log_softmax(np_disc_logits(params["D"], levels))  # (T, B, K)
+    attacker = -logp[:, np.arange(len(user)), labels]  # (T, B)
+    level_losses = attacker @ user_w / user_w.sum()
+
+    lambdas = [config.lambda0]
+    for t in range(1, num_levels):
+        lambdas.append(lambdas[-1] + config.alpha * (1.0 - (level_losses[t] - level_losses[t - 1])))
+    lambdas = np.array(lambdas)
+
+    pair_means = [
+        np.sum(np.maximum(np_softplus(attacker[t] - attacker[t + 1]) - LOG2, 0.0) * user_w) / user_w.sum()
+        for t in range(num_levels - 1)
+    ]
+    reg = np.mean(pair_means) if pair_means else 0.0
+
+    if config.adversary == "confusion":
+        prior = np.asarray(data.prior, np.float64)
+        confusion = -np.sum(prior * logp, axis=-1)  # (T, B)
+        adversarial = confusion @ user_w / user_w.sum()
+    else:
+        adversarial = -level_losses
+    loss = np.mean(bpr + lambdas * adversarial) + config.beta * reg
+    return loss, {"bpr": bpr, "attacker_loss": level_losses, "lambda": lambdas, "reg": reg}
+
+
+def run_filter_loss(params, data, batch, config, per_user):
+    users, row_user = cofair.batch_users(data, batch, per_user)
+    rows = {"user": row_user, "pos": data.item_vecs[batch["pos"]], "neg": data.item_vecs[batch["neg"]],
+            "weight": batch["weight"]}
+    return cofair.filter_loss(params["filter"], params["D"], users, rows, dot, config, data.prior)
+
+
+@functools.partial(jax.jit, static_argnames=("config", "per_user"))
+def filter_value_and_grad(params, data, batch, config, per_user=False):
+    """``((loss, metrics), d loss / d filter)``, jitted (one compile instead of many eager ops)."""
+    return jax.value_and_grad(
+        lambda fp: run_filter_loss(dict(params, filter=fp), data, batch, config, per_user), has_aux=True
+    )(params["filter"])
+
+
+def jit_filter_loss(params, data, batch, config, per_user=False):
+    return filter_value_and_grad(params, data, batch, config, per_user=per_user)[0]
+
+
+# ----------------------------------------------------------------------------------------------- Eq. (10)
+
+
+def test_adaptive_lambdas_matches_hand_computation():
+    # lambda_1 = 0.1
+    # lambda_2 = 0.1  + 0.2 * (1 - (0.7 - 0.5)) = 0.1  + 0.16 = 0.26
+    # lambda_3 = 0.26 + 0.2 * (1 - (0.6 - 0.7)) = 0.26 + 0.22 = 0.48
+    # lambda_4 = 0.48 + 0.2 * (1 - (1.0 - 0.6)) = 0.48 + 0.12 = 0.60
+    got = cofair.adaptive_lambdas(jnp.array([0.5, 0.7, 0.6, 1.0]), 0.1, 0.2)
+    np.testing.assert_allclose(np.asarray(got), [0.1, 0.26, 0.48, 0.6], rtol=1e-6)
+
+
+def test_adaptive_lambdas_single_level_is_lambda0():
+    np.testing.assert_allclose(np.asarray(cofair.adaptive_lambdas(jnp.array([3.0]), 0.05, 0.7)), [0.05])
+
+
+def test_level_that_gains_no_attacker_loss_gets_a_larger_push():
+    flat = cofair.adaptive_lambdas(jnp.array([1.0, 1.0]), 0.0, 0.1)
+    gained = cofair.adaptive_lambdas(jnp.array([1.0, 1.5]), 0.0, 0.1)
+    assert float(flat[1]) == pytest.approx(0.1)
+    assert float(gained[1]) == pytest.approx(0.05)
+    assert float(flat[1]) > float(gained[1])
+
+
+# ----------------------------------------------------------------------------------------------- regulariser
+
+
+def test_monotonicity_regularizer_is_zero_when_losses_never_drop():
+    losses = jnp.array([[0.1, 0.5, 0.7, 0.3],
+                        [0.2, 0.5, 0.9, 0.3],  # user 1 and 3 equal losses: still in order
+                        [0.9, 0.5, 1.2, 0.3]])
+    got = cofair.monotonicity_regularizer(losses, jnp.ones(4))
+    assert float(got) == 0.0
+
+
+def test_monotonicity_regularizer_is_positive_when_one_user_drops():
+    losses = jnp.array([[0.1, 0.5, 0.7], [0.2, 0.4, 0.9], [0.3, 0.6, 1.0]])  # user 1 drops 0.5 -> 0.4
+    assert float(cofair.monotonicity_regularizer(losses, jnp.ones(3))) > 0.0
+
+
+def test_monotonicity_regularizer_matches_hand_computation_with_weights():
+    losses = np.array([[1.0, 0.2, 0.5],
+                       [0.4, 0.9, 0.1],
+                       [0.6, 0.1, 0.3]], np.float32)  # rows are levels, columns users
+    weight = np.array([2.0, 1.0, 0.5], np.float32)
+    # pair (1,2): drops 0.6, -0.7, 0.4; pair (2,3): drops -0.2, 0.8, -0.2.
+    def p(x):
+        return max(0.0, np.log1p(np.exp(x)) - LOG2)
+    pair1 = (2.0 * p(0.6) + 1.0 * p(-0.7) + 0.5 * p(0.4)) / 3.5
+    pair2 = (2.0 * p(-0.2) + 1.0 * p(0.8) + 0.5 * p(-0.2)) / 3.5
+    assert p(-0.7) == 0.0 and p(0.6) > 0.0
+    got = cofair.monotonicity_regularizer(jnp.asarray(losses), jnp.asarray(weight))
+    np.testing.assert_allclose(float(got), (pair1 + pair2) / 2, rtol=1e-5)
+
+
+def test_monotonicity_regularizer_ignores_zero_weight_users():
+    in_order = np.array([[0.1, 0.2], [0.3, 0.4], [0.5, 0.6]], np.float32)
+    violating = in_order.copy()
+    violating[:, 1] = [3.0, 1.0, 0.2]  # user 1 drops sharply, but has weight 0
+    weight = jnp.array([1.0, 0.0])
+    assert float(cofair.monotonicity_regularizer(jnp.asarray(violating), weight)) == 0.0
+    a = cofair.monotonicity_regularizer(jnp.asarray(violating), jnp.array([1.0, 1.0]))
+    assert float(a) > 0.0
+
+
+def test_monotonicity_regularizer_is_zero_for_a_single_level():
+    assert float(cofair.monotonicity_regularizer(jnp.array([[2.0, 0.1, 5.0]]), jnp.ones(3))) == 0.0
+
+
+# ----------------------------------------------------------------------------------------------- levels
+
+
+@pytest.mark.parametrize("residual", [False, True])
+def test_level_zero_is_the_identity(residual):
+    config = small_config(residual=residual)
+    params = random_params(0, config)
+    u = jnp.asarray(np.random.default_rng(1).normal(size=(6, D)), jnp.float32)
+    levels = cofair.level_embeddings(params["filter"], u, config)
+    assert levels.shape == (T + 1, 6, D)
+    np.testing.assert_array_equal(np.asarray(levels[0]), np.asarray(u))
+    np.testing.assert_array_equal(np.asarray(cofair.user_embeddings_at_level(params, u, 0, config)), np.asarray(u))
+    np.testing.assert_array_equal(
+        np.asarray(cofair.user_embeddings_at_level(params["filter"], u, jnp.zeros(6, jnp.int32), config)), np.asarray(u)
+    )
+
+
+def test_user_embeddings_at_level_picks_each_users_row():
+    config = small_config()
+    params = random_params(1, config)
+    u = jnp.asarray(np.random.default_rng(2).normal(size=(7, D)), jnp.float32)
+    chosen = np.array([0, 1, 2, 3, 3, 1, 0])
+    levels = np.asarray(cofair.level_embeddings(params["filter"], u, config))
+    got = np.asarray(cofair.user_embeddings_at_level(params, u, jnp.asarray(chosen), config))
+    np.testing.assert_array_equal(got, levels[chosen, np.arange(7)])
+    # a scalar level applies to everyone
+    np.testing.assert_array_equal(np.asarray(cofair.user_embeddings_at_level(params, u, 2, config)), levels[2])
+    assert not np.allclose(levels[1], levels[2])  # the levels are distinct, so picking the wrong one would fail
+
+
+@pytest.mark.parametrize("residual", [False, True])
+def test_vmapped_levels_equal_a_loop_over_the_adapters(residual):
+    config = small_config(residual=residual, negative_slope=0.3)
+    params = random_params(2, config)
+    u = np.random.default_rng(3).normal(size=(9, D)).astype(np.float32)
+    got = np.asarray(cofair.adapted_embeddings(params["filter"], jnp.asarray(u), config))
+    want = np_levels(params["filter"], u, config)
+    assert got.shape == (T, 9, D)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(cofair.level_embeddings(params["filter"], jnp.asarray(u), config))[1:],
+                               want, rtol=1e-5, atol=1e-5)
+
+
+def test_leaky_relu_slope_and_residual_switch_change_the_output():
+    u = jnp.asarray(np.random.default_rng(4).normal(size=(5, D)), jnp.float32)
+    params = random_params(3, small_config())
+    plain = cofair.adapted_embeddings(params["filter"], u, small_config())
+    residual = cofair.adapted_embeddings(params["filter"], u, small_config(residual=True))
+    np.testing.assert_allclose(np.asarray(residual - plain), np.broadcast_to(np.asarray(u), plain.shape), atol=1e-5)
+    sloped = cofair.adapted_embeddings(params["filter"], u, small_config(negative_slope=0.5))
+    assert not np.allclose(np.asarray(sloped), np.asarray(plain))
+
+
+# ----------------------------------------------------------------------------------------------- shapes, one step
+
+
+@pytest.mark.parametrize("num_classes", [2, 3])
+def test_init_params_shapes(num_classes):
+    config = small_config()
+    params = cofair.init_params(jax.random.PRNGKey(0), D, num_classes, config)
+    f = params["filter"]
+    chex.assert_shape(f["shared"]["w"], (D, 6))
+    chex.assert_shape(f["shared"]["b"], (6,))
+    chex.assert_shape(f["adapters"]["w"], (T, D, 5))
+    chex.assert_shape(f["adapters"]["b"], (T, 5))
+    chex.assert_shape(f["out"]["w"], (6 + 5, D))
+    chex.assert_shape(f["out"]["b"], (D,))
+    assert [layer["w"].shape for layer in params["D"]] == [(D, 7), (7, num_classes)]
+    assert [layer["b"].shape for layer in params["D"]] == [(7,), (num_classes,)]
+    linear = cofair.init_params(jax.random.PRNGKey(0), D, num_classes, small_config(discriminator_layers=1))
+    assert [layer["w"].shape for layer in linear["D"]] == [(D, num_classes)]
+    # adapters are independently initialised, not copies of one another
+    assert not np.allclose(np.asarray(f["adapters"]["w"][0]), np.asarray(f["adapters"]["w"][1]))
+
+
+@pytest.mark.parametrize("num_classes, rows", [(2, 16), (3, 48)])  # rows >= U takes the per-user path
+def test_jitted_step_runs_compiles_once_and_reports_documented_shapes(num_classes, rows):
+    config = small_config()
+    data = make_toy_data(0, num_classes)
+    state = cofair.init_state(jax.random.PRNGKey(0), data, config)
+    chex.clear_trace_counter()
+    step = jax.jit(chex.assert_max_traces(cofair.make_train_step(data, dot, config), n=1))
+    first = state
+    for k in range(3):
+        state, metrics = step(state, make_batch(10 + k, rows), jax.random.PRNGKey(k))
+    chex.assert_tree_all_finite((state.params, state.opt_state, metrics))
+    for name in ("bpr", "attacker_loss", "lambda"):
+        chex.assert_shape(metrics[name], (T,))
+    for name in ("reg", "loss", "discriminator_loss"):
+        chex.assert_shape(metrics[name], ())
+    assert int(state.step) == 3
+    # both players moved
+    for player in ("filter", "D"):
+        moved = jax.tree_util.tree_map(lambda a, b: bool(jnp.any(a != b)), first.params[player], state.params[player])
+        assert all(jax.tree_util.tree_leaves(moved)), player
+
+
+def test_step_updates_D_first_then_the_filter_against_the_updated_D():
+    """One step == one Adam step of D (its own step size) on (1/T) sum_t L_t over the stopped levels, then one Adam
+    step of the filter on the objective evaluated with the new D; the filter's update leaves D alone."""
+    config = small_config()
+    data = make_toy_data(1, 3)
+    state = cofair.init_state(jax.random.PRNGKey(5), data, config)
+    batch = make_batch(20, 16)
+    new_state, metrics = jax.jit(cofair.make_train_step(data, dot, config))(state, batch, jax.random.PRNGKey(0))
+
+    @jax.jit
+    def by_hand(state, batch):
+        users, _ = cofair.batch_users(data, batch, per_user=False)
+        levels = cofair.adapted_embeddings(state.params["filter"], users["vecs"], config)
+        d_loss, d_grads = jax.value_and_grad(cofair.discriminator_loss)(state.params["D"], levels, users["labels"],
+                                                                        users["weight"])
+        d_updates, _ = optax.adam(config.discriminator_learning_rate).update(d_grads, state.opt_state["D"],
+                                                                             state.params["D"])
+        new_d = optax.apply_updates(state.params["D"], d_updates)
+        (loss, _), f_grads = jax.value_and_grad(
+            lambda fp: run_filter_loss(dict(state.params, D=new_d, filter=fp), data, batch, config, False), has_aux=True
+        )(state.params["filter"])
+        f_updates, _ = optax.adam(config.learning_rate).update(f_grads, state.opt_state["filter"],
+                                                               state.params["filter"])
+        return new_d, optax.apply_updates(state.params["filter"], f_updates), d_loss, loss
+
+    new_d, new_filter, d_loss, loss = by_hand(state, batch)
+    chex.assert_trees_all_close(new_state.params["D"], new_d, rtol=1e-5, atol=1e-6)
+    chex.assert_trees_all_close(new_state.params["filter"], new_filter, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(float(metrics["discriminator_loss"]), float(d_loss), rtol=1e-5)
+    np.testing.assert_allclose(float(metrics["loss"]), float(loss), rtol=1e-5)
+
+
+# ----------------------------------------------------------------------------------------------- per-user == per-row
+
+
+@pytest.mark.parametrize("adversary", ["paper", "confusion"])
+def test_per_user_and_per_row_batches_give_the_same_loss_and_gradients(adversary):
+    config = small_config(adversary=adversary)
+    data = make_toy_data(2, 3, withheld=(0, 5, 9, 17))
+    params = random_params(4, config, num_classes=3)
+    batch = make_batch(30, 20, num_padding=5)  # duplicate users, padding rows and withheld labels
+    batch_user = np.asarray(batch["user"])
+    assert len(np.unique(batch_user)) < len(batch_user)
+    assert (np.asarray(data.label_weight)[batch_user] == 0).any()
+
+    (row_loss, row_metrics), row_grads = filter_value_and_grad(params, data, batch, config, per_user=False)
+    (user_loss, user_metrics), user_grads = filter_value_and_grad(params, data, batch, config, per_user=True)
+    assert float(row_metrics["reg"]) > 0.0  # the regulariser contributes to what is compared
+    np.testing.assert_allclose(float(user_loss), float(row_loss), rtol=1e-5)
+    chex.assert_trees_all_close(user_metrics, row_metrics, rtol=1e-5, atol=1e-6)
+    chex.assert_trees_all_close(user_grads, row_grads, rtol=1e-4, atol=1e-6)
+
+    @functools.partial(jax.jit, static_argnums=0)
+    def d_loss(per_user):
+        users, _ = cofair.batch_users(data, batch, per_user)
+        levels = cofair.adapted_embeddings(params["filter"], users["vecs"], config)
+        return cofair.discriminator_loss(params["D"], levels, users["labels"], users["weight"])
+
+    np.testing.assert_allclose(float(d_loss(True)), float(d_loss(False)), rtol=1e-5)
+
+
+def test_batch_users_per_user_weights_are_label_weighted_row_counts():
+    data = make_toy_data(3, 2, withheld=(4,))
+    batch = {"user": jnp.array([4, 1, 1, 2, 1, 4], jnp.int32), "pos": jnp.zeros(6, jnp.int32),
+             "neg": jnp.ones(6, jnp.int32), "weight": jnp.array([1, 1, 1, 1, 0, 1], jnp.float32)}
+    users, row_user = cofair.batch_users(data, batch, per_user=True)
+    expected = np.zeros(U)
+    expected[1], expected[2] = 2.0, 1.0  # user 1: one padding row; user 4: withheld label
+    np.testing.assert_array_equal(np.asarray(users["weight"]), expected)
+    np.testing.assert_array_equal(np.asarray(row_user), np.asarray(batch["user"]))
+    users, row_user = cofair.batch_users(data, batch, per_user=False)
+    np.testing.assert_array_equal(np.asarray(users["weight"]), [0, 1, 1, 1, 0, 0])
+    np.testing.assert_array_equal(np.asarray(row_user), np.arange(6))
+
+
+# ----------------------------------------------------------------------------------------------- the objective
+
+
+@pytest.mark.parametrize("adversary", ["paper", "confusion"])
+def test_filter_loss_matches_numpy_reference(adversary):
+    config = small_config(adversary=adversary)
+    data = make_toy_data(4, 3)
+    params = random_params(5, config, num_classes=3)
+    batch = make_batch(40, 20)
+    loss, metrics = jit_filter_loss(params, data, batch, config)
+    want_loss, want = np_filter_loss(params, data, batch, config)
+    assert want["reg"] > 0.0
+    for name in ("bpr", "attacker_loss", "lambda", "reg"):
+        np.testing.assert_allclose(np.asarray(metrics[name]), want[name], rtol=1e-4, atol=1e-6, err_msg=name)
+    np.testing.assert_allclose(float(loss), want_loss, rtol=1e-4)
+
+
+def test_paper_adversary_subtracts_lambda_times_attacker_loss():
+    config = small_config(adversary="paper")
+    data = make_toy_data(5, 3)
+    params = random_params(6, config, num_classes=3)
+    loss, m = jit_filter_loss(params, data, make_batch(50, 20), config)
+    expected = np.mean(np.asarray(m["bpr"]) - np.asarray(m["lambda"]) * np.asarray(m["attacker_loss"]))
+    expected += config.beta * float(m["reg"])
+    np.testing.assert_allclose(float(loss), expected, rtol=1e-5)
+
+
+def test_paper_loss_falls_as_the_attacker_loss_grows():
+    """T = 1 (no regulariser, lambda = lambda_0): a D that is confidently wrong gives a larger attacker loss and a
+    lower filter loss, by exactly lambda_0 times the difference; BPR does not depend on D."""
+    config = small_config(levels=1, adversary="paper", lambda0=0.3)
+    data = make_toy_data(6, 2)
+    params = random_params(7, config)
+    batch = make_batch(60, 20)
+    right = params
+    wrong = dict(params, D=[params["D"][0], {"w": -3.0 * params["D"][1]["w"], "b": -3.0 * params["D"][1]["b"]}])
+    loss_r, m_r = jit_filter_loss(right, data, batch, config)
+    loss_w, m_w = jit_filter_loss(wrong, data, batch, config)
+    assert float(m_w["attacker_loss"][0]) != pytest.approx(float(m_r["attacker_loss"][0]))
+    grows = float(m_w["attacker_loss"][0]) > float(m_r["attacker_loss"][0])
+    assert (float(loss_w) < float(loss_r)) == grows
+    np.testing.assert_allclose(float(loss_w - loss_r),
+                               -0.3 * float(m_w["attacker_loss"][0] - m_r["attacker_loss"][0]), rtol=1e-4)
+
+
+def test_confusion_adversary_uses_the_prior_cross_entropy():
+    config = small_config(adversary="confusion")
+    data = make_toy_data(7, 3)
+    params = random_params(8, config, num_classes=3)
+    batch = make_batch(70, 20)
+    loss, m = jit_filter_loss(params, data, batch, config)
+    # the adversarial term, recovered from the loss, is the weighted prior cross-entropy of D's prediction
+    user = np.asarray(batch["user"])
+    w = np.asarray(batch["weight"]) * np.asarray(data.label_weight)[user]
+    levels = np_levels(params["filter"], np.asarray(data.user_vecs)[user], config)
+    logp = np_log_softmax(np_disc_logits(params["D"], levels))
+    confusion = -np.sum(np.asarray(data.prior) * logp, axis=-1) @ w / w.sum()
+    expected = np.mean(np.asarray(m["bpr"]) + np.asarray(m["lambda"]) * confusion) + config.beta * float(m["reg"])
+    np.testing.assert_allclose(float(loss), expected, rtol=1e-4)
+    # ... which is not the paper's term
+    paper = np.mean(np.asarray(m["bpr"]) - np.asarray(m["lambda"]) * np.asarray(m["attacker_loss"]))
+    assert abs(float(loss) - paper - config.beta * float(m["reg"])) > 1e-3
+
+
+def test_confusion_term_is_smallest_when_D_predicts_the_prior():
+    prior = jnp.array([0.2, 0.5, 0.3])
+    at_prior = [{"w": jnp.zeros((D, 3)), "b": jnp.log(prior)}]
+    elsewhere = [{"w": jnp.zeros((D, 3)), "b": jnp.log(jnp.array([0.4, 0.3, 0.3]))}]
+    e = jnp.ones((1, 4, D))
+    c_prior = cofair.confusion_losses(at_prior, e, prior)
+    c_else = cofair.confusion_losses(elsewhere, e, prior)
+    entropy = -float(jnp.sum(prior * jnp.log(prior)))
+    np.testing.assert_allclose(np.asarray(c_prior), entropy, rtol=1e-6)
+    assert np.all(np.asarray(c_else) > np.asarray(c_prior))
+
+
+# ----------------------------------------------------------------------------------------------- validation
+
+
+def test_make_data_prior_counts_only_labelled_users():
+    data = cofair.make_data(np.zeros((4, 2)), np.zeros((3, 2)), [0, 1, 1, 2], 3, label_weight=[1, 1, 0, 1])
+    np.testing.assert_allclose(np.asarray(data.prior), [1 / 3, 1 / 3, 1 / 3])
+    assert data.num_classes == 3 and data.labels.dtype == jnp.int32
+
+
+@pytest.mark.parametrize(
+    "labels, num_classes",
+    [
+        ([0, 1, 2], 2),  # label out of range
+        ([0, -1, 1], 2),  # negative label
+        ([0, 0, 0], 1),  # fewer than two classes
+        ([0, 1], 2),  # wrong length
+        ([[0, 1, 0]], 2),  # wrong rank
+    ],
+)
+def test_make_data_rejects_bad_labels(labels, num_classes):
+    with pytest.raises(ValueError):
+        cofair.make_data(np.zeros((3, 2)), np.zeros((5, 2)), labels, num_classes)
+
+
+@pytest.mark.parametrize("overrides", [dict(levels=0), dict(beta=-0.1), dict(adversary="wasserstein"),
+                                       dict(alpha=-1.0), dict(learning_rate=0.0), dict(discriminator_learning_rate=0.0),
+                                       dict(discriminator_layers=0)])
+def test_config_rejects_invalid_values(overrides):
+    with pytest.raises(ValueError):
+        cofair.CofairConfig(**overrides)
