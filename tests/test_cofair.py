@@ -120,6 +120,8 @@ def np_filter_loss(params, data, batch, config):
     user_w = w * np.asarray(data.label_weight)[user]
     logp = np_log_softmax(np_disc_logits(params["D"], levels))  # (T, B, K)
     attacker = -logp[:, np.arange(len(user)), labels]  # (T, B)
+    if config.adversary == "capped":  # no credit beyond the loss of guessing from the prior
+        attacker = np.minimum(attacker, -np.log(np.asarray(data.prior, np.float64))[labels])
     level_losses = attacker @ user_w / user_w.sum()
 
     lambdas = [config.lambda0]
@@ -223,8 +225,8 @@ def test_monotonicity_regularizer_ignores_zero_weight_users():
     violating[:, 1] = [3.0, 1.0, 0.2]  # user 1 drops sharply, but has weight 0
     weight = jnp.array([1.0, 0.0])
     assert float(cofair.monotonicity_regularizer(jnp.asarray(violating), weight)) == 0.0
-    a = cofair.monotonicity_regularizer(jnp.asarray(violating), jnp.array([1.0, 1.0]))
-    assert float(a) > 0.0
+    counted = cofair.monotonicity_regularizer(jnp.asarray(violating), jnp.array([1.0, 1.0]))
+    assert float(counted) > 0.0  # the same user with weight 1 is penalised
 
 
 def test_monotonicity_regularizer_is_zero_for_a_single_level():
@@ -363,7 +365,7 @@ def test_step_updates_D_first_then_the_filter_against_the_updated_D():
 # ----------------------------------------------------------------------------------------------- per-user == per-row
 
 
-@pytest.mark.parametrize("adversary", ["paper", "confusion"])
+@pytest.mark.parametrize("adversary", ["paper", "capped", "confusion"])
 def test_per_user_and_per_row_batches_give_the_same_loss_and_gradients(adversary):
     config = small_config(adversary=adversary)
     data = make_toy_data(2, 3, withheld=(0, 5, 9, 17))
@@ -406,7 +408,7 @@ def test_batch_users_per_user_weights_are_label_weighted_row_counts():
 # ----------------------------------------------------------------------------------------------- the objective
 
 
-@pytest.mark.parametrize("adversary", ["paper", "confusion"])
+@pytest.mark.parametrize("adversary", ["paper", "capped", "confusion"])
 def test_filter_loss_matches_numpy_reference(adversary):
     config = small_config(adversary=adversary)
     data = make_toy_data(4, 3)
@@ -415,6 +417,8 @@ def test_filter_loss_matches_numpy_reference(adversary):
     loss, metrics = jit_filter_loss(params, data, batch, config)
     want_loss, want = np_filter_loss(params, data, batch, config)
     assert want["reg"] > 0.0
+    if adversary == "capped":  # the cap binds for some users, so the reference differs from the paper's
+        assert not np.isclose(want_loss, np_filter_loss(params, data, batch, small_config())[0], rtol=1e-4)
     for name in ("bpr", "attacker_loss", "lambda", "reg"):
         np.testing.assert_allclose(np.asarray(metrics[name]), want[name], rtol=1e-4, atol=1e-6, err_msg=name)
     np.testing.assert_allclose(float(loss), want_loss, rtol=1e-4)
@@ -446,6 +450,31 @@ def test_paper_loss_falls_as_the_attacker_loss_grows():
     assert (float(loss_w) < float(loss_r)) == grows
     np.testing.assert_allclose(float(loss_w - loss_r),
                                -0.3 * float(m_w["attacker_loss"][0] - m_r["attacker_loss"][0]), rtol=1e-4)
+
+
+def test_capped_adversary_gives_no_credit_past_chance():
+    """Every labelled user in class 0 (prior [1, 0]): any D is at or past chance, so with T = 1 the capped objective
+    is the BPR loss alone, value and gradient, while the paper's objective still rewards the attacker loss."""
+    rng = np.random.default_rng(8)
+    labels = np.zeros(U, np.int32)
+    labels[0] = 1
+    weight = np.ones(U, np.float32)
+    weight[0] = 0.0  # the only class-1 user is withheld
+    data = cofair.make_data(rng.normal(size=(U, D)).astype(np.float32), rng.normal(size=(I, D)).astype(np.float32),
+                            labels, 2, weight)
+    np.testing.assert_array_equal(np.asarray(data.prior), [1.0, 0.0])
+    batch = make_batch(80, 20)
+    config = small_config(levels=1, adversary="capped", lambda0=0.3)
+    params = random_params(9, config)
+    (loss, m), grads = filter_value_and_grad(params, data, batch, config, per_user=False)
+    (bpr_only, _), bpr_grads = filter_value_and_grad(params, data, batch, small_config(levels=1, lambda0=0.0),
+                                                     per_user=False)
+    assert np.isfinite(float(loss))
+    np.testing.assert_allclose(float(loss), float(bpr_only), rtol=1e-6)
+    np.testing.assert_allclose(np.asarray(m["attacker_loss"]), [0.0], atol=1e-7)
+    chex.assert_trees_all_close(grads, bpr_grads, rtol=1e-5, atol=1e-7)
+    paper = jit_filter_loss(params, data, batch, small_config(levels=1, lambda0=0.3))
+    assert float(paper[0]) < float(loss)
 
 
 def test_confusion_adversary_uses_the_prior_cross_entropy():

@@ -97,7 +97,9 @@ def _stage_arrays(split: HoldoutSplit, stage: str):
 
 def train_cofair(split: HoldoutSplit, data: cofair.CofairData, score, method: cofair.CofairConfig, seed: int,
                  out_dir, log, valid_user_vecs, ks=(10, 20), name: str = "cofair"):
-    """Fit Cofair with the shared trainer; early stopping on validation ``method.monitor`` at level ``T``."""
+    """Fit Cofair with the shared trainer; early stopping on validation ``method.monitor`` at level ``T``: any
+    full-ranking metric (``recall@10``, the public code's choice), ``dp@k``/``eopp@k``, or ``parity@k = 1 - DP@k``
+    to keep the fairest epoch of the top level."""
     if not isinstance(score, jax.tree_util.Partial):
         score = jax.tree_util.Partial(score)
     targets, exclude = _stage_arrays(split, "valid")
@@ -109,7 +111,10 @@ def train_cofair(split: HoldoutSplit, data: cofair.CofairData, score, method: co
         emb = cofair.user_embeddings_at_level(params, valid_user_vecs, top, method)
         report = full_ranking_report(score, emb, data.item_vecs, targets, exclude, groups,
                                      num_groups=data.num_classes, ks=tuple(ks))
-        return {k: float(v) for k, v in report.items()}
+        report = {k: float(v) for k, v in report.items()}
+        # Higher-is-better names for the fairness gaps, so they can be monitored too.
+        report.update({f"parity@{k}": 1.0 - report[f"dp@{k}"] for k in ks})
+        return report
 
     task = Task(
         init_state=lambda key: cofair.init_state(key, data, method),

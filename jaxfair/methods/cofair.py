@@ -162,6 +162,8 @@ def make_data(user_vecs, item_vecs, labels, num_classes: int, label_weight=None)
         raise ValueError(f"labels must lie in [0, {num_classes}) with at least 2 classes")
     weight = np.ones(labels.shape, np.float32) if label_weight is None else np.asarray(label_weight, np.float32)
     counts = np.bincount(labels, weights=weight, minlength=num_classes)
+    if counts.sum() <= 0:
+        raise ValueError("no user has a label weight above 0: the adversary would have nothing to learn from")
     prior = counts / max(counts.sum(), 1e-12)
     return CofairData(jnp.asarray(user_vecs), jnp.asarray(item_vecs), jnp.asarray(labels), jnp.asarray(weight),
                       jnp.asarray(prior, jnp.float32), int(num_classes))
@@ -215,7 +217,8 @@ def user_embeddings_at_level(params: dict, user_embeddings: jax.Array, levels, c
     Args:
       params: Cofair parameters (the full dict or its ``"filter"`` part).
       user_embeddings: ``(B, d)`` frozen backbone embeddings.
-      levels: int ``(B,)`` (or a scalar for everyone) in ``[0, T]``; 0 returns the input unchanged.
+      levels: int ``(B,)`` (or a scalar for everyone) in ``[0, T]``; 0 returns the input unchanged. (Traced code
+        cannot raise, so values outside ``[0, T]`` are clipped into it.)
       config: the architecture switches the model was trained with (``negative_slope``, ``residual``).
 
     Returns:
