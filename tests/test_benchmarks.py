@@ -99,3 +99,62 @@ def test_cofair_step_benchmark_reports_every_ratio(tmp_path):
     assert all(saved[key] > 0 for key in times + ratios)
     checks = [key for key in saved if key.startswith("check_max_abs_diff_")]
     assert len(checks) >= 2 and all(saved[key] < 1e-4 for key in checks)
+
+
+TINY_COFAIR = """
+[data]
+source = "{source}"
+rating_threshold = 0.0
+split = "temporal_ratio"
+attributes = ["gender"]
+[backbone]
+name = "pmf"
+dim = 8
+[train]
+epochs = 2
+learning_rate = 0.01
+monitor = "recall@10"
+[evaluate]
+protocols = ["full"]
+ks = [10, 20]
+[probe]
+steps = 50
+eval_every = 25
+bootstrap = 0
+[cofair]
+levels = 2
+batch_size = 256
+epochs = 2
+baseline_lambdas = [0.01]
+"""
+
+
+def tiny_cofair_config(tmp_path):
+    from jaxfair.data.synthetic import make_synthetic, write_ml100k_folder
+
+    write_ml100k_folder(make_synthetic(num_users=120, num_items=160, per_user=20), tmp_path / "data")
+    config = tmp_path / "cofair.toml"
+    config.write_text(TINY_COFAIR.format(source=tmp_path / "data"))
+    return str(config)
+
+
+def test_cofair_seeds_summarises_levels_baseline_and_monotonicity(tmp_path):
+    summary = load("cofair_seeds").main([tiny_cofair_config(tmp_path), "--seeds", "0", "1", "--out", str(tmp_path / "s")])
+    assert summary["seeds"] == [0, 1]
+    assert len(summary["levels"]) == 3 and len(summary["levels"][0]["probe_auc"]) == 2
+    assert len(summary["retrain_baseline"]) == 1
+    assert set(summary["monotone_level1_to_T"]) == {"dp@10", "probe_auc"}
+    assert (tmp_path / "s" / "table.md").read_text().count("\n| ") >= 4
+
+
+def test_cofair_monotonicity_check():
+    is_monotone = load("cofair_seeds").is_monotone
+    assert is_monotone([0.3, 0.3, 0.2]) and not is_monotone([0.3, 0.31, 0.2])
+
+
+def test_cofair_sweep_reports_validation_curves(tmp_path):
+    results = load("cofair_sweep").main([tiny_cofair_config(tmp_path), "--grid", '[{}, {"adversary": "capped"}]',
+                                         "--out", str(tmp_path / "w")])
+    assert [r["setting"] for r in results] == [{}, {"adversary": "capped"}]
+    assert all(len(r["valid_dp@10"]) == 3 and len(r["probe_selection_auc"]) == 3 for r in results)
+    assert json.loads((tmp_path / "w" / "sweep.json").read_text()) == results
