@@ -69,12 +69,17 @@ def section_config(config: ExperimentConfig) -> CofairSection:
     return from_dict(CofairSection, config.sections.get(SECTION), SECTION)
 
 
-def cofair_data(split, user_vecs, item_vecs, attribute: str) -> cofair.CofairData:
-    """Cofair's constant inputs for ``attribute``; the probe test users' labels are withheld from training."""
+def check_attribute(split, attribute: str) -> None:
+    """Raise ConfigError naming ``cofair.attribute`` unless the split has that user attribute."""
     if attribute not in split.user_attributes:
         raise ConfigError(
             f"{SECTION}.attribute: {attribute!r} is not a user attribute of this split (have {list(split.attribute_names)})"
         )
+
+
+def cofair_data(split, user_vecs, item_vecs, attribute: str) -> cofair.CofairData:
+    """Cofair's constant inputs for ``attribute``; the probe test users' labels are withheld from training."""
+    check_attribute(split, attribute)
     weight = np.ones(split.num_users, np.float32)
     weight[split.probe_users["test"]] = 0.0
     return cofair.make_data(
@@ -177,8 +182,7 @@ def run(config: ExperimentConfig, out_dir, log: Callable[[str], None] = print) -
     timings = {}
     tick = time.perf_counter()
     split = backbone_experiment.load_split(config.data, log)
-    if section.attribute not in split.user_attributes:
-        cofair_data(split, np.zeros((split.num_users, 1)), np.zeros((split.num_items, 1)), section.attribute)
+    check_attribute(split, section.attribute)
     save_split(split, out_dir / "split.npz")
     write_json(out_dir / "config.json", config.to_dict())
     write_users_csv(out_dir / "users.csv", split)
