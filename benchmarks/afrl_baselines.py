@@ -42,9 +42,9 @@ def main(argv=None):
     quiet = lambda message: None
 
     split = backbone_experiment.load_split(config.data, print)
-    frozen = afrl_experiment.frozen_backbone(split, config, None, quiet)
+    frozen = backbone_experiment.frozen_backbone(split, config, None, quiet)
     backbone, params, user_vecs, item_vecs = frozen.backbone, frozen.params, frozen.user_vecs, frozen.item_vecs
-    score, data = frozen.score, frozen.data
+    score, data = frozen.score, afrl_experiment.afrl_data(split, user_vecs["valid"], item_vecs)
     requirements = afrl.all_requirements(len(split.attribute_names))
     names = [afrl.requirement_name(r, split.attribute_names) for r in requirements]
     key = jax.random.fold_in(jax.random.key(seed), 1)

@@ -53,9 +53,9 @@ def main(argv=None):
     quiet = lambda message: None
 
     split = backbone_experiment.load_split(config.data, print)
-    frozen = afrl_experiment.frozen_backbone(split, config, None, quiet)
+    frozen = backbone_experiment.frozen_backbone(split, config, None, quiet)
     backbone, params, user_vecs, item_vecs = frozen.backbone, frozen.params, frozen.user_vecs, frozen.item_vecs
-    score, data = frozen.score, frozen.data
+    score, data = frozen.score, afrl_experiment.afrl_data(split, user_vecs["valid"], item_vecs)
     backbone_valid = backbone_experiment.evaluate_ranking(
         lambda u, v: backbone.score(params, u, v), user_vecs, item_vecs, split,
         dataclasses.replace(config.evaluate, protocols=("sampled",)), ("valid", "test"),

@@ -91,13 +91,7 @@ def main(argv=None):
     parser.add_argument("--out", default="benchmarks/results/cofair")
     args = parser.parse_args(argv)
     out = pathlib.Path(args.out)
-    results = []
-    for seed in args.seeds:
-        run_dir = out / f"seed{seed}"
-        if (run_dir / "results.json").exists():
-            results.append(json.loads((run_dir / "results.json").read_text()))
-        else:
-            results.append(runner.run(runner.load(args.config, seed=seed), run_dir))
+    results = runner.run_seeds(args.config, args.seeds, out)
     summary, table = summarize(results)
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     (out / "table.md").write_text(table)

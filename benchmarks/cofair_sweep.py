@@ -23,7 +23,6 @@ import numpy as np
 from jaxfair.experiments import backbone as backbone_experiment
 from jaxfair.experiments import cofair as cofair_experiment
 from jaxfair.experiments import runner
-from jaxfair.experiments.afrl import frozen_backbone
 from jaxfair.methods import cofair
 from jaxfair.metrics.probe import ProbeConfig
 
@@ -42,11 +41,11 @@ DEFAULT_GRID = [
 def sweep(config_path: str, grid: list[dict], seed: int = 0, log=print) -> list[dict]:
     config = runner.load(config_path, seed=seed)
     split = backbone_experiment.load_split(config.data, log=lambda message: None)
-    frozen = frozen_backbone(split, config, None, log=lambda message: None)
+    frozen = backbone_experiment.frozen_backbone(split, config, None, log=lambda message: None)
     user_vecs, item_vecs, score = frozen.user_vecs, frozen.item_vecs, frozen.score
     section = cofair_experiment.section_config(config)
     data = cofair_experiment.cofair_data(split, user_vecs["valid"], item_vecs, section.attribute)
-    targets, exclude = cofair_experiment._stage_arrays(split, "valid")
+    targets, exclude = cofair_experiment.stage_arrays(split, "valid")
     ks = tuple(config.evaluate.ks)
     out = []
     for setting in grid:
@@ -56,9 +55,10 @@ def sweep(config_path: str, grid: list[dict], seed: int = 0, log=print) -> list[
                                                     user_vecs["valid"], ks)
         seconds = time.perf_counter() - tick
         params = fit_result.best_params
-        report = cofair_experiment.level_report(params["filter"], method, user_vecs["valid"], item_vecs, score,
-                                                targets, exclude, data.labels, data.num_classes, ks)
-        levels = np.asarray(cofair.level_embeddings(params["filter"], user_vecs["valid"], method))
+        levels = cofair.level_embeddings(params["filter"], user_vecs["valid"], method)
+        report = cofair_experiment.level_report(levels, item_vecs, score, targets, exclude, data.labels,
+                                                data.num_classes, ks)
+        levels = np.asarray(levels)
         probes, _ = cofair_experiment.probe_levels(levels, split, section.attribute, jax.random.key(seed),
                                                    ProbeConfig(bootstrap=0))
         entry = {

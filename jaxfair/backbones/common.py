@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxfair.backbones.base import Batch, bpr_loss, padded_batches
+from jaxfair.backbones.base import Backbone, Batch, bpr_loss, padded_batches
 from jaxfair.data.dataset import Split
 from jaxfair.data.sampling import bpr_pairs, sample_negatives
 
@@ -138,3 +138,18 @@ def position_negatives(
     flat_users = np.repeat(np.asarray(users), length)
     neg = sample_negatives(positives, flat_users, 1, rng)[:, 0].reshape(rows, length)
     return np.where(targets == pad_id, pad_id, neg).astype(np.int32)
+
+
+def table_backbone(name: str, dim: int, l2: float, score: Callable) -> Backbone:
+    """A backbone whose users and items are plain embedding tables ``{"user": (U, d), "item": (I, d)}`` trained with
+    BPR on :func:`pair_epoch` batches; only the scorer ``score(params, u, v)`` differs (PMF, cosine MF)."""
+    return Backbone(
+        name=name,
+        init=lambda key, split: init_user_item_tables(key, split, dim),
+        context=lambda split: {},
+        make_epoch=pair_epoch,
+        loss=table_pair_loss(score, l2),
+        user_embeddings=lambda params, context, stage="valid": params["user"],
+        item_embeddings=lambda params, context: params["item"],
+        score=score,
+    )

@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxfair.backbones.base import Backbone
-from jaxfair.backbones.common import check_dim_l2, init_user_item_tables, pair_epoch, table_pair_loss
+from jaxfair.backbones.common import check_dim_l2, table_backbone
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,13 +62,4 @@ def backbone(config: Config = Config()) -> Backbone:
         del params
         return jnp.sum(normalize(user_vecs) * normalize(item_vecs), axis=-1) / config.tau
 
-    return Backbone(
-        name="cosine_mf",
-        init=lambda key, split: init_user_item_tables(key, split, config.dim),
-        context=lambda split: {},
-        make_epoch=pair_epoch,
-        loss=table_pair_loss(score, config.l2),
-        user_embeddings=lambda params, context, stage="valid": params["user"],
-        item_embeddings=lambda params, context: params["item"],
-        score=score,
-    )
+    return table_backbone("cosine_mf", config.dim, config.l2, score)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 
 from jaxfair.backbones.base import Backbone, dot_score
-from jaxfair.backbones.common import check_dim_l2, init_user_item_tables, pair_epoch, table_pair_loss
+from jaxfair.backbones.common import check_dim_l2, table_backbone
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,13 +47,4 @@ def backbone(config: Config = Config()) -> Backbone:
         del params
         return dot_score(user_vecs, item_vecs)
 
-    return Backbone(
-        name="pmf",
-        init=lambda key, split: init_user_item_tables(key, split, config.dim),
-        context=lambda split: {},
-        make_epoch=pair_epoch,
-        loss=table_pair_loss(score, config.l2),
-        user_embeddings=lambda params, context, stage="valid": params["user"],
-        item_embeddings=lambda params, context: params["item"],
-        score=score,
-    )
+    return table_backbone("pmf", config.dim, config.l2, score)

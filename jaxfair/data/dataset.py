@@ -54,8 +54,47 @@ class RawDataset:
         return tuple(c for c in self.users.columns if c != "raw_id")
 
 
+class SplitAccessors:
+    """What every split container (:class:`Split`, :class:`jaxfair.data.holdout.HoldoutSplit`) derives from its
+    ``num_users``, ``num_items``, ``train_users``/``train_items``, positives CSR and attributes."""
+
+    @property
+    def num_train(self) -> int:
+        return int(self.train_users.shape[0])
+
+    @property
+    def attribute_names(self) -> tuple[str, ...]:
+        return tuple(self.user_attributes)
+
+    def positives_of(self, user: int) -> np.ndarray:
+        """Sorted item ids of every known positive of ``user``."""
+        return self.positives_indices[self.positives_indptr[user] : self.positives_indptr[user + 1]]
+
+    def dense(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
+        """Bool ``(U, I)``, True at the ``(users[k], items[k])`` pairs."""
+        dense = np.zeros((self.num_users, self.num_items), dtype=bool)
+        dense[users, items] = True
+        return dense
+
+    def positive_matrix(self) -> np.ndarray:
+        """Bool ``(U, I)``: True where the item is a known positive (train, valid or test) of the user."""
+        rows = np.repeat(np.arange(self.num_users), np.diff(self.positives_indptr))
+        return self.dense(rows, self.positives_indices)
+
+    def train_matrix(self) -> np.ndarray:
+        """Bool ``(U, I)``: True at the training positives."""
+        return self.dense(self.train_users, self.train_items)
+
+    def attribute_class_counts(self) -> dict[str, dict[str, int]]:
+        """Attribute name -> class label -> number of users."""
+        return {
+            name: {label: int(np.sum(values == k)) for k, label in enumerate(self.attribute_classes[name])}
+            for name, values in self.user_attributes.items()
+        }
+
+
 @dataclasses.dataclass(frozen=True)
-class Split:
+class Split(SplitAccessors):
     """A preprocessed leave-one-out split (AFRL paper section 4.1.1).
 
     Users and items are re-indexed after filtering: ``U = num_users``, ``I = num_items``. Item id ``I`` is the padding
@@ -98,31 +137,6 @@ class Split:
     item_raw_ids: np.ndarray
     seed: int
 
-    @property
-    def num_train(self) -> int:
-        return int(self.train_users.shape[0])
-
-    @property
-    def attribute_names(self) -> tuple[str, ...]:
-        return tuple(self.user_attributes)
-
-    def positives_of(self, user: int) -> np.ndarray:
-        """Sorted item ids of every known positive of ``user``."""
-        return self.positives_indices[self.positives_indptr[user] : self.positives_indptr[user + 1]]
-
-    def positive_matrix(self) -> np.ndarray:
-        """Bool ``(U, I)``: True where the item is a known positive (train, valid or test) of the user."""
-        dense = np.zeros((self.num_users, self.num_items), dtype=bool)
-        rows = np.repeat(np.arange(self.num_users), np.diff(self.positives_indptr))
-        dense[rows, self.positives_indices] = True
-        return dense
-
-    def train_matrix(self) -> np.ndarray:
-        """Bool ``(U, I)``: True at the training positives."""
-        dense = np.zeros((self.num_users, self.num_items), dtype=bool)
-        dense[self.train_users, self.train_items] = True
-        return dense
-
     def histories(self, stage: str, max_len: int) -> np.ndarray:
         """Chronological item history each user has seen before ``stage``'s target, for sequential backbones.
 
@@ -160,13 +174,7 @@ class Split:
             "test_positives": self.num_users,
             "eval_negatives_per_user": int(self.test_negatives.shape[1]),
             "probe_users": {k: int(len(v)) for k, v in self.probe_users.items()},
-            "attribute_class_counts": {
-                name: {
-                    label: int(np.sum(values == k))
-                    for k, label in enumerate(self.attribute_classes[name])
-                }
-                for name, values in self.user_attributes.items()
-            },
+            "attribute_class_counts": self.attribute_class_counts(),
         }
 
 

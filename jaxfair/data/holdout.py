@@ -30,13 +30,13 @@ import dataclasses
 import numpy as np
 import pandas as pd
 
-from jaxfair.data.dataset import DataError
+from jaxfair.data.dataset import DataError, SplitAccessors
 
 SPLIT_KINDS = ("leave_one_out", "temporal_ratio", "random_ratio")
 
 
 @dataclasses.dataclass(frozen=True)
-class HoldoutSplit:
+class HoldoutSplit(SplitAccessors):
     """A ratio hold-out split. ``U = num_users``, ``I = num_items``.
 
     Attributes:
@@ -75,35 +75,13 @@ class HoldoutSplit:
     item_raw_ids: np.ndarray
     seed: int
 
-    @property
-    def num_train(self) -> int:
-        return int(self.train_users.shape[0])
-
-    @property
-    def attribute_names(self) -> tuple[str, ...]:
-        return tuple(self.user_attributes)
-
-    def _matrix(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
-        dense = np.zeros((self.num_users, self.num_items), dtype=bool)
-        dense[users, items] = True
-        return dense
-
-    def train_matrix(self) -> np.ndarray:
-        """Bool ``(U, I)``, True at the training positives."""
-        return self._matrix(self.train_users, self.train_items)
-
     def valid_matrix(self) -> np.ndarray:
         """Bool ``(U, I)``, True at the validation positives."""
-        return self._matrix(self.valid_users, self.valid_items)
+        return self.dense(self.valid_users, self.valid_items)
 
     def test_matrix(self) -> np.ndarray:
         """Bool ``(U, I)``, True at the test positives."""
-        return self._matrix(self.test_users, self.test_items)
-
-    def positive_matrix(self) -> np.ndarray:
-        """Bool ``(U, I)``, True at every known positive (train, validation and test)."""
-        rows = np.repeat(np.arange(self.num_users), np.diff(self.positives_indptr))
-        return self._matrix(rows, self.positives_indices)
+        return self.dense(self.test_users, self.test_items)
 
     def target_matrix(self, stage: str) -> np.ndarray:
         """The positives ``stage`` (``"valid"`` or ``"test"``) ranks for."""
@@ -128,10 +106,7 @@ class HoldoutSplit:
             "valid_positives": int(self.valid_users.shape[0]),
             "test_positives": int(self.test_users.shape[0]),
             "probe_users": {k: int(len(v)) for k, v in self.probe_users.items()},
-            "attribute_class_counts": {
-                name: {label: int(np.sum(values == k)) for k, label in enumerate(self.attribute_classes[name])}
-                for name, values in self.user_attributes.items()
-            },
+            "attribute_class_counts": self.attribute_class_counts(),
         }
 
 

@@ -186,6 +186,26 @@ def _positives_csr(users: np.ndarray, items: np.ndarray, num_users: int, num_ite
     return known, indptr, indices
 
 
+def _split_metadata(raw: RawDataset, config: PrepConfig, old_users: np.ndarray, old_items: np.ndarray) -> dict:
+    """The fields every split container shares besides its interactions: sizes, encoded attributes, genres, raw ids
+    and the seed (no randomness is drawn here)."""
+    kept_users = raw.users.iloc[old_users].reset_index(drop=True)
+    attributes, classes = encode_attributes(kept_users, config.attributes)
+    genres, genre_names = _item_genres(raw, old_items)
+    return {
+        "name": raw.name,
+        "num_users": len(old_users),
+        "num_items": len(old_items),
+        "user_attributes": attributes,
+        "attribute_classes": classes,
+        "item_genres": genres,
+        "genre_names": genre_names,
+        "user_raw_ids": kept_users["raw_id"].to_numpy().astype(str),
+        "item_raw_ids": raw.items.iloc[old_items]["raw_id"].to_numpy().astype(str),
+        "seed": config.seed,
+    }
+
+
 def prepare(raw: RawDataset, config: PrepConfig = PrepConfig()) -> Split | HoldoutSplit:
     """Run every step on ``raw``; returns the leave-one-out :class:`Split` or, for a ratio split, a
     :class:`HoldoutSplit`."""
@@ -204,14 +224,8 @@ def prepare(raw: RawDataset, config: PrepConfig = PrepConfig()) -> Split | Holdo
     test_negatives = sample_eval_negatives(known, config.eval_negatives, rng)
     probe = split_probe_users(num_users, config.probe_fractions, rng)
 
-    kept_users = raw.users.iloc[old_users].reset_index(drop=True)
-    attributes, classes = encode_attributes(kept_users, config.attributes)
-    genres, genre_names = _item_genres(raw, old_items)
-
     return Split(
-        name=raw.name,
-        num_users=num_users,
-        num_items=num_items,
+        **_split_metadata(raw, config, old_users, old_items),
         train_users=train["user"].to_numpy().astype(np.int32),
         train_items=train["item"].to_numpy().astype(np.int32),
         valid_items=valid_items,
@@ -220,14 +234,7 @@ def prepare(raw: RawDataset, config: PrepConfig = PrepConfig()) -> Split | Holdo
         test_negatives=test_negatives,
         positives_indptr=indptr,
         positives_indices=indices,
-        user_attributes=attributes,
-        attribute_classes=classes,
-        item_genres=genres,
-        genre_names=genre_names,
         probe_users=probe,
-        user_raw_ids=kept_users["raw_id"].to_numpy().astype(str),
-        item_raw_ids=raw.items.iloc[old_items]["raw_id"].to_numpy().astype(str),
-        seed=config.seed,
     )
 
 
@@ -238,15 +245,10 @@ def _prepare_holdout(raw, config: PrepConfig, positives, old_users, old_items) -
     train, valid, test = ratio_split(positives, config.ratios, config.split, rng)
     _, indptr, indices = _positives_csr(positives["user"].to_numpy(), positives["item"].to_numpy(), num_users, num_items)
     probe = split_probe_users(num_users, config.probe_fractions, rng)
-    kept_users = raw.users.iloc[old_users].reset_index(drop=True)
-    attributes, classes = encode_attributes(kept_users, config.attributes)
-    genres, genre_names = _item_genres(raw, old_items)
     column = lambda frame, name: frame[name].to_numpy().astype(np.int32)
     return HoldoutSplit(
-        name=raw.name,
+        **_split_metadata(raw, config, old_users, old_items),
         kind=config.split,
-        num_users=num_users,
-        num_items=num_items,
         train_users=column(train, "user"),
         train_items=column(train, "item"),
         valid_users=column(valid, "user"),
@@ -255,12 +257,5 @@ def _prepare_holdout(raw, config: PrepConfig, positives, old_users, old_items) -
         test_items=column(test, "item"),
         positives_indptr=indptr,
         positives_indices=indices,
-        user_attributes=attributes,
-        attribute_classes=classes,
-        item_genres=genres,
-        genre_names=genre_names,
         probe_users=probe,
-        user_raw_ids=kept_users["raw_id"].to_numpy().astype(str),
-        item_raw_ids=raw.items.iloc[old_items]["raw_id"].to_numpy().astype(str),
-        seed=config.seed,
     )

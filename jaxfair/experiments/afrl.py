@@ -16,19 +16,18 @@ All requirements are evaluated in one ``jax.vmap`` over the requirement axis.
 from __future__ import annotations
 
 import dataclasses
-import pathlib
 import time
-from typing import Callable, NamedTuple
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from jaxfair.config import from_dict, to_dict
-from jaxfair.data.dataset import Split, save_split
+from jaxfair.data.dataset import Split
 from jaxfair.experiments import backbone as backbone_experiment
 from jaxfair.experiments.config import ExperimentConfig
-from jaxfair.experiments.outputs import format_table, write_json, write_npy, write_users_csv
+from jaxfair.experiments.outputs import format_table, write_json, write_npy
 from jaxfair.methods import afrl
 from jaxfair.methods import requirements as requirements_lib
 from jaxfair.metrics.probe import probe_attribute
@@ -48,43 +47,6 @@ def afrl_data(split: Split, user_vecs: jax.Array, item_vecs: jax.Array) -> afrl.
     labels = np.stack([split.user_attributes[n] for n in names], axis=1)
     num_classes = tuple(len(split.attribute_classes[n]) for n in names)
     return afrl.make_data(user_vecs, item_vecs, labels, num_classes, weight)
-
-
-class FrozenBackbone(NamedTuple):
-    """A trained backbone, frozen, with everything AFRL and its baselines read from it.
-
-    Attributes:
-      backbone, context, params, fit: the backbone's functions, constants, selected parameters and training result.
-      user_vecs: ``{"valid": (U, d), "test": (U, d)}``; item_vecs: ``(I, d)``.
-      score: ``backbone.score`` bound to ``params`` as a ``jax.tree_util.Partial`` (traced, so jitted evaluation
-        compiles once).
-      data: :class:`jaxfair.methods.afrl.AFRLData` built from the validation-time user embeddings.
-    """
-
-    backbone: object
-    context: dict
-    params: object
-    fit: object
-    user_vecs: dict
-    item_vecs: jax.Array
-    score: jax.tree_util.Partial
-    data: afrl.AFRLData
-
-
-def frozen_backbone(split: Split, config: ExperimentConfig, out_dir=None, log=print) -> FrozenBackbone:
-    """Train the configured backbone (checkpointed under ``out_dir`` when given) and freeze it for AFRL."""
-    backbone, context, params, fit_result = backbone_experiment.train_backbone(split, config, out_dir, log)
-    user_vecs, item_vecs = backbone_experiment.embeddings_of(backbone, context, params)
-    return FrozenBackbone(
-        backbone=backbone,
-        context=context,
-        params=params,
-        fit=fit_result,
-        user_vecs=user_vecs,
-        item_vecs=item_vecs,
-        score=jax.tree_util.Partial(backbone.score, params),
-        data=afrl_data(split, user_vecs["valid"], item_vecs),
-    )
 
 
 def requirement_metrics(params, score, user_vecs, item_vecs, targets, negatives, requirements, *, config, ks):
@@ -175,21 +137,13 @@ def evaluate_embeddings(fair, requirements, split: Split, user_vecs, item_vecs, 
 def run(config: ExperimentConfig, out_dir, log: Callable[[str], None] = print) -> dict:
     """Backbone, AFRL, evaluation of every requirement, probes, and every output file."""
     method = method_config(config)
-    out_dir = pathlib.Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    timings = {}
-    tick = time.perf_counter()
-    split = backbone_experiment.load_split(config.data, log)
-    save_split(split, out_dir / "split.npz")
-    write_json(out_dir / "config.json", config.to_dict())
-    write_users_csv(out_dir / "users.csv", split)
-    timings["data_seconds"] = time.perf_counter() - tick
+    out_dir, split, timings = backbone_experiment.start_run(config, out_dir, log)
 
     tick = time.perf_counter()
-    frozen = frozen_backbone(split, config, out_dir, log)
-    backbone_experiment.save_best(out_dir, frozen.params, frozen.fit.best_epoch)
+    frozen = backbone_experiment.frozen_backbone(split, config, out_dir, log)
     backbone, bb_params, bb_fit = frozen.backbone, frozen.params, frozen.fit
-    user_vecs, item_vecs, score, data = frozen.user_vecs, frozen.item_vecs, frozen.score, frozen.data
+    user_vecs, item_vecs, score = frozen.user_vecs, frozen.item_vecs, frozen.score
+    data = afrl_data(split, user_vecs["valid"], item_vecs)
     timings["backbone_seconds"] = time.perf_counter() - tick
 
     tick = time.perf_counter()

@@ -16,7 +16,7 @@ from __future__ import annotations
 import dataclasses
 import pathlib
 import time
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -178,25 +178,72 @@ def embeddings_of(backbone, context, params) -> tuple[dict[str, jax.Array], jax.
     return users, backbone.item_embeddings(params, context)
 
 
-def run(config: ExperimentConfig, out_dir: str | pathlib.Path, log: Callable[[str], None] = print) -> dict:
-    """Train, evaluate, probe and write every output of the backbone experiment; returns ``results.json``'s dict."""
+class FrozenBackbone(NamedTuple):
+    """A trained backbone, frozen, with everything the fairness methods read from it.
+
+    Attributes:
+      backbone, context, params, fit: the backbone's functions, constants, selected parameters and training result.
+      user_vecs: ``{"valid": (U, d), "test": (U, d)}``; item_vecs: ``(I, d)``.
+      score: ``backbone.score`` bound to ``params`` as a ``jax.tree_util.Partial`` (traced, so jitted evaluation
+        compiles once).
+    """
+
+    backbone: object
+    context: dict
+    params: object
+    fit: object
+    user_vecs: dict
+    item_vecs: jax.Array
+    score: jax.tree_util.Partial
+
+
+def frozen_backbone(split, config: ExperimentConfig, out_dir=None, log=print) -> FrozenBackbone:
+    """Train the configured backbone and freeze it. With ``out_dir``, training is checkpointed there and the
+    selected parameters are saved to ``out_dir/checkpoints/best``."""
+    backbone, context, params, fit_result = train_backbone(split, config, out_dir, log)
+    if out_dir is not None:
+        save_best(pathlib.Path(out_dir), params, fit_result.best_epoch)
+    user_vecs, item_vecs = embeddings_of(backbone, context, params)
+    return FrozenBackbone(
+        backbone=backbone,
+        context=context,
+        params=params,
+        fit=fit_result,
+        user_vecs=user_vecs,
+        item_vecs=item_vecs,
+        score=jax.tree_util.Partial(backbone.score, params),
+    )
+
+
+def start_run(config: ExperimentConfig, out_dir, log: Callable[[str], None] = print):
+    """What every experiment does first: create ``out_dir``, load the split, and write ``split.npz``,
+    ``config.json`` and ``users.csv``.
+
+    Returns:
+      ``(out_dir as a Path, split, timings)`` with ``timings["data_seconds"]`` filled in.
+    """
     out_dir = pathlib.Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    timings = {}
     tick = time.perf_counter()
     split = load_split(config.data, log)
     save_split(split, out_dir / "split.npz")
     write_json(out_dir / "config.json", config.to_dict())
-    timings["data_seconds"] = time.perf_counter() - tick
+    write_users_csv(out_dir / "users.csv", split)
+    return out_dir, split, {"data_seconds": time.perf_counter() - tick}
+
+
+def run(config: ExperimentConfig, out_dir: str | pathlib.Path, log: Callable[[str], None] = print) -> dict:
+    """Train, evaluate, probe and write every output of the backbone experiment; returns ``results.json``'s dict."""
+    out_dir, split, timings = start_run(config, out_dir, log)
 
     tick = time.perf_counter()
-    backbone, context, params, fit_result = train_backbone(split, config, out_dir, log)
-    save_best(out_dir, params, fit_result.best_epoch)
+    frozen = frozen_backbone(split, config, out_dir, log)
+    backbone, params, fit_result = frozen.backbone, frozen.params, frozen.fit
     timings["train_seconds"] = time.perf_counter() - tick
 
     tick = time.perf_counter()
     known = split.positive_matrix()
-    user_vecs, item_vecs = embeddings_of(backbone, context, params)
+    user_vecs, item_vecs = frozen.user_vecs, frozen.item_vecs
     metrics = {
         config.backbone_name: evaluate_ranking(
             lambda u, v: backbone.score(params, u, v), user_vecs, item_vecs, split, config.evaluate, known=known
@@ -216,7 +263,6 @@ def run(config: ExperimentConfig, out_dir: str | pathlib.Path, log: Callable[[st
     )
     timings["probe_seconds"] = time.perf_counter() - tick
     write_npy(out_dir / "user_embeddings.npy", embeddings)
-    write_users_csv(out_dir / "users.csv", split)
 
     results = {
         "dataset": split.name,

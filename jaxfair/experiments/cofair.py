@@ -22,7 +22,6 @@ Every level is evaluated in one ``jax.vmap`` over the adapter stack (:func:`leve
 from __future__ import annotations
 
 import dataclasses
-import pathlib
 import time
 from typing import Callable
 
@@ -32,12 +31,10 @@ import numpy as np
 
 from jaxfair.backbones.common import pair_epoch
 from jaxfair.config import ConfigError, from_dict, to_dict
-from jaxfair.data.dataset import save_split
 from jaxfair.data.holdout import HoldoutSplit
 from jaxfair.experiments import backbone as backbone_experiment
-from jaxfair.experiments.afrl import frozen_backbone
 from jaxfair.experiments.config import ExperimentConfig
-from jaxfair.experiments.outputs import format_table, write_figure, write_json, write_npy, write_users_csv
+from jaxfair.experiments.outputs import format_table, write_figure, write_json, write_npy
 from jaxfair.methods import cofair
 from jaxfair.metrics.exposure import full_ranking_report
 from jaxfair.metrics.probe import probe_attribute
@@ -87,16 +84,23 @@ def cofair_data(split, user_vecs, item_vecs, attribute: str) -> cofair.CofairDat
     )
 
 
-def level_report(filter_params, method: cofair.CofairConfig, user_vecs, item_vecs, score, targets, exclude, groups,
-                 num_groups: int, ks: tuple[int, ...]) -> dict[str, jax.Array]:
-    """Full-ranking accuracy and exposure fairness of levels ``0..T`` in one vmapped pass (name -> ``(T + 1,)``)."""
-    levels = cofair.level_embeddings(filter_params, jnp.asarray(user_vecs), method)
+def level_report(levels, item_vecs, score, targets, exclude, groups, num_groups: int,
+                 ks: tuple[int, ...]) -> dict[str, jax.Array]:
+    """Full-ranking accuracy and exposure fairness of every level in one vmapped pass.
+
+    Args:
+      levels: ``(L, U, d)`` user embeddings per level, from :func:`jaxfair.methods.cofair.level_embeddings`.
+
+    Returns:
+      Metric name -> ``(L,)``.
+    """
     return jax.vmap(
         lambda u: full_ranking_report(score, u, item_vecs, targets, exclude, groups, num_groups=num_groups, ks=ks)
     )(levels)
 
 
-def _stage_arrays(split: HoldoutSplit, stage: str):
+def stage_arrays(split: HoldoutSplit, stage: str):
+    """``(targets, exclude)`` bool ``(U, I)`` device arrays for ranking ``stage``."""
     return jnp.asarray(split.target_matrix(stage)), jnp.asarray(split.exclude_matrix(stage))
 
 
@@ -107,7 +111,7 @@ def train_cofair(split: HoldoutSplit, data: cofair.CofairData, score, method: co
     to keep the fairest epoch of the top level."""
     if not isinstance(score, jax.tree_util.Partial):
         score = jax.tree_util.Partial(score)
-    targets, exclude = _stage_arrays(split, "valid")
+    targets, exclude = stage_arrays(split, "valid")
     groups = data.labels
     valid_user_vecs = jnp.asarray(valid_user_vecs)
     top = method.levels
@@ -177,20 +181,11 @@ def run(config: ExperimentConfig, out_dir, log: Callable[[str], None] = print) -
     if config.data.split == "leave_one_out":
         raise ConfigError("data.split: Cofair is evaluated by full ranking of a ratio split; set split = "
                           "\"temporal_ratio\" (the Cofair protocol) or \"random_ratio\"")
-    out_dir = pathlib.Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    timings = {}
-    tick = time.perf_counter()
-    split = backbone_experiment.load_split(config.data, log)
+    out_dir, split, timings = backbone_experiment.start_run(config, out_dir, log)
     check_attribute(split, section.attribute)
-    save_split(split, out_dir / "split.npz")
-    write_json(out_dir / "config.json", config.to_dict())
-    write_users_csv(out_dir / "users.csv", split)
-    timings["data_seconds"] = time.perf_counter() - tick
 
     tick = time.perf_counter()
-    frozen = frozen_backbone(split, config, out_dir, log)
-    backbone_experiment.save_best(out_dir, frozen.params, frozen.fit.best_epoch)
+    frozen = backbone_experiment.frozen_backbone(split, config, out_dir, log)
     user_vecs, item_vecs, score = frozen.user_vecs, frozen.item_vecs, frozen.score
     data = cofair_data(split, user_vecs["valid"], item_vecs, section.attribute)
     timings["backbone_seconds"] = time.perf_counter() - tick
@@ -202,11 +197,11 @@ def run(config: ExperimentConfig, out_dir, log: Callable[[str], None] = print) -
     params = fit_result.best_params
 
     key = jax.random.fold_in(jax.random.key(config.train.seed), 1)
-    test_targets, test_exclude = _stage_arrays(split, "test")
+    test_targets, test_exclude = stage_arrays(split, "test")
     tick = time.perf_counter()
-    report = level_report(params["filter"], method, user_vecs["test"], item_vecs, score, test_targets, test_exclude,
-                          data.labels, data.num_classes, ks)
-    level_vecs = np.asarray(cofair.level_embeddings(params["filter"], user_vecs["test"], method))
+    level_vecs = cofair.level_embeddings(params["filter"], user_vecs["test"], method)
+    report = level_report(level_vecs, item_vecs, score, test_targets, test_exclude, data.labels, data.num_classes, ks)
+    level_vecs = np.asarray(level_vecs)
     probes, probe_losses = probe_levels(level_vecs, split, section.attribute, key, config.probe)
     disc_losses = discriminator_losses(params, data, user_vecs["test"], split.probe_users["test"], method)
     timings["evaluate_seconds"] = time.perf_counter() - tick
@@ -269,7 +264,7 @@ def run(config: ExperimentConfig, out_dir, log: Callable[[str], None] = print) -
 def retraining_baseline(split, data, score, method, lambdas, config, out_dir, log, user_vecs, item_vecs, key) -> dict:
     """One single-level adversarial model per fixed lambda (``levels = 1``, ``alpha = beta = 0``), each trained from
     scratch with Cofair's own loop and evaluated like a level."""
-    test_targets, test_exclude = _stage_arrays(split, "test")
+    test_targets, test_exclude = stage_arrays(split, "test")
     models, total = [], 0.0
     for i, lam in enumerate(lambdas):
         single = dataclasses.replace(method, levels=1, lambda0=float(lam), alpha=0.0, beta=0.0)
@@ -278,9 +273,10 @@ def retraining_baseline(split, data, score, method, lambdas, config, out_dir, lo
                                   tuple(config.evaluate.ks), name=f"retrain{i}")
         seconds = time.perf_counter() - tick
         total += seconds
-        report = level_report(fit_result.best_params["filter"], single, user_vecs["test"], item_vecs, score,
-                              test_targets, test_exclude, data.labels, data.num_classes, tuple(config.evaluate.ks))
-        emb = np.asarray(cofair.user_embeddings_at_level(fit_result.best_params, user_vecs["test"], 1))
+        levels = cofair.level_embeddings(fit_result.best_params["filter"], user_vecs["test"], single)
+        report = level_report(levels, item_vecs, score, test_targets, test_exclude, data.labels, data.num_classes,
+                              tuple(config.evaluate.ks))
+        emb = np.asarray(levels[1])
         probe = probe_attribute(emb, split.user_attributes[method.attribute], split.probe_users,
                                 data.num_classes, jax.random.fold_in(key, 100 + i), config.probe)
         models.append({

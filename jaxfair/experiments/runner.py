@@ -44,6 +44,20 @@ def run(config: ExperimentConfig, out_dir, log: Callable[[str], None] = print) -
     return backbone_experiment.run(config, out_dir, log)
 
 
+def run_seeds(config_path, seeds, out_dir, log: Callable[[str], None] = print) -> list[dict]:
+    """Run the config once per seed into ``out_dir/seed<S>`` (``jaxfair train CONFIG --seed S``) and return the
+    ``results.json`` dicts in seed order. A seed whose ``results.json`` already exists is read, not rerun."""
+    out_dir = pathlib.Path(out_dir)
+    results = []
+    for seed in seeds:
+        run_dir = out_dir / f"seed{seed}"
+        if (run_dir / "results.json").exists():
+            results.append(json.loads((run_dir / "results.json").read_text()))
+        else:
+            results.append(run(load(config_path, seed=seed), run_dir, log))
+    return results
+
+
 def evaluate_run(run_dir, protocols=None, ks=None, log: Callable[[str], None] = print) -> dict:
     """Restore a finished backbone run's selected parameters and evaluate them again (same split and negatives).
 

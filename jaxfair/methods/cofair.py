@@ -281,7 +281,7 @@ def discriminator_loss(disc_params, embeddings: jax.Array, labels: jax.Array, we
 
 
 def filter_loss(filter_params, disc_params, users: dict, rows: dict, score: Callable, config: CofairConfig,
-                prior: jax.Array | None = None):
+                prior: jax.Array | None = None, levels_fn: Callable | None = None):
     """The filter's objective ``(1/T) sum_t [BPR_t - lambda_t L_t] + beta R`` of one batch (with the ``confusion``
     adversary, ``+ lambda_t C_t`` in place of ``- lambda_t L_t``; with ``capped``, ``l_t`` capped at
     ``-log prior[a_u]``; ``prior`` is required by both).
@@ -296,11 +296,13 @@ def filter_loss(filter_params, disc_params, users: dict, rows: dict, score: Call
       rows: ``{"user": (B,) index into users, "pos": (B, d), "neg": (B, d) frozen item embeddings,
         "weight": (B,) 0 on padding}``.
       score: the frozen backbone scorer ``(u (..., d), v (..., d)) -> (...)``.
+      levels_fn: ``(filter_params, vecs (N, d), config) -> (T, N, d)``; :func:`adapted_embeddings` (one vmap over the
+        adapter stack) by default. ``benchmarks/cofair_step.py`` passes a per-level loop to time the vmap against.
 
     Returns:
       ``(loss, metrics)`` with per-level ``bpr``, ``attacker_loss`` and ``lambda`` ``(T,)`` and scalar ``reg``.
     """
-    adapted = adapted_embeddings(filter_params, users["vecs"], config)  # (T, N, d)
+    adapted = (levels_fn or adapted_embeddings)(filter_params, users["vecs"], config)  # (T, N, d)
     row_vecs = adapted[:, rows["user"]]  # (T, B, d)
     bpr = jax.vmap(lambda e: bpr_loss(score(e, rows["pos"]), score(e, rows["neg"]), rows["weight"]))(row_vecs)
     losses = attacker_losses(disc_params, adapted, users["labels"])  # (T, N)
@@ -346,12 +348,14 @@ def init_state(key: jax.Array, data: CofairData, config: CofairConfig) -> TrainS
                       step=jnp.zeros((), jnp.int32))
 
 
-def make_train_step(data: CofairData, score: Callable, config: CofairConfig):
+def make_train_step(data: CofairData, score: Callable, config: CofairConfig, levels_fn: Callable | None = None):
     """One alternating min-max step, ``(state, batch, key) -> (state, metrics)`` (not jitted; scan or jit it).
 
     ``batch``: ``user``, ``pos``, ``neg`` int32 ``(B,)`` and ``weight`` ``(B,)``. When the dataset has no more
     users than a batch has rows, the filter and ``D`` run once per distinct user (see :func:`batch_users`).
+    ``levels_fn`` replaces :func:`adapted_embeddings` (see :func:`filter_loss`).
     """
+    levels_fn = levels_fn or adapted_embeddings
     txs = make_optimizers(config)
 
     def step(state: TrainState, batch: dict, key: jax.Array):
@@ -362,7 +366,7 @@ def make_train_step(data: CofairData, score: Callable, config: CofairConfig):
         rows = {"user": row_user, "pos": data.item_vecs[batch["pos"]], "neg": data.item_vecs[batch["neg"]],
                 "weight": batch["weight"]}
 
-        stopped = jax.lax.stop_gradient(adapted_embeddings(params["filter"], users["vecs"], config))
+        stopped = jax.lax.stop_gradient(levels_fn(params["filter"], users["vecs"], config))
 
         def discriminator_update(_, carry):
             p, o, _ = carry
@@ -374,7 +378,7 @@ def make_train_step(data: CofairData, score: Callable, config: CofairConfig):
             0, config.discriminator_steps, discriminator_update, (params, opt_state, jnp.zeros(()))
         )
         (loss_f, metrics), grads = jax.value_and_grad(filter_loss, has_aux=True)(
-            params["filter"], params["D"], users, rows, score, config, data.prior
+            params["filter"], params["D"], users, rows, score, config, data.prior, levels_fn
         )
         updates, new_opt = txs["filter"].update(grads, opt_state["filter"], params["filter"])
         params = dict(params, filter=optax.apply_updates(params["filter"], updates))

@@ -111,7 +111,6 @@ def _ranking_metrics(scores: jax.Array, relevant: jax.Array, ks: tuple[int, ...]
     if not jnp.issubdtype(scores.dtype, jnp.floating):
         scores = scores.astype(jnp.float32)
     rel = jnp.asarray(relevant).astype(jnp.int32)
-    num_candidates = scores.shape[-1]
     # Ascending sort on (-score, rel): best score first, and within a tie rel=0 precedes rel=1.
     _, ranked_rel = jax.lax.sort((-scores, rel), dimension=-1, num_keys=2)
     return _cutoff_metrics(ranked_rel, rel.sum(axis=-1), ks)
