@@ -15,8 +15,9 @@ Variants:
 
 * ``jax_vmap``: ``jax.jit(cofair.make_train_step(...))``. As the dataset has no more users than a batch has rows, the
   filter and D run once per distinct user (weighted by row counts), jaxfair's automatic per-user mode.
-* ``jax_loop``: the same math and the same mode, each level computed separately from a slice of the adapter stack in a
-  Python loop (unrolled inside one ``jax.jit``).
+* ``jax_loop``: jaxfair's own step with ``levels_fn`` computing each level separately from a slice of the adapter
+  stack in a Python loop (unrolled inside one ``jax.jit``); everything else is shared, so the ratio isolates the
+  level computation.
 * ``jax_vmap_per_row`` / ``jax_loop_per_row``: both again in per-row mode (one filter row per BPR row, as the public
   Cofair code does), forced by padding the dataset with unsampled users so it has more users than a batch has rows.
 * ``torch``: PyTorch (``pip install torch==2.13.0``, the ``bench`` extra; skipped with a note if missing), per-row,
@@ -44,12 +45,9 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
-from jaxfair.backbones.base import bpr_loss, dot_score
+from jaxfair.backbones.base import dot_score
 from jaxfair.methods import cofair
-from jaxfair.methods.afrl import update_player
-from jaxfair.training.step import TrainState
 
 DEFAULT_OUT = pathlib.Path(__file__).resolve().parent / "results" / "cofair_step.json"
 QUICK = {"users": 40, "items": 30, "dim": 8, "levels": 3, "batch": 64, "repeats": 3, "batches": 2}
@@ -103,100 +101,26 @@ def padded_data(user_vecs, item_vecs, labels, classes, batch):
     return cofair.make_data(vecs, item_vecs, labs, classes, label_weight=weight)
 
 
-# --- the loop-over-levels variant (same math as cofair.make_train_step, one level at a time) -----------------------
+# --- the loop-over-levels variant: jaxfair's own step, with levels 1..T computed one at a time -----------------------
 
 
-def _level(adapters: dict, t: int) -> dict:
-    return jax.tree.map(lambda x: x[t], adapters)
-
-
-def loop_adapted(filter_params: dict, user_vecs: jax.Array, config: cofair.CofairConfig) -> list[jax.Array]:
-    """Levels 1..T one at a time from slices of the adapter stack: ``T`` arrays ``(N, d)``."""
+def loop_adapted(filter_params: dict, user_vecs: jax.Array, config: cofair.CofairConfig) -> jax.Array:
+    """Levels 1..T one at a time from slices of the adapter stack (the paper's concatenation form), stacked to
+    ``(T, N, d)`` like :func:`cofair.adapted_embeddings`."""
     shared = user_vecs @ filter_params["shared"]["w"] + filter_params["shared"]["b"]
     out = filter_params["out"]
     levels = []
     for t in range(config.levels):
-        adapter = _level(filter_params["adapters"], t)
+        adapter = jax.tree.map(lambda x: x[t], filter_params["adapters"])
         private = user_vecs @ adapter["w"] + adapter["b"]
         hidden = jax.nn.leaky_relu(jnp.concatenate([shared, private], axis=-1), config.negative_slope)
         levels.append(hidden @ out["w"] + out["b"] + (user_vecs if config.residual else 0.0))
-    return levels
-
-
-def _attacker(disc_params, emb: jax.Array, labels: jax.Array) -> jax.Array:
-    return cofair.attacker_losses(disc_params, emb[None], labels)[0]
-
-
-def loop_discriminator_loss(disc_params, stopped: list[jax.Array], labels, weight) -> jax.Array:
-    total = 0.0
-    for emb in stopped:
-        total = total + cofair.weighted_mean(_attacker(disc_params, emb, labels), weight)
-    return total / len(stopped)
-
-
-def loop_filter_loss(filter_params, disc_params, users: dict, rows: dict, score, config: cofair.CofairConfig):
-    """:func:`cofair.filter_loss` (``paper`` adversary) with a Python loop over the levels."""
-    if config.adversary != "paper":
-        raise ValueError("the loop variant implements the 'paper' adversary only")
-    adapted = loop_adapted(filter_params, users["vecs"], config)
-    bprs, losses, level_losses = [], [], []
-    for emb in adapted:
-        row_vecs = emb[rows["user"]]
-        bprs.append(bpr_loss(score(row_vecs, rows["pos"]), score(row_vecs, rows["neg"]), rows["weight"]))
-        per_user = _attacker(disc_params, emb, users["labels"])
-        losses.append(per_user)
-        level_losses.append(cofair.weighted_mean(per_user, users["weight"]))
-    bpr, level_losses = jnp.stack(bprs), jnp.stack(level_losses)
-    lambdas = jax.lax.stop_gradient(cofair.adaptive_lambdas(level_losses, config.lambda0, config.alpha))
-    reg = 0.0
-    for lo, hi in zip(losses[:-1], losses[1:]):
-        penalty = jnp.maximum(jax.nn.softplus(lo - hi) - cofair.LOG2, 0.0)
-        reg = reg + cofair.weighted_mean(penalty, users["weight"])
-    reg = reg / max(len(losses) - 1, 1)
-    loss = jnp.mean(bpr - lambdas * level_losses) + config.beta * reg
-    return loss, {"bpr": bpr, "attacker_loss": level_losses, "lambda": lambdas, "reg": reg}
+    return jnp.stack(levels)
 
 
 def make_loop_train_step(data: cofair.CofairData, score, config: cofair.CofairConfig):
-    """:func:`cofair.make_train_step` with every level computed separately (same order of updates, same mode)."""
-    txs = _optimizers(config)
-
-    def step(state: TrainState, batch: dict, key: jax.Array):
-        del key
-        params, opt_state = state.params, state.opt_state
-        per_user = data.user_vecs.shape[0] <= batch["user"].shape[0]
-        users, row_user = cofair.batch_users(data, batch, per_user)
-        rows = {"user": row_user, "pos": data.item_vecs[batch["pos"]], "neg": data.item_vecs[batch["neg"]],
-                "weight": batch["weight"]}
-        stopped = [jax.lax.stop_gradient(e) for e in loop_adapted(params["filter"], users["vecs"], config)]
-
-        def discriminator_update(_, carry):
-            p, o, _ = carry
-            return update_player(
-                p, o, "D", lambda d: loop_discriminator_loss(d, stopped, users["labels"], users["weight"]), txs["D"]
-            )
-
-        params, opt_state, loss_d = jax.lax.fori_loop(
-            0, config.discriminator_steps, discriminator_update, (params, opt_state, jnp.zeros(()))
-        )
-        (loss_f, metrics), grads = jax.value_and_grad(loop_filter_loss, has_aux=True)(
-            params["filter"], params["D"], users, rows, score, config
-        )
-        updates, new_opt = txs["filter"].update(grads, opt_state["filter"], params["filter"])
-        params = dict(params, filter=optax.apply_updates(params["filter"], updates))
-        opt_state = dict(opt_state, filter=new_opt)
-        metrics = dict(metrics, loss=loss_f, discriminator_loss=loss_d)
-        return TrainState(params, opt_state, state.step + 1), metrics
-
-    return step
-
-
-def _optimizers(config: cofair.CofairConfig) -> dict:
-    """The players' optimizers as jaxfair builds them (``make_optimizers``; one shared Adam in older versions)."""
-    if hasattr(cofair, "make_optimizers"):
-        return cofair.make_optimizers(config)
-    tx = cofair.make_optimizer(config)
-    return {"filter": tx, "D": tx}
+    """:func:`cofair.make_train_step` with the levels computed by a Python loop instead of one vmap."""
+    return cofair.make_train_step(data, score, config, levels_fn=loop_adapted)
 
 
 # --- JAX timing ---------------------------------------------------------------------------------------------------
@@ -242,7 +166,7 @@ def torch_variant(init_params, user_vecs, item_vecs, labels, batches, config, th
     torch.manual_seed(0)
     torch.set_num_threads(threads)
     nn, F = torch.nn, torch.nn.functional
-    dim, levels = user_vecs.shape[1], config.levels
+    levels = config.levels
 
     def linear(p, w=None, b=None):
         layer = nn.Linear(*np.shape(p["w"] if w is None else w))
@@ -365,7 +289,8 @@ def main(argv=None):
                                           ("jax_loop_per_row", make_loop_train_step, row_data)):
         one, checked[name], state = jax_variant(make_step, variant_data, batches, config)
         variants[name] = (_nothing, one)
-        init = state if name == "jax_vmap" else init
+        if name == "jax_vmap":
+            init = state
 
     if args.no_torch:
         results["torch_skipped"] = "--no-torch given"
