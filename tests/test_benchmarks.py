@@ -101,6 +101,32 @@ def test_cofair_step_benchmark_reports_every_ratio(tmp_path):
     assert len(checks) >= 2 and all(saved[key] < 1e-4 for key in checks)
 
 
+def test_itfr_step_benchmark_reports_every_ratio_and_matches_torch(tmp_path):
+    out = tmp_path / "itfr_step.json"
+    results = load("itfr_step").main(["--users", "20", "--items", "15", "--batch", "32", "--repeats", "2",
+                                      "--groups", "4", "12", "--quick", "--out", str(out)])
+    saved = json.loads(out.read_text())
+    assert saved == json.loads(json.dumps(results))
+    assert saved["shapes"]["groups"] == [4, 12] and saved["scaling_base_groups"] == 4
+    times = ["jax_step_ms", "jax_epoch_ms", "jax_epoch_per_step_ms", "mf_epoch_ms", "mf_epoch_per_step_ms"]
+    ratios = ["itfr_over_mf_epoch"]
+    scaling = ["jax_step_ms", "jax_epoch_per_step_ms", "jax_step_over_base", "jax_epoch_per_step_over_base"]
+    if "torch_skipped" not in saved:
+        times += ["torch_ms", "torch_1_thread_ms"]
+        ratios += ["torch_over_jax_step", "torch_over_jax_epoch_per_step", "torch_1_thread_over_jax_step"]
+        scaling += ["torch_ms", "torch_over_jax_step", "torch_over_base"]
+        assert set(saved["checks"]) == {"G4", "G12"}
+        for per_state in saved["checks"].values():
+            assert set(per_state) == {"first_epoch", "later_epoch"}
+            for quantities in per_state.values():
+                assert all(q["max_abs_diff"] < 1e-4 * max(1.0, q["max_abs"]) for q in quantities.values())
+        assert saved["check_max_abs_diff_params"] < 1e-4
+    assert all(saved[key] > 0 for key in times + ratios)
+    assert [row["groups"] for row in saved["scaling"]] == [4, 12]
+    assert all(row[key] > 0 for row in saved["scaling"] for key in scaling)
+    assert saved["scaling"][0]["jax_step_over_base"] == 1.0
+
+
 TINY_COFAIR = """
 [data]
 source = "{source}"

@@ -96,3 +96,38 @@ def test_restore_without_checkpoint_is_a_clear_error(tmp_path):
 def test_invalid_train_config_names_the_field():
     with pytest.raises(ValueError, match="batch_size"):
         TrainConfig(batch_size=0)
+
+
+def test_checkpoint_every_resumes_from_the_newest_checkpoint_and_rewrites_the_replayed_log_lines(tmp_path):
+    straight = fit(regression_task(), TrainConfig(epochs=6, monitor="score"), tmp_path / "a", log=lambda m: None)
+    config = TrainConfig(epochs=6, monitor="score", checkpoint_every=3)
+    task = regression_task()
+    calls = {"n": 0}
+
+    def crash_in_epoch_5(params):
+        calls["n"] += 1
+        if calls["n"] == 5:
+            raise RuntimeError("killed")
+        return task.validate(params)
+
+    with pytest.raises(RuntimeError, match="killed"):  # "interrupted" after epoch 4, saved only after epoch 3
+        fit(task._replace(validate=crash_in_epoch_5), config, tmp_path / "b", log=lambda m: None)
+    log_path = tmp_path / "b" / "train_log.jsonl"
+    assert [json.loads(x)["epoch"] for x in log_path.read_text().splitlines()] == [1, 2, 3, 4]
+    with Checkpointer(tmp_path / "b" / "checkpoints" / "train") as checkpointer:
+        assert checkpointer.latest_step() == 3
+
+    messages = []
+    resumed = fit(regression_task(), config, tmp_path / "b", log=messages.append)
+    assert resumed.resumed_from == 3 and "resuming after epoch 3" in messages[0]
+    assert resumed.epochs_run == 6
+    assert tree_equal(straight.state.params, resumed.state.params)
+    assert tree_equal(straight.best_params, resumed.best_params)
+    assert [json.loads(x)["epoch"] for x in log_path.read_text().splitlines()] == [1, 2, 3, 4, 5, 6]
+    with Checkpointer(tmp_path / "b" / "checkpoints" / "train") as checkpointer:
+        assert checkpointer.latest_step() == 6  # the last epoch is always saved
+
+
+def test_checkpoint_every_must_be_positive():
+    with pytest.raises(ValueError, match="checkpoint_every"):
+        TrainConfig(checkpoint_every=0)

@@ -92,6 +92,25 @@ def propagate(user0: jax.Array, item0: jax.Array, context: Context, num_layers: 
     return user_sum / (num_layers + 1), item_sum / (num_layers + 1)
 
 
+def dense_adjacency(context: Context, num_users: int, num_items: int) -> jax.Array:
+    """The normalised training graph as a dense float32 ``(U, I)`` matrix ``A[u, i] = 1 / sqrt(deg_u deg_i)``."""
+    adjacency = jnp.zeros((num_users, num_items), jnp.float32)
+    return adjacency.at[context["edge_user"], context["edge_item"]].add(context["edge_weight"])
+
+
+def propagate_dense(user0: jax.Array, item0: jax.Array, adjacency: jax.Array, num_layers: int):
+    """:func:`propagate` with a dense adjacency (``e_u^(k+1) = A e_i^(k)``, ``e_i^(k+1) = A^T e_u^(k)``): the same map,
+    faster than edge gathers when many propagations run side by side (``jax.vmap`` turns it into batched matmuls,
+    where vmapped ``segment_sum`` scatters are slow on CPU). Memory ``U I`` floats; meant for small graphs."""
+    user_k, item_k = user0, item0
+    user_sum, item_sum = user0, item0
+    for _ in range(num_layers):
+        user_k, item_k = adjacency @ item_k, adjacency.T @ user_k
+        user_sum = user_sum + user_k
+        item_sum = item_sum + item_k
+    return user_sum / (num_layers + 1), item_sum / (num_layers + 1)
+
+
 def backbone(config: Config = Config()) -> Backbone:
     """Build LightGCN's pure functions.
 

@@ -15,7 +15,7 @@ from typing import Any
 
 from jaxfair.backbones import make_backbone
 from jaxfair.config import ConfigError, from_dict, to_dict
-from jaxfair.data.preprocess import PrepConfig
+from jaxfair.data.preprocess import RECIPES, PrepConfig
 from jaxfair.metrics.probe import ProbeConfig
 from jaxfair.metrics.ranking import PROTOCOLS
 from jaxfair.training.trainer import TrainConfig
@@ -28,6 +28,9 @@ class DataConfig:
     ``source`` is a dataset name (``ml-100k``, ``ml-1m``: fetched into the cache) or a local folder in any supported
     format. ``split`` is ``leave_one_out`` (AFRL; sampled and full protocols) or ``temporal_ratio`` /
     ``random_ratio`` with ``ratios = [train, valid, test]`` (full protocol only; :mod:`jaxfair.data.holdout`).
+    ``genre_groups`` keeps the items with exactly one of those genres and ``k_core`` applies an iterative k-core
+    (ITFR). ``recipe`` names a preset of these keys (:data:`jaxfair.data.preprocess.RECIPES`: ``afrl``, ``cofair``,
+    ``itfr``); keys written in the file override the recipe's.
     """
 
     source: str = "ml-100k"
@@ -39,13 +42,27 @@ class DataConfig:
     seed: int = 0
     split: str = "leave_one_out"
     ratios: tuple[float, float, float] = (0.8, 0.1, 0.1)
+    genre_groups: tuple[str, ...] = ()
+    k_core: int = 0
+    recipe: str = "afrl"
 
     def prep(self) -> PrepConfig:
         fields = {f.name for f in dataclasses.fields(PrepConfig)}
         return PrepConfig(**{k: v for k, v in dataclasses.asdict(self).items() if k in fields})
 
     def __post_init__(self):
+        if self.recipe not in RECIPES:
+            raise ValueError(f"unknown recipe {self.recipe!r}; known recipes: {sorted(RECIPES)}")
         self.prep()  # PrepConfig's checks, reported under [data]
+
+
+def with_recipe(values: dict | None) -> dict:
+    """The ``[data]`` table with its recipe's keys filled in under the keys the file sets itself."""
+    values = dict(values or {})
+    name = values.get("recipe", "afrl")
+    if not isinstance(name, str) or name not in RECIPES:
+        raise ConfigError(f"data.recipe: unknown recipe {name!r} (known recipes: {', '.join(sorted(RECIPES))})")
+    return {**RECIPES[name], **values}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -100,7 +117,7 @@ def parse_config(values: dict, method_sections: tuple[str, ...] = ()) -> Experim
         raise ConfigError("backbone.name: required key is missing")
     name = backbone_values.pop("name")
     _, backbone_config = make_backbone(name, backbone_values)
-    data = from_dict(DataConfig, values.get("data"), "data")
+    data = from_dict(DataConfig, with_recipe(values.get("data")), "data")
     evaluate = from_dict(EvalConfig, values.get("evaluate"), "evaluate")
     if data.split != "leave_one_out" and "sampled" in evaluate.protocols:
         raise ConfigError(

@@ -19,6 +19,7 @@ from jaxfair.data.dataset import load_split
 from jaxfair.experiments import afrl as afrl_experiment
 from jaxfair.experiments import backbone as backbone_experiment
 from jaxfair.experiments import cofair as cofair_experiment
+from jaxfair.experiments import itfr as itfr_experiment
 from jaxfair.experiments.config import ExperimentConfig, load_config, parse_config
 from jaxfair.experiments.outputs import format_table, write_json
 
@@ -26,6 +27,7 @@ from jaxfair.experiments.outputs import format_table, write_json
 METHODS: dict[str, object] = {
     afrl_experiment.SECTION: afrl_experiment,
     cofair_experiment.SECTION: cofair_experiment,
+    itfr_experiment.SECTION: itfr_experiment,
 }
 
 

@@ -217,15 +217,27 @@ def full_protocol(
     if targets.shape[0] == 0:
         return {name: np.zeros(0, np.float32) for name in metric_names(ks)}
 
+    try:
+        batch = _full_batch_fn(score_fn, multi_hot, ks)
+    except TypeError:  # an unhashable scorer: compile for this call only
+        batch = _full_batch_fn.__wrapped__(score_fn, multi_hot, ks)
+    users = np.arange(targets.shape[0], dtype=np.int32)
+    return _run_batched(batch, (user_vecs, item_vecs), (users, targets, exclude), batch_size)
+
+
+@functools.lru_cache(maxsize=64)
+def _full_batch_fn(score_fn: ScoreFn, multi_hot: bool, ks: tuple[int, ...]) -> Callable:
+    """The jitted per-batch body of :func:`full_protocol`, cached per scorer so that validating every epoch with the
+    same scorer compiles once."""
+
     @jax.jit
     def batch(user_vecs, item_vecs, users, tgt, excl):
         scores = score_fn(user_vecs[users][:, None, :], item_vecs[None])
-        relevant = tgt if multi_hot else jnp.arange(num_items)[None, :] == tgt[:, None]
+        relevant = tgt if multi_hot else jnp.arange(item_vecs.shape[0])[None, :] == tgt[:, None]
         scores = jnp.where(excl & ~relevant, -jnp.inf, scores)
         return ranking_metrics(scores, relevant, ks)
 
-    users = np.arange(targets.shape[0], dtype=np.int32)
-    return _run_batched(batch, (user_vecs, item_vecs), (users, targets, exclude), batch_size)
+    return batch
 
 
 def summarize(per_user: dict[str, np.ndarray]) -> dict[str, float]:

@@ -34,6 +34,8 @@ class TrainConfig:
       patience: stop after this many validations without improvement of ``monitor``.
       monitor: validation metric to maximise for early stopping and model selection.
       seed: the run's seed.
+      checkpoint_every: with an output folder, save the resumable state every this many epochs and at the last
+        epoch (a resumed run replays the epochs after the newest checkpoint exactly; their log lines are rewritten).
     """
 
     epochs: int = 100
@@ -42,9 +44,10 @@ class TrainConfig:
     patience: int = 5
     monitor: str = "ndcg@10"
     seed: int = 0
+    checkpoint_every: int = 1
 
     def __post_init__(self):
-        for name in ("epochs", "batch_size", "patience"):
+        for name in ("epochs", "batch_size", "patience", "checkpoint_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         if not self.learning_rate > 0:
@@ -93,8 +96,8 @@ def fit(
 ) -> FitResult:
     """Train ``task`` until ``config.epochs`` or early stopping, keeping the best parameters by validation.
 
-    With ``out_dir``: checkpoints go to ``out_dir/checkpoints/<name>`` after every epoch and the loop resumes from
-    the newest one; every epoch appends a JSON line to ``out_dir/<name>_log.jsonl``.
+    With ``out_dir``: checkpoints go to ``out_dir/checkpoints/<name>`` every ``config.checkpoint_every`` epochs and
+    after the last one, and the loop resumes from the newest one; every epoch appends a JSON line to ``out_dir/<name>_log.jsonl``.
 
     Returns:
       :class:`FitResult` with the final state, the best parameters and their validation metrics.
@@ -122,6 +125,7 @@ def fit(
             resumed_from = int(carry["epoch"])
             best_valid = _best_valid_from_log(out_dir / f"{name}_log.jsonl", int(carry["best_epoch"]))
             log(f"[{name}] resuming after epoch {resumed_from} from {checkpointer.latest_step()}")
+            _truncate_log(out_dir / f"{name}_log.jsonl", resumed_from)
         log_file = open(out_dir / f"{name}_log.jsonl", "a")
 
     start = time.perf_counter()
@@ -153,7 +157,9 @@ def fit(
             epoch_times.append(time.perf_counter() - tick)
             train = {k: float(v) for k, v in train_metrics.items()}
             if checkpointer is not None:
-                checkpointer.save(epoch, carry)
+                last = epoch >= config.epochs or int(carry["bad_epochs"]) >= config.patience
+                if last or epoch % config.checkpoint_every == 0:
+                    checkpointer.save(epoch, carry)
                 log_file.write(json.dumps({"epoch": epoch, "train": train, "valid": valid, "seconds": epoch_times[-1]}) + "\n")
                 log_file.flush()
             eta = float(np.mean(epoch_times)) * (config.epochs - epoch)
@@ -178,6 +184,13 @@ def fit(
         seconds=time.perf_counter() - start,
         resumed_from=resumed_from,
     )
+
+
+def _truncate_log(path: pathlib.Path, last_epoch: int) -> None:
+    """Drop the log lines of epochs after ``last_epoch`` (they are replayed after a resume)."""
+    if path.exists():
+        lines = [line for line in path.read_text().splitlines() if json.loads(line)["epoch"] <= last_epoch]
+        path.write_text("".join(line + "\n" for line in lines))
 
 
 def _best_valid_from_log(path: pathlib.Path, best_epoch: int) -> dict:

@@ -1,0 +1,518 @@
+"""Benchmark ITFR's training step: jaxfair's jitted step (all groups' gradients from one backward pass over the rows,
+the G perturbed points in one ``jax.vmap``) against a PyTorch implementation of the same step with a Python loop
+over the groups, and how both grow with the number of intersectional groups G. Every number is measured in this one
+run.
+
+    python benchmarks/itfr_step.py [--users 942 --items 491 --dim 64 --batch 1024 --batches 29 --groups 4 12 24 48
+                                    --repeats 30 --epoch-repeats 10 --torch-threads 2 --scaling-torch-threads 1]
+    python benchmarks/itfr_step.py --quick --out /tmp/itfr_step.json      # tiny shapes, a few repeats
+
+Shapes default to the ITFR MovieLens-100k recipe (942 users, 491 items, d = 64, batches of 1,024 BPR rows, 29
+batches an epoch; the recipe's last batch is partly padding, here every batch is full). The backbone is MF: params
+``{"user": (U, d), "item": (I, d)}`` drawn from ``normal(0, 0.1)`` (cosine MF's initialisation), embedding map the
+identity. Users get one of 2 user groups and items one of ``G / 2`` item groups at random (numpy, seeded); a row's
+group is ``a(u) C + c(pos)`` as in training; users, positives and negatives are drawn uniformly. The step is
+:func:`jaxfair.methods.itfr.make_train_step` with ``ItfrConfig()`` (cosine score / tau, first-order SAM with radius
+rho, collaborative loss balance) and Adam at the recipe's learning rate 1e-3.
+
+Variants, timed at every G of ``--groups`` (``--headline-groups``, 12 = 2 genders x 6 genres, is the recipe's):
+
+* ``jax_step``: ``jax.jit(make_train_step(...))``, one call on one batch, blocked on.
+* ``jax_epoch``: ``make_epoch_fn(step)`` (a ``lax.scan`` over the stacked epoch, then the epoch roll-over), as
+  training runs it; reported per epoch and per step (epoch / batches).
+* ``mf_epoch`` (headline G only): the same epoch with ``ItfrConfig(balance="none", sam=False)``, plain BPR on the
+  cosine score: the cost of training the backbone without ITFR.
+* ``torch``: PyTorch (``pip install torch==2.13.0``, the ``bench`` extra; skipped with a note if missing) written for
+  this benchmark only, the way the authors' code is organised: a Python loop over the groups, each selecting its rows
+  by a boolean mask, ``torch.autograd.grad`` at theta, a perturbed copy ``theta + rho g / ||g||`` (the live
+  parameters are never written, so nothing needs restoring and the update starts exactly from theta), loss and
+  ``torch.autograd.grad`` there; then the collaborative weights (gradient-cosine matrix against the previous epoch's
+  group gradients, loss matrix, multiplicative update with present-group renormalisation and floor) and one
+  ``torch.optim.Adam`` step on ``sum_g q_g grad~_g``. Timed at the headline G with ``torch.set_num_threads``
+  ``--torch-threads`` (``torch``) and 1 (``torch_1_thread``, a reference that suffers less when other processes share
+  the cores: a loop of small ops waits on every descheduled OpenMP thread), and at every G of ``--groups`` up to
+  ``--torch-max-groups`` with ``--scaling-torch-threads`` (the ``scaling`` rows).
+
+State: the timed JAX and PyTorch steps start from the JAX state after two epochs, so the previous-epoch group
+gradients exist and the gradient-similarity path of the collaborative balance is the one timed.
+
+Same computation (``checks``): at every G where PyTorch is timed, the PyTorch step is loaded with a JAX state and
+takes one step on the same batch as the JAX step, once from the initial state (first epoch: similarity = identity)
+and once from the state after two epochs (similarity from the previous epoch's gradients). The updated parameters,
+group weights, Adam first moments (the update direction), and the epoch sums of group gradients and losses are
+compared; each gets its largest absolute difference and, for scale, the largest absolute JAX value.
+``check_max_abs_diff_params`` is the largest parameter difference over all of them.
+
+Timings: every variant first runs untimed (compiling / warm-up, the checks); then the step variants are timed
+``--repeats`` times and the epoch variants ``--epoch-repeats`` times, round-robin over the variants so that load
+from other processes falls on all of them alike (pre-drawn batches cycled, JAX results blocked on). Reported: the
+median in milliseconds with quartiles. Ratios, all from medians of this run: at the headline G,
+``torch_over_jax_step`` (PyTorch step / one jitted JAX step call) and ``torch_over_jax_epoch_per_step`` (PyTorch step /
+JAX step inside the epoch scan), the same for ``torch_1_thread``, and ``itfr_over_mf_epoch`` (ITFR epoch / plain-BPR
+epoch); per G in ``scaling``, ``torch_over_jax_step`` and each time over the same variant's time at the smallest G
+(``*_over_base``: 1 would be a cost constant in G, G / G_min a linear one). The load average at the start and end
+is recorded: on a shared 2-core machine it bounds how far the numbers can be trusted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import pathlib
+import platform
+import statistics
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.flatten_util import ravel_pytree
+
+from jaxfair.data.groups import intersectional_groups
+from jaxfair.methods import itfr
+
+DEFAULT_OUT = pathlib.Path(__file__).resolve().parent / "results" / "itfr_step.json"
+QUICK = {"users": 40, "items": 30, "dim": 8, "batch": 64, "batches": 3, "groups": [4, 12], "repeats": 3,
+         "epoch_repeats": 2}
+LEARNING_RATE = 1e-3
+INIT_STD = 0.1
+TABLES = ("user", "item")  # the PyTorch parameter order
+
+
+def interleaved_ms(variants: dict, repeats: int) -> dict[str, list[float]]:
+    """Wall times (ms) of ``repeats`` calls of every variant, taken round-robin (one call of each variant in turn)
+    so that load from other processes falls on all variants alike.
+
+    ``variants``: name -> ``(prepare, call)``; ``prepare()`` runs untimed before each timed ``call(r)``.
+    """
+    times = {name: [] for name in variants}
+    for r in range(repeats):
+        for name, (prepare, call) in variants.items():
+            prepare()
+            tick = time.perf_counter()
+            call(r)
+            times[name].append(1e3 * (time.perf_counter() - tick))
+    return times
+
+
+def _nothing():
+    pass
+
+
+def make_inputs(users, items, dim, batch, count, seed=0):
+    """Random MF tables, a random user group (of 2) per user, and ``count`` batches of uniform BPR rows (numpy)."""
+    rng = np.random.default_rng(seed)
+    params = {"user": (INIT_STD * rng.normal(size=(users, dim))).astype(np.float32),
+              "item": (INIT_STD * rng.normal(size=(items, dim))).astype(np.float32)}
+    user_group = rng.integers(0, 2, users).astype(np.int32)
+    rows = {key: rng.integers(0, size, (count, batch)).astype(np.int32)
+            for key, size in (("user", users), ("pos", items), ("neg", items))}
+    rows["weight"] = np.ones((count, batch), np.float32)
+    return params, user_group, rows
+
+
+def with_groups(rows, user_group, num_groups, items, seed):
+    """``rows`` plus each row's intersectional group, items drawn into ``num_groups / 2`` item groups at random."""
+    item_groups = num_groups // 2
+    item_group = np.random.default_rng(seed).integers(0, item_groups, items).astype(np.int32)
+    return {**rows, "group": intersectional_groups(user_group, item_group, rows["user"], rows["pos"], item_groups)}
+
+
+# --- JAX ----------------------------------------------------------------------------------------------------------
+
+
+def identity_embed(params):
+    return params["user"], params["item"]
+
+
+class JaxSetup:
+    """jaxfair's jitted step and epoch for one G, and the states the checks and timings start from.
+
+    Attributes:
+      step: ``jax.jit`` of the train step; epoch: :func:`itfr.make_epoch_fn` of it.
+      batches: the stacked epoch (device arrays); batch_list: its batches one by one.
+      initial: the initial state; later: the state after two epochs (the first one compiles the epoch).
+    """
+
+    def __init__(self, params, rows, num_groups, config):
+        tx = itfr.make_optimizer(LEARNING_RATE, config.weight_decay)
+        train_step = itfr.make_train_step(identity_embed, num_groups, config, tx)
+        self.step = jax.jit(train_step)
+        self.epoch = itfr.make_epoch_fn(train_step)
+        self.key = jax.random.key(0)
+        self.batches = jax.tree.map(jnp.asarray, rows)
+        self.batch_list = [jax.tree.map(lambda x, i=i: x[i], self.batches) for i in range(len(rows["user"]))]
+        self.initial = itfr.init_state(jax.tree.map(jnp.asarray, params), tx, num_groups)
+        state = self.initial
+        for _ in range(2):
+            state, _ = jax.block_until_ready(self.epoch(state, self.batches, self.key))
+        self.later = state
+
+    def step_variant(self, state):
+        """``call(r)``: one jitted step on batch ``r`` (cycling) from the state the previous call left, blocked on.
+        The first call (compiling) is made here."""
+        current = [jax.block_until_ready(self.step(state, self.batch_list[0], self.key))[0]]
+
+        def call(r):
+            current[0], metrics = self.step(current[0], self.batch_list[r % len(self.batch_list)], self.key)
+            jax.block_until_ready((current[0], metrics))
+
+        return call
+
+    def epoch_variant(self, state):
+        """``call(r)``: one jitted epoch from the state the previous call left, blocked on."""
+        current = [state]
+
+        def call(r):
+            current[0], metrics = self.epoch(current[0], self.batches, self.key)
+            jax.block_until_ready((current[0], metrics))
+
+        return call
+
+
+def torch_order(stacked_flat, params) -> np.ndarray:
+    """JAX's flat ``(G, P)`` rows (``ravel_pytree`` order) as ``(G, P)`` rows in the PyTorch order of ``TABLES``."""
+    unravel = ravel_pytree(params)[1]
+    tables = jax.vmap(unravel)(stacked_flat)
+    return np.concatenate([np.asarray(tables[name]).reshape(len(stacked_flat), -1) for name in TABLES], axis=1)
+
+
+# --- PyTorch ------------------------------------------------------------------------------------------------------
+
+
+class TorchItfr:
+    """ITFR's step in PyTorch (MF tables, ``ItfrConfig()``'s cosine score, SAM and collaborative balance), started
+    from a JAX :class:`itfr.ItfrState`: its parameters, Adam moments and step count, group weights, epoch sums,
+    previous-epoch gradients and losses, and epoch counter."""
+
+    def __init__(self, state: itfr.ItfrState, config: itfr.ItfrConfig, threads: int):
+        import torch
+
+        self.torch, self.config, self.threads = torch, config, threads
+        torch.set_num_threads(threads)
+        tensor = lambda x: torch.tensor(np.array(x, np.float32))
+        self.params = [tensor(state.params[name]).requires_grad_() for name in TABLES]
+        self.sizes = [p.numel() for p in self.params]
+        self.optimizer = torch.optim.Adam(self.params, lr=LEARNING_RATE, weight_decay=config.weight_decay)
+        count = int(optax.tree_utils.tree_get(state.opt_state, "count"))
+        if count:
+            mu = optax.tree_utils.tree_get(state.opt_state, "mu")
+            nu = optax.tree_utils.tree_get(state.opt_state, "nu")
+            for p, name in zip(self.params, TABLES):
+                self.optimizer.state[p] = {"step": torch.tensor(float(count)), "exp_avg": tensor(mu[name]),
+                                           "exp_avg_sq": tensor(nu[name])}
+        self.num_groups = len(state.weights)
+        self.weights = tensor(state.weights)
+        self.grad_sum = tensor(torch_order(state.grad_sum, state.params))
+        self.prev_grads = tensor(torch_order(state.prev_grads, state.params))
+        self.loss_sum, self.count_sum = tensor(state.loss_sum), tensor(state.count_sum)
+        self.prev_loss = tensor(state.prev_loss)
+        self.epoch = int(state.epoch)
+
+    def loss(self, tables, user, pos, neg):
+        """Mean BPR of the rows on ``cos(e_u, e_i) / tau``."""
+        users, items = tables
+        normalize = lambda x: x * self.torch.rsqrt((x * x).sum(-1, keepdim=True) + 1e-12)
+        u = normalize(users[user])
+        score = lambda v: (u * normalize(v)).sum(-1) / self.config.tau
+        return -self.torch.nn.functional.logsigmoid(score(items[pos]) - score(items[neg])).mean()
+
+    def exponents(self, losses, grads):
+        """``e = eta (M * S) p`` from the SAM losses ``(G,)`` and gradients ``(G, P)``."""
+        torch, config = self.torch, self.config
+        eye = torch.eye(self.num_groups)
+        if self.epoch == 0:
+            similarity, other = eye, losses
+        else:
+            norms = grads.norm(dim=1)[:, None] * self.prev_grads.norm(dim=1)[None, :]
+            similarity = (grads @ self.prev_grads.T) / norms.clamp_min(1e-12) * (1 - eye) + eye
+            other = self.prev_loss
+        roots = losses.clamp_min(0).sqrt()[:, None] * other.clamp_min(0).sqrt()[None, :]
+        scale = roots * (1 - eye) + torch.diag(losses)
+        powered = losses.clamp_min(0) ** config.gamma
+        return config.eta * (scale * similarity) @ (powered / powered.sum().clamp_min(1e-12))
+
+    def update_weights(self, exponents, present):
+        """Multiplicative update among the present groups (their mass kept), absent groups unchanged, then the
+        floor."""
+        torch, weights = self.torch, self.weights
+        if present.any():
+            grown = torch.where(present, weights * (exponents - exponents[present].max()).exp(), 0.0)
+            mass = weights[present].sum()
+            weights = torch.where(present, mass * grown / grown.sum().clamp_min(1e-30), weights)
+        return weights.clamp_min(self.config.weight_floor)
+
+    def step(self, batch):
+        """One ITFR step on ``batch`` (``user``, ``pos``, ``neg``, ``group`` long, ``weight`` float tensors)."""
+        torch, config, num_groups = self.torch, self.config, self.num_groups
+        size = sum(self.sizes)
+        losses, counts = torch.zeros(num_groups), torch.zeros(num_groups)
+        point, sharp = torch.zeros(num_groups, size), torch.zeros(num_groups, size)
+        for g in range(num_groups):
+            rows = (batch["group"] == g) & (batch["weight"] > 0)
+            n = int(rows.sum())
+            if n == 0:
+                continue
+            user, pos, neg = batch["user"][rows], batch["pos"][rows], batch["neg"][rows]
+            grads = torch.autograd.grad(self.loss(self.params, user, pos, neg), self.params)
+            flat = torch.cat([grad.reshape(-1) for grad in grads])
+            norm = flat.norm()
+            perturbed = [(p.detach() + config.rho * grad / (norm + 1e-12)).requires_grad_()
+                         for p, grad in zip(self.params, grads)]
+            loss = self.loss(perturbed, user, pos, neg)
+            sharp_grads = torch.autograd.grad(loss, perturbed)
+            losses[g], counts[g] = loss.detach(), n
+            point[g], sharp[g] = flat, torch.cat([grad.reshape(-1) for grad in sharp_grads])
+        with torch.no_grad():
+            present = counts > 0
+            self.weights = self.update_weights(self.exponents(losses, sharp), present)
+            direction = torch.where(present, self.weights, 0.0) @ sharp
+            self.grad_sum += counts[:, None] * point
+            self.loss_sum += counts * losses
+            self.count_sum += counts
+        for p, grad in zip(self.params, direction.split(self.sizes)):
+            p.grad = grad.view_as(p)
+        self.optimizer.step()
+
+    def variant(self, batches):
+        """``(prepare, call(r))`` for :func:`interleaved_ms`: ``prepare`` sets this variant's thread count
+        (``torch.set_num_threads`` is process-wide), ``call`` steps on batch ``r`` (cycling)."""
+        return (lambda: self.torch.set_num_threads(self.threads)), (lambda r: self.step(batches[r % len(batches)]))
+
+
+def torch_batches(rows) -> list[dict]:
+    import torch
+
+    return [{key: torch.tensor(value[i]).long() if key != "weight" else torch.tensor(value[i]) for key, value in
+             rows.items()} for i in range(len(rows["user"]))]
+
+
+def compare(jax_state: itfr.ItfrState, model: TorchItfr) -> dict:
+    """Largest absolute difference (and the largest absolute JAX value) per quantity after the same step."""
+    mu = optax.tree_utils.tree_get(jax_state.opt_state, "mu")
+    pairs = {
+        "params": ([jax_state.params[name] for name in TABLES], [p.detach() for p in model.params]),
+        "weights": ([jax_state.weights], [model.weights]),
+        "adam_first_moment": ([mu[name] for name in TABLES],
+                              [model.optimizer.state[p]["exp_avg"] for p in model.params]),
+        "epoch_grad_sum": ([torch_order(jax_state.grad_sum, jax_state.params)], [model.grad_sum]),
+        "epoch_loss_sum": ([jax_state.loss_sum], [model.loss_sum]),
+    }
+    out = {}
+    for name, (reference, other) in pairs.items():
+        reference = [np.asarray(x, np.float64) for x in reference]
+        other = [np.asarray(x.numpy(), np.float64) for x in other]
+        out[name] = {"max_abs_diff": max(float(np.max(np.abs(a - b))) for a, b in zip(reference, other, strict=True)),
+                     "max_abs": max(float(np.max(np.abs(a))) for a in reference)}
+    return out
+
+
+def check_same_step(setup: JaxSetup, config, batch) -> dict:
+    """One JAX and one PyTorch step on batch 0 from the first-epoch and the later-epoch state, compared."""
+    out = {}
+    for name, state in (("first_epoch", setup.initial), ("later_epoch", setup.later)):
+        model = TorchItfr(state, config, threads=1)
+        model.step(batch)
+        out[name] = compare(setup.step(state, setup.batch_list[0], setup.key)[0], model)
+    return out
+
+
+# --- main ---------------------------------------------------------------------------------------------------------
+
+
+def torch_name(threads, num_groups):
+    return f"torch_{threads}t_G{num_groups}"
+
+
+def median_and_quartiles(values):
+    return statistics.median(values), [float(np.percentile(values, 25)), float(np.percentile(values, 75))]
+
+
+def parse_args(argv):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--users", type=int, default=942)
+    parser.add_argument("--items", type=int, default=491)
+    parser.add_argument("--dim", type=int, default=64)
+    parser.add_argument("--batch", type=int, default=1024)
+    parser.add_argument("--batches", type=int, default=29, help="batches an epoch (the epoch variants' scan length)")
+    parser.add_argument("--groups", type=int, nargs="+", default=[4, 12, 24, 48],
+                        help="intersectional group counts G (2 user groups x G/2 item groups)")
+    parser.add_argument("--headline-groups", type=int, default=12, help="the G of the headline numbers (added to "
+                                                                        "--groups if missing)")
+    parser.add_argument("--repeats", type=int, default=30, help="timed calls of every step variant (median reported)")
+    parser.add_argument("--epoch-repeats", type=int, default=10, help="timed calls of every epoch variant")
+    parser.add_argument("--torch-threads", type=int, default=2, help="PyTorch threads at the headline G")
+    parser.add_argument("--scaling-torch-threads", type=int, default=1, help="PyTorch threads at every G")
+    parser.add_argument("--torch-max-groups", type=int, default=48, help="time PyTorch only at G up to this")
+    parser.add_argument("--no-torch", action="store_true", help="skip the PyTorch reference")
+    parser.add_argument("--quick", action="store_true", help=f"tiny defaults for flags not given: {QUICK}")
+    parser.add_argument("--out", help=f"results JSON (default {DEFAULT_OUT.relative_to(DEFAULT_OUT.parents[2])}; "
+                                      "with --quick, only written when given)")
+    args = parser.parse_args(argv)
+    if args.quick:
+        parser.set_defaults(**QUICK)
+        args = parser.parse_args(argv)
+    args.groups = sorted(set(args.groups) | {args.headline_groups})
+    if any(g < 2 or g % 2 for g in args.groups):
+        parser.error(f"every G must be an even number >= 2 (2 user groups x G/2 item groups), got {args.groups}")
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    out = args.out if args.out or args.quick else str(DEFAULT_OUT)
+    config, mf_config = itfr.ItfrConfig(), itfr.ItfrConfig(balance="none", sam=False)
+    params, user_group, base_rows = make_inputs(args.users, args.items, args.dim, args.batch, args.batches)
+    import jaxlib
+
+    results = {
+        "shapes": {"users": args.users, "items": args.items, "dim": args.dim, "batch": args.batch,
+                   "batches_per_epoch": args.batches, "user_groups": 2, "groups": args.groups,
+                   "headline_groups": args.headline_groups},
+        "config": dataclasses.asdict(config), "learning_rate": LEARNING_RATE,
+        "repeats": args.repeats, "epoch_repeats": args.epoch_repeats, "quick": args.quick,
+        "device": {"machine": f"{platform.machine()} {platform.processor()}".strip(), "cpu_count": os.cpu_count(),
+                   "jax_backend": jax.default_backend(), "jax_devices": [str(d) for d in jax.devices()],
+                   "load_average_at_start": list(os.getloadavg())},
+        "python_version": sys.version.split()[0], "numpy_version": np.__version__, "jax_version": jax.__version__,
+        "jaxlib_version": getattr(jaxlib, "__version__", None) or jaxlib.version.__version__,
+        "optax_version": optax.__version__,
+    }
+    torch_groups = []
+    if args.no_torch:
+        results["torch_skipped"] = "--no-torch given"
+    else:
+        try:
+            import torch
+        except ImportError as error:
+            results["torch_skipped"] = f"torch is not installed ({error}); pip install torch==2.13.0 (the bench extra)"
+        else:
+            results.update(torch_version=torch.__version__, torch_threads=args.torch_threads,
+                           scaling_torch_threads=args.scaling_torch_threads)
+            torch_groups = [g for g in args.groups if g <= args.torch_max_groups]
+
+    step_variants, epoch_variants, present, checks = {}, {}, {}, {}
+    for num_groups in args.groups:
+        rows = with_groups(base_rows, user_group, num_groups, args.items, seed=num_groups)
+        present[num_groups] = float(np.mean([len(np.unique(g)) for g in rows["group"]]))
+        setup = JaxSetup(params, rows, num_groups, config)
+        step_variants[f"jax_step_G{num_groups}"] = (_nothing, setup.step_variant(setup.later))
+        epoch_variants[f"jax_epoch_G{num_groups}"] = (_nothing, setup.epoch_variant(setup.later))
+        if num_groups == args.headline_groups:
+            mf = JaxSetup(params, rows, num_groups, mf_config)
+            epoch_variants[f"mf_epoch_G{num_groups}"] = (_nothing, mf.epoch_variant(mf.later))
+        if num_groups in torch_groups:
+            batches = torch_batches(rows)
+            checks[f"G{num_groups}"] = check_same_step(setup, config, batches[0])
+            thread_counts = {args.scaling_torch_threads}
+            if num_groups == args.headline_groups:
+                thread_counts |= {args.torch_threads, 1}
+            for threads in sorted(thread_counts):
+                model = TorchItfr(setup.later, config, threads)
+                model.step(batches[0])  # warm-up
+                step_variants[torch_name(threads, num_groups)] = model.variant(batches)
+
+    times = {**interleaved_ms(step_variants, args.repeats), **interleaved_ms(epoch_variants, args.epoch_repeats)}
+    ms, results["quartiles_ms"] = {}, {}
+    for name, values in times.items():
+        ms[name], results["quartiles_ms"][name] = median_and_quartiles(values)
+    results["median_ms"] = ms
+
+    g = args.headline_groups
+    results.update({
+        "jax_step_ms": ms[f"jax_step_G{g}"],
+        "jax_epoch_ms": ms[f"jax_epoch_G{g}"],
+        "jax_epoch_per_step_ms": ms[f"jax_epoch_G{g}"] / args.batches,
+        "mf_epoch_ms": ms[f"mf_epoch_G{g}"],
+        "mf_epoch_per_step_ms": ms[f"mf_epoch_G{g}"] / args.batches,
+        "itfr_over_mf_epoch": ms[f"jax_epoch_G{g}"] / ms[f"mf_epoch_G{g}"],
+    })
+    if torch_name(args.torch_threads, g) in ms:
+        for prefix, threads in (("torch", args.torch_threads), ("torch_1_thread", 1)):
+            if prefix == "torch" or args.torch_threads != 1:
+                value = ms[torch_name(threads, g)]
+                results.update({
+                    f"{prefix}_ms": value,
+                    f"{prefix}_over_jax_step": value / results["jax_step_ms"],
+                    f"{prefix}_over_jax_epoch_per_step": value / results["jax_epoch_per_step_ms"],
+                })
+
+    base = args.groups[0]
+    results["scaling_base_groups"] = base
+    results["scaling"] = []
+    for num_groups in args.groups:
+        row = {"groups": num_groups, "item_groups": num_groups // 2, "groups_present_per_batch": present[num_groups],
+               "jax_step_ms": ms[f"jax_step_G{num_groups}"],
+               "jax_epoch_per_step_ms": ms[f"jax_epoch_G{num_groups}"] / args.batches}
+        row["jax_step_over_base"] = row["jax_step_ms"] / ms[f"jax_step_G{base}"]
+        row["jax_epoch_per_step_over_base"] = ms[f"jax_epoch_G{num_groups}"] / ms[f"jax_epoch_G{base}"]
+        name = torch_name(args.scaling_torch_threads, num_groups)
+        if name in ms:
+            row["torch_ms"] = ms[name]
+            row["torch_over_jax_step"] = row["torch_ms"] / row["jax_step_ms"]
+            if torch_name(args.scaling_torch_threads, base) in ms:
+                row["torch_over_base"] = row["torch_ms"] / ms[torch_name(args.scaling_torch_threads, base)]
+        results["scaling"].append(row)
+
+    if checks:
+        results["checks"] = checks
+        results["check_max_abs_diff_params"] = max(c["params"]["max_abs_diff"] for per_g in checks.values()
+                                                   for c in per_g.values())
+    results["device"]["load_average_at_end"] = list(os.getloadavg())  # other processes skew the timings
+    report(results, args)
+    if out:
+        path = pathlib.Path(out)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(results, indent=2) + "\n")
+        print(f"wrote {path}")
+    return results
+
+
+def report(results, args):
+    """The readable table."""
+    g, q = args.headline_groups, results["quartiles_ms"]
+    print(f"ITFR train step (MF, cosine/tau, SAM, collaborative balance), U={args.users} I={args.items} d={args.dim} "
+          f"B={args.batch}, {args.batches} batches/epoch; median of {args.repeats} steps / {args.epoch_repeats} "
+          f"epochs ({results['device']['jax_backend']}, {results['device']['cpu_count']} cpus, load average "
+          f"{results['device']['load_average_at_start'][0]:.2f} -> {results['device']['load_average_at_end'][0]:.2f})")
+    print(f"G = {g} (2 user groups x {g // 2} item groups):")
+    lines = [("jax step, one jitted call", f"jax_step_G{g}", 1),
+             ("jax step inside the epoch scan", f"jax_epoch_G{g}", args.batches),
+             (f"torch, {args.torch_threads} threads", torch_name(args.torch_threads, g), 1),
+             ("torch, 1 thread", torch_name(1, g) if args.torch_threads != 1 else None, 1),
+             ("plain BPR (MF) inside the epoch scan", f"mf_epoch_G{g}", args.batches)]
+    for label, name, per in lines:
+        if name in results["median_ms"]:
+            value, (q1, q3) = results["median_ms"][name], q[name]
+            epoch = f"   epoch {value:9.2f} ms" if per > 1 else ""
+            print(f"  {label:38s} {value / per:9.3f} ms/step (quartiles {q1 / per:.3f} .. {q3 / per:.3f}){epoch}")
+    for key in ("torch_over_jax_step", "torch_over_jax_epoch_per_step", "torch_1_thread_over_jax_step",
+                "torch_1_thread_over_jax_epoch_per_step", "itfr_over_mf_epoch", "check_max_abs_diff_params"):
+        if key in results:
+            print(f"  {key:38s} {results[key]:9.4g}")
+    base = results["scaling_base_groups"]
+    print(f"Scaling with G (ms per step; x = over G={base}; torch with {args.scaling_torch_threads} thread(s)):")
+    print(f"  {'G':>4s} {'present':>8s} {'jax step':>10s} {'x':>6s} {'jax scan':>10s} {'x':>6s} {'torch':>10s} "
+          f"{'x':>6s} {'torch/jax':>10s}")
+    for row in results["scaling"]:
+        torch_cells = f"{'-':>10s} {'-':>6s} {'-':>10s}"
+        if "torch_ms" in row:
+            torch_cells = (f"{row['torch_ms']:10.3f} {row.get('torch_over_base', float('nan')):6.2f} "
+                           f"{row['torch_over_jax_step']:10.2f}")
+        print(f"  {row['groups']:4d} {row['groups_present_per_batch']:8.1f} {row['jax_step_ms']:10.3f} "
+              f"{row['jax_step_over_base']:6.2f} {row['jax_epoch_per_step_ms']:10.3f} "
+              f"{row['jax_epoch_per_step_over_base']:6.2f} {torch_cells}")
+    for name, per_state in results.get("checks", {}).items():
+        for state, quantities in per_state.items():
+            cells = ", ".join(f"{k} {v['max_abs_diff']:.2g} (of {v['max_abs']:.2g})" for k, v in quantities.items())
+            print(f"  check {name} {state}: max abs diff {cells}")
+    if "torch_skipped" in results:
+        print(f"  torch skipped: {results['torch_skipped']}")
+
+
+if __name__ == "__main__":
+    main()
