@@ -184,3 +184,18 @@ def test_cofair_sweep_reports_validation_curves(tmp_path):
     assert [r["setting"] for r in results] == [{}, {"adversary": "capped"}]
     assert all(len(r["valid_dp@10"]) == 3 and len(r["probe_selection_auc"]) == 3 for r in results)
     assert json.loads((tmp_path / "w" / "sweep.json").read_text()) == results
+
+
+def test_itfr_seeds_summarises_variants_and_checks_against_bpr(tmp_path):
+    from test_itfr_experiment import tiny_itfr_config
+
+    config = tiny_itfr_config(tmp_path)
+    summary = load("itfr_seeds").main([str(config), "--seeds", "0", "1", "--out", str(tmp_path / "s")])
+    assert summary["seeds"] == [0, 1]
+    assert list(summary["variants"]) == ["bpr", "groupdro", "itfr", "itfr_no_norm"]
+    assert len(summary["variants"]["itfr"]["cv@20"]) == 2
+    checks = summary["checks"]
+    assert checks["cv_ratio"] > 0 and isinstance(checks["met"], bool)
+    cv = {name: summary["variants"][name]["cv@20"] for name in ("bpr", "itfr")}
+    assert abs(checks["cv_ratio"] - sum(cv["itfr"]) / sum(cv["bpr"])) < 1e-9
+    assert (tmp_path / "s" / "table.md").read_text().count("\n| ") >= 4

@@ -255,8 +255,9 @@ def heatmap_figure(results: dict, k: int = 20):
     matrices = [np.asarray(results["variants"][n]["intersectional"][f"@{k}"]["matrix"], float) for n in names]
     low, high = float(np.nanmin(matrices)), float(np.nanmax(matrices))
     user_names, item_names = results["groups"]["user_groups"], results["groups"]["item_groups"]
-    figure, axes = plt.subplots(1, len(names), figsize=(3.2 * len(names) + 1.0, 0.5 * len(user_names) + 2.2),
+    figure, axes = plt.subplots(1, len(names), figsize=(3.2 * len(names) + 1.2, 0.6 * len(user_names) + 3.2),
                                 squeeze=False)
+    figure.subplots_adjust(left=0.06, right=0.86, bottom=0.32, top=0.8, wspace=0.35)
     for ax, name, matrix in zip(axes[0], names, matrices):
         image = ax.imshow(matrix, vmin=low, vmax=high, cmap="viridis", aspect="auto")
         cv = results["variants"][name]["intersectional"][f"@{k}"]["cv"]
@@ -265,6 +266,6 @@ def heatmap_figure(results: dict, k: int = 20):
         ax.set_yticks(range(len(user_names)), user_names, fontsize=8)
         for (a, c), value in np.ndenumerate(matrix):
             ax.text(c, a, f"{value:.2f}", ha="center", va="center", fontsize=6, color="white")
-    figure.colorbar(image, ax=axes[0].tolist(), shrink=0.8, label=f"Recall@{k}")
+    figure.colorbar(image, cax=figure.add_axes([0.89, 0.32, 0.02, 0.48]), label=f"Recall@{k}")
     figure.suptitle(f"Intersectional recall matrix (test), {results['backbone']}", fontsize=10)
     return figure
