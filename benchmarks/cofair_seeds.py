@@ -11,8 +11,6 @@ not rerun. Writes ``summary.json`` and ``table.md``.
 from __future__ import annotations
 
 import argparse
-import json
-import pathlib
 
 import numpy as np
 
@@ -90,12 +88,7 @@ def main(argv=None):
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--out", default="benchmarks/results/cofair")
     args = parser.parse_args(argv)
-    out = pathlib.Path(args.out)
-    results = runner.run_seeds(args.config, args.seeds, out)
-    summary, table = summarize(results)
-    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    (out / "table.md").write_text(table)
-    print(table)
+    summary, _ = runner.seeds_report(args.config, args.seeds, args.out, summarize)
     return summary
 
 

@@ -35,12 +35,9 @@ load average at the start and end is recorded: on a shared 2-core machine it bou
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import pathlib
-import platform
 import statistics
-import time
 
 import jax
 import jax.numpy as jnp
@@ -48,29 +45,10 @@ import numpy as np
 
 from jaxfair.backbones.base import dot_score
 from jaxfair.methods import cofair
+from timing import device_info, interleaved_ms, jaxlib_version, nothing, quartiles, torch_or_reason, write_json
 
 DEFAULT_OUT = pathlib.Path(__file__).resolve().parent / "results" / "cofair_step.json"
 QUICK = {"users": 40, "items": 30, "dim": 8, "levels": 3, "batch": 64, "repeats": 3, "batches": 2}
-
-
-def interleaved_ms(variants: dict, repeats: int) -> dict[str, list[float]]:
-    """Wall times (ms) of ``repeats`` calls of every variant, taken round-robin (one step of each variant in turn) so
-    that load from other processes falls on all variants alike.
-
-    ``variants``: name -> ``(prepare, step)``; ``prepare()`` runs untimed before each timed ``step(r)``.
-    """
-    times = {name: [] for name in variants}
-    for r in range(repeats):
-        for name, (prepare, step) in variants.items():
-            prepare()
-            tick = time.perf_counter()
-            step(r)
-            times[name].append(1e3 * (time.perf_counter() - tick))
-    return times
-
-
-def _nothing():
-    pass
 
 
 def make_inputs(users, items, dim, batch, count, classes=2, seed=0):
@@ -267,20 +245,14 @@ def main(argv=None):
                                                         args.classes)
     data = cofair.make_data(user_vecs, item_vecs, labels, args.classes)
     row_data = padded_data(user_vecs, item_vecs, labels, args.classes, args.batch)
-    import jaxlib
-
-    jaxlib_version = getattr(jaxlib, "__version__", None) or jaxlib.version.__version__
-
     results = {
         "shapes": {"users": args.users, "items": args.items, "dim": args.dim, "levels": args.levels,
                    "classes": args.classes, "batch": args.batch, "shared_dim": config.shared_dim,
                    "adapter_dim": config.adapter_dim, "discriminator_hidden": config.discriminator_hidden},
         "repeats": args.repeats, "batches": args.batches, "quick": args.quick,
         "default_mode": "per_user" if args.users <= args.batch else "per_row",
-        "device": {"machine": f"{platform.machine()} {platform.processor()}".strip(), "cpu_count": os.cpu_count(),
-                   "jax_backend": jax.default_backend(), "jax_devices": [str(d) for d in jax.devices()],
-                   "load_average_at_start": list(os.getloadavg())},
-        "jax_version": jax.__version__, "jaxlib_version": jaxlib_version,
+        "device": device_info(),
+        "jax_version": jax.__version__, "jaxlib_version": jaxlib_version(),
     }
     variants, checked = {}, {}
     for name, make_step, variant_data in (("jax_vmap", cofair.make_train_step, data),
@@ -288,32 +260,27 @@ def main(argv=None):
                                           ("jax_vmap_per_row", cofair.make_train_step, row_data),
                                           ("jax_loop_per_row", make_loop_train_step, row_data)):
         one, checked[name], state = jax_variant(make_step, variant_data, batches, config)
-        variants[name] = (_nothing, one)
+        variants[name] = (nothing, one)
         if name == "jax_vmap":
             init = state
 
-    if args.no_torch:
-        results["torch_skipped"] = "--no-torch given"
+    torch, skipped = torch_or_reason(args.no_torch)
+    if torch is None:
+        results["torch_skipped"] = skipped
     else:
-        try:
-            import torch
-        except ImportError as error:
-            results["torch_skipped"] = f"torch is not installed ({error}); pip install torch==2.13.0 (the bench extra)"
-        else:
-            results.update(torch_version=torch.__version__, torch_threads=args.torch_threads)
-            thread_counts = {"torch": args.torch_threads}
-            if args.torch_threads != 1:
-                thread_counts["torch_1_thread"] = 1
-            for name, threads in thread_counts.items():
-                prepare, one, checked[name] = torch_variant(init.params, user_vecs, item_vecs, labels, batches, config,
-                                                            threads)
-                variants[name] = (prepare, one)
+        results.update(torch_version=torch.__version__, torch_threads=args.torch_threads)
+        thread_counts = {"torch": args.torch_threads}
+        if args.torch_threads != 1:
+            thread_counts["torch_1_thread"] = 1
+        for name, threads in thread_counts.items():
+            prepare, one, checked[name] = torch_variant(init.params, user_vecs, item_vecs, labels, batches, config,
+                                                        threads)
+            variants[name] = (prepare, one)
 
     times = interleaved_ms(variants, args.repeats)
     for name, values in times.items():
         results[f"{name}_ms"] = statistics.median(values)
-    results["quartiles_ms"] = {name: [float(np.percentile(v, 25)), float(np.percentile(v, 75))]
-                               for name, v in times.items()}
+    results["quartiles_ms"] = {name: quartiles(v) for name, v in times.items()}
     ms = {name: results[f"{name}_ms"] for name in times}
     results.update({
         "loop_over_vmap": ms["jax_loop"] / ms["jax_vmap"],
@@ -356,10 +323,7 @@ def main(argv=None):
     if "torch_skipped" in results:
         print(f"  torch skipped: {results['torch_skipped']}")
     if out:
-        path = pathlib.Path(out)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(results, indent=2) + "\n")
-        print(f"wrote {path}")
+        write_json(out, results)
     return results
 
 

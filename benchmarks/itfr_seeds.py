@@ -14,8 +14,6 @@ Checks (on the means over seeds, test split): ``cv_ratio = CV@k(itfr) / CV@k(bpr
 from __future__ import annotations
 
 import argparse
-import json
-import pathlib
 
 import numpy as np
 
@@ -76,12 +74,7 @@ def main(argv=None):
     parser.add_argument("--k", type=int, default=20)
     parser.add_argument("--out", default="benchmarks/results/itfr")
     args = parser.parse_args(argv)
-    out = pathlib.Path(args.out)
-    results = runner.run_seeds(args.config, args.seeds, out)
-    summary, table = summarize(results, args.k)
-    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    (out / "table.md").write_text(table)
-    print(table)
+    summary, _ = runner.seeds_report(args.config, args.seeds, args.out, lambda results: summarize(results, args.k))
     return summary
 
 

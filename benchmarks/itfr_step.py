@@ -58,13 +58,9 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import os
 import pathlib
-import platform
-import statistics
 import sys
-import time
 
 import jax
 import jax.numpy as jnp
@@ -74,6 +70,8 @@ from jax.flatten_util import ravel_pytree
 
 from jaxfair.data.groups import intersectional_groups
 from jaxfair.methods import itfr
+from timing import (device_info, interleaved_ms, jaxlib_version, median_and_quartiles, nothing, torch_or_reason,
+                    write_json)
 
 DEFAULT_OUT = pathlib.Path(__file__).resolve().parent / "results" / "itfr_step.json"
 QUICK = {"users": 40, "items": 30, "dim": 8, "batch": 64, "batches": 3, "groups": [4, 12], "repeats": 3,
@@ -81,26 +79,6 @@ QUICK = {"users": 40, "items": 30, "dim": 8, "batch": 64, "batches": 3, "groups"
 LEARNING_RATE = 1e-3
 INIT_STD = 0.1
 TABLES = ("user", "item")  # the PyTorch parameter order
-
-
-def interleaved_ms(variants: dict, repeats: int) -> dict[str, list[float]]:
-    """Wall times (ms) of ``repeats`` calls of every variant, taken round-robin (one call of each variant in turn)
-    so that load from other processes falls on all variants alike.
-
-    ``variants``: name -> ``(prepare, call)``; ``prepare()`` runs untimed before each timed ``call(r)``.
-    """
-    times = {name: [] for name in variants}
-    for r in range(repeats):
-        for name, (prepare, call) in variants.items():
-            prepare()
-            tick = time.perf_counter()
-            call(r)
-            times[name].append(1e3 * (time.perf_counter() - tick))
-    return times
-
-
-def _nothing():
-    pass
 
 
 def make_inputs(users, items, dim, batch, count, seed=0):
@@ -328,10 +306,6 @@ def torch_name(threads, num_groups):
     return f"torch_{threads}t_G{num_groups}"
 
 
-def median_and_quartiles(values):
-    return statistics.median(values), [float(np.percentile(values, 25)), float(np.percentile(values, 75))]
-
-
 def parse_args(argv):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--users", type=int, default=942)
@@ -367,44 +341,36 @@ def main(argv=None):
     out = args.out if args.out or args.quick else str(DEFAULT_OUT)
     config, mf_config = itfr.ItfrConfig(), itfr.ItfrConfig(balance="none", sam=False)
     params, user_group, base_rows = make_inputs(args.users, args.items, args.dim, args.batch, args.batches)
-    import jaxlib
-
     results = {
         "shapes": {"users": args.users, "items": args.items, "dim": args.dim, "batch": args.batch,
                    "batches_per_epoch": args.batches, "user_groups": 2, "groups": args.groups,
                    "headline_groups": args.headline_groups},
         "config": dataclasses.asdict(config), "learning_rate": LEARNING_RATE,
         "repeats": args.repeats, "epoch_repeats": args.epoch_repeats, "quick": args.quick,
-        "device": {"machine": f"{platform.machine()} {platform.processor()}".strip(), "cpu_count": os.cpu_count(),
-                   "jax_backend": jax.default_backend(), "jax_devices": [str(d) for d in jax.devices()],
-                   "load_average_at_start": list(os.getloadavg())},
+        "device": device_info(),
         "python_version": sys.version.split()[0], "numpy_version": np.__version__, "jax_version": jax.__version__,
-        "jaxlib_version": getattr(jaxlib, "__version__", None) or jaxlib.version.__version__,
+        "jaxlib_version": jaxlib_version(),
         "optax_version": optax.__version__,
     }
     torch_groups = []
-    if args.no_torch:
-        results["torch_skipped"] = "--no-torch given"
+    torch, skipped = torch_or_reason(args.no_torch)
+    if torch is None:
+        results["torch_skipped"] = skipped
     else:
-        try:
-            import torch
-        except ImportError as error:
-            results["torch_skipped"] = f"torch is not installed ({error}); pip install torch==2.13.0 (the bench extra)"
-        else:
-            results.update(torch_version=torch.__version__, torch_threads=args.torch_threads,
-                           scaling_torch_threads=args.scaling_torch_threads)
-            torch_groups = [g for g in args.groups if g <= args.torch_max_groups]
+        results.update(torch_version=torch.__version__, torch_threads=args.torch_threads,
+                       scaling_torch_threads=args.scaling_torch_threads)
+        torch_groups = [g for g in args.groups if g <= args.torch_max_groups]
 
     step_variants, epoch_variants, present, checks = {}, {}, {}, {}
     for num_groups in args.groups:
         rows = with_groups(base_rows, user_group, num_groups, args.items, seed=num_groups)
         present[num_groups] = float(np.mean([len(np.unique(g)) for g in rows["group"]]))
         setup = JaxSetup(params, rows, num_groups, config)
-        step_variants[f"jax_step_G{num_groups}"] = (_nothing, setup.step_variant(setup.later))
-        epoch_variants[f"jax_epoch_G{num_groups}"] = (_nothing, setup.epoch_variant(setup.later))
+        step_variants[f"jax_step_G{num_groups}"] = (nothing, setup.step_variant(setup.later))
+        epoch_variants[f"jax_epoch_G{num_groups}"] = (nothing, setup.epoch_variant(setup.later))
         if num_groups == args.headline_groups:
             mf = JaxSetup(params, rows, num_groups, mf_config)
-            epoch_variants[f"mf_epoch_G{num_groups}"] = (_nothing, mf.epoch_variant(mf.later))
+            epoch_variants[f"mf_epoch_G{num_groups}"] = (nothing, mf.epoch_variant(mf.later))
         if num_groups in torch_groups:
             batches = torch_batches(rows)
             checks[f"G{num_groups}"] = check_same_step(setup, config, batches[0])
@@ -465,10 +431,7 @@ def main(argv=None):
     results["device"]["load_average_at_end"] = list(os.getloadavg())  # other processes skew the timings
     report(results, args)
     if out:
-        path = pathlib.Path(out)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(results, indent=2) + "\n")
-        print(f"wrote {path}")
+        write_json(out, results)
     return results
 
 

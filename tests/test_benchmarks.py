@@ -3,11 +3,17 @@
 import importlib.util
 import json
 import pathlib
+import sys
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 def load(name):
+    """Execute ``benchmarks/<name>.py`` as a module, with ``benchmarks/`` on ``sys.path`` as when it runs as a script
+    (the step benchmarks ``import timing``, their shared helpers)."""
+    folder = str(ROOT / "benchmarks")
+    if folder not in sys.path:
+        sys.path.insert(0, folder)
     spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -125,6 +131,27 @@ def test_itfr_step_benchmark_reports_every_ratio_and_matches_torch(tmp_path):
     assert [row["groups"] for row in saved["scaling"]] == [4, 12]
     assert all(row[key] > 0 for row in saved["scaling"] for key in scaling)
     assert saved["scaling"][0]["jax_step_over_base"] == 1.0
+
+
+def test_diffairec_step_benchmark_reports_every_ratio_and_matches_torch(tmp_path):
+    out = tmp_path / "diffairec_step.json"
+    results = load("diffairec_step").main(["--quick", "--no-diffrec", "--out", str(out)])
+    saved = json.loads(out.read_text())
+    assert saved == json.loads(json.dumps(results))
+    assert saved["models"] == ["diffairec"] and saved["shapes"]["batches_per_epoch"] == 3
+    block = saved["diffairec"]
+    times = ["jax_step_ms", "jax_epoch_ms", "jax_epoch_per_step_ms", "jax_infer_ms"]
+    ratios = []
+    if "torch_skipped" not in saved:
+        times += ["torch_ms", "torch_infer_ms", "torch_1_thread_ms", "torch_1_thread_infer_ms"]
+        ratios += [f"{prefix}_over_jax_{what}" for prefix in ("torch", "torch_1_thread")
+                   for what in ("step", "epoch_per_step", "infer")]
+        checks = saved["checks"]["diffairec"]
+        assert checks["warm"]["importance_sampling_active"] and not checks["initial"]["importance_sampling_active"]
+        assert set(checks["initial"]) >= {"params", "adam_first_moment", "loss_history", "metrics"}
+        assert saved["check_passed"] is True
+        assert saved["check_max_abs_diff_params"] < 1e-4 and saved["check_max_abs_diff_scores"] < 1e-4
+    assert all(block[key] > 0 for key in times + ratios)
 
 
 TINY_COFAIR = """

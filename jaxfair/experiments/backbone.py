@@ -135,12 +135,19 @@ def popularity_scorer(split: Split) -> tuple[ScoreFn, jax.Array, jax.Array]:
     return (lambda u, v: jnp.sum(u * v, axis=-1)), jnp.ones((split.num_users, 1)), jnp.asarray(counts)[:, None]
 
 
-def train_backbone(split: Split, config: ExperimentConfig, out_dir: pathlib.Path | None = None, log=print):
-    """Train the configured backbone with BPR; return ``(backbone, context, best_params, fit_result)``."""
+def train_backbone(split: Split, config: ExperimentConfig, out_dir: pathlib.Path | None = None, log=print, *,
+                   make_loss=None, batch_size: int | None = None, name: str = "train"):
+    """Train the configured backbone with BPR; return ``(backbone, context, best_params, fit_result)``.
+
+    ``make_loss(backbone, context) -> loss(params, batch, key)`` replaces the backbone's own loss (e.g. a
+    regularised one, on the same batches); ``batch_size`` overrides ``[train] batch_size``; ``name`` names the
+    checkpoint folder and log.
+    """
     backbone, _ = make_backbone(config.backbone_name, dataclasses.asdict(config.backbone))
     context = backbone.context(split)
     tx = optax.adam(config.train.learning_rate)
-    step = make_train_step(lambda p, b, k: backbone.loss(p, context, b, k), tx)
+    loss = make_loss(backbone, context) if make_loss else (lambda p, b, k: backbone.loss(p, context, b, k))
+    step = make_train_step(loss, tx)
     # Validation ranks the validation targets among sampled negatives on a leave-one-out split, over all items on a
     # ratio split.
     protocol = "full" if isinstance(split, HoldoutSplit) else "sampled"
@@ -155,11 +162,11 @@ def train_backbone(split: Split, config: ExperimentConfig, out_dir: pathlib.Path
 
     task = Task(
         init_state=lambda key: init_state(backbone.init(key, split), tx),
-        epoch_batches=lambda rng: backbone.make_epoch(split, rng, config.train.batch_size),
+        epoch_batches=lambda rng: backbone.make_epoch(split, rng, batch_size or config.train.batch_size),
         run_epoch=make_epoch_fn(step),
         validate=validate,
     )
-    result = fit(task, config.train, out_dir, log=log, name="train")
+    result = fit(task, config.train, out_dir, log=log, name=name)
     return backbone, context, result.best_params, result
 
 

@@ -30,7 +30,7 @@ class DataConfig:
     ``random_ratio`` with ``ratios = [train, valid, test]`` (full protocol only; :mod:`jaxfair.data.holdout`).
     ``genre_groups`` keeps the items with exactly one of those genres and ``k_core`` applies an iterative k-core
     (ITFR). ``recipe`` names a preset of these keys (:data:`jaxfair.data.preprocess.RECIPES`: ``afrl``, ``cofair``,
-    ``itfr``); keys written in the file override the recipe's.
+    ``itfr``, ``diffairec``); keys written in the file override the recipe's.
     """
 
     source: str = "ml-100k"

@@ -19,6 +19,7 @@ from jaxfair.data.dataset import load_split
 from jaxfair.experiments import afrl as afrl_experiment
 from jaxfair.experiments import backbone as backbone_experiment
 from jaxfair.experiments import cofair as cofair_experiment
+from jaxfair.experiments import diffairec as diffairec_experiment
 from jaxfair.experiments import itfr as itfr_experiment
 from jaxfair.experiments.config import ExperimentConfig, load_config, parse_config
 from jaxfair.experiments.outputs import format_table, write_json
@@ -28,6 +29,7 @@ METHODS: dict[str, object] = {
     afrl_experiment.SECTION: afrl_experiment,
     cofair_experiment.SECTION: cofair_experiment,
     itfr_experiment.SECTION: itfr_experiment,
+    diffairec_experiment.SECTION: diffairec_experiment,
 }
 
 
@@ -58,6 +60,18 @@ def run_seeds(config_path, seeds, out_dir, log: Callable[[str], None] = print) -
         else:
             results.append(run(load(config_path, seed=seed), run_dir, log))
     return results
+
+
+def seeds_report(config_path, seeds, out_dir, summarize: Callable[[list[dict]], tuple[dict, str]],
+                 log: Callable[[str], None] = print) -> tuple[dict, str]:
+    """:func:`run_seeds`, then ``summarize(results) -> (summary, markdown table)``; writes ``out_dir/summary.json``
+    and ``out_dir/table.md``, prints the table and returns both."""
+    out_dir = pathlib.Path(out_dir)
+    summary, table = summarize(run_seeds(config_path, seeds, out_dir, log))
+    write_json(out_dir / "summary.json", summary)
+    (out_dir / "table.md").write_text(table)
+    log(table)
+    return summary, table
 
 
 def evaluate_run(run_dir, protocols=None, ks=None, log: Callable[[str], None] = print) -> dict:

@@ -1,0 +1,713 @@
+"""Benchmark DifFaiRec's training step and full-ranking inference: jaxfair's jitted JAX code against a PyTorch
+implementation of the same computation written for this benchmark only, with DiffRec (the unconditional diffusion
+model it builds on) alongside. Every number is measured in this one run.
+
+    python benchmarks/diffairec_step.py [--users 897 --items 1447 --density 0.03 --groups 2 --batch 128
+                                         --eval-batch 256 --hidden 300 --time-dim 10 --latent-dim 64 --steps 5
+                                         --repeats 20 --epoch-repeats 5 --infer-repeats 5 --torch-threads 2
+                                         --settle 0.2 --out benchmarks/results/diffairec_step.json]
+    python benchmarks/diffairec_step.py --quick --out /tmp/diffairec_step.json    # tiny shapes, a few repeats
+
+Shapes default to ``configs/diffairec_ml100k.toml`` on MovieLens-100k after its preprocessing (897 users, 1,447
+items, 3% dense): batches of 128 users, denoiser hidden [300], timestep embedding 10, latent d = 64, T = 5 steps of the
+linear-variance schedule, dropout 0.5, SNR reweighting and importance-sampled timesteps, mean-pooled group tokens,
+serving ``"average"`` over G = 2 groups, Adam at 1e-3 (the config trains at 3e-4; the cost does not depend on it).
+The data are synthetic (numpy, seeded): binary interaction vectors of density ``--density`` (every user has at least
+one item) and a uniformly drawn group per user; the group tokens are :func:`jaxfair.methods.diffairec.group_tokens` of them, a constant given to both frameworks.
+
+What is timed (milliseconds, median of round-robin repeats):
+
+* ``*_step``: one training step on one batch of users. JAX: ``jax.jit`` of
+  :func:`jaxfair.methods.diffairec.make_train_step` (DiffRec: :func:`jaxfair.backbones.diffusion.make_train_step`),
+  blocked on. It draws its timesteps (by the loss history), noise, dropout mask and counterfactual groups inside
+  the step; gathers ``x_0``; computes the user latent, the attention counterfactual, the factual and counterfactual
+  denoiser passes (one batched pass of 2B rows sharing one dropout mask), SNR weights divided by ``T p(t)``; takes
+  the gradient and the Adam update; records the loss history. ``*_epoch``: the same step inside
+  :func:`jaxfair.training.step.make_epoch_fn` (a ``lax.scan`` over the epoch's ``ceil(U / B)`` batches, as
+  training runs it), reported per epoch and per step (epoch / batches).
+* ``*_infer``: one full-ranking inference pass, the (U, I) scores of every user: the deterministic reverse process
+  over all T steps from the observed vectors, batches of ``--eval-batch`` users. JAX:
+  :func:`jaxfair.backbones.diffusion.all_scores` over the jitted ``make_scorer`` (the evaluation's code path; the
+  last batch is padded to a full one so one compiled shape serves all); DifFaiRec's denoiser output averaged over the
+  G serving conditions at every reverse step.
+* ``torch``: PyTorch (``pip install torch==2.13.0``, the ``bench`` extra; skipped with a note if missing): the same
+  math with ``nn.Linear`` layers (DiffRec's DNN), one batched pass over the conditions, ``torch.optim.Adam`` (same
+  lr, eps 1e-8 as optax), the loss history and importance law kept as tensors and updated vectorised as jaxfair
+  does (one batch mean per timestep, a ring of ``history``; DiffRec's own code pushes every row in a Python loop,
+  which would only be slower), its own ``torch`` random draws; the last inference batch is not padded. Timed with
+  ``torch.set_num_threads(--torch-threads)`` (``torch``) and with 1 thread (``torch_1_thread``, a reference that
+  suffers less when other processes share the cores). Inference runs under ``torch.no_grad()``.
+
+State: both frameworks start the timed steps from the JAX state after the warm-up epochs that fill every timestep's
+loss history, so the importance-sampled path (not the uniform start) is the one timed; inference uses its parameters.
+
+Same computation (``checks``): the PyTorch model is loaded with a JAX state (parameters, Adam moments and count,
+loss history) and takes one step on the same batch as jaxfair's jitted step, with the step's own random draws
+(timesteps, noise, dropout mask, counterfactual groups, replayed from the step's key as the step splits it) passed to
+PyTorch; once from the initial state (uniform timesteps, first Adam step) and once from the warm state (importance
+sampling on). Compared: parameters, Adam first moments, the loss history and the step's metrics, each with its
+largest absolute difference and, for scale, the largest absolute JAX value; then the (U, I) inference scores of
+both from the warm parameters. ``check_max_abs_diff_params`` / ``check_max_abs_diff_scores`` are the largest over
+models and states.
+
+Adam divides each gradient entry by ``sqrt(v_hat) + eps``; where that is of the order of ``eps = 1e-8`` (a gradient
+entry of ~1e-8, so mostly on the first step, where the update is ``lr g / (|g| + eps)``), float32 rounding
+differences of the gradient (~1e-9 absolute, from a different summation order) become parameter differences of up to
+a fraction of ``lr = 1e-3``, although the gradients agree (the Adam first moments). So parameters are also compared
+where the step is well conditioned (``sqrt(v_hat) >= 100 eps``: ``max_abs_diff_well_conditioned``, with the
+fraction of entries that are). ``check_passed``: there, parameters differ by less than 1e-5, everywhere by less than
+``lr``; Adam moments, loss history, metrics and scores by less than 1e-5 of ``max(1, largest absolute value)``.
+
+Timings: every variant first runs untimed (compiling / warm-up, the checks); then the step variants are timed
+``--repeats`` times, the epoch variants ``--epoch-repeats`` times and the inference variants ``--infer-repeats``
+times, round-robin over the variants so that load from other processes falls on all of them alike, each call after
+an untimed pause of ``--settle`` seconds: without it, a call right after a 2-thread PyTorch call was measured ~40%
+slower on the shared 2-core machine (PyTorch's OpenMP workers still spinning). Reported: medians with quartiles.
+
+Ratios (medians of this run): ``torch_over_jax_step`` (PyTorch step / one jitted JAX step call),
+``torch_over_jax_epoch_per_step`` (/ the JAX step inside the epoch scan), ``torch_over_jax_infer`` (inference
+passes), and the same with ``torch_1_thread``; per model under ``diffairec`` and ``diffrec``. Above 1: JAX is
+faster. The load average at the start and end is recorded: on a shared 2-core machine it bounds how far the numbers
+can be trusted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import functools
+import math
+import os
+import pathlib
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from jaxfair.backbones import diffusion
+from jaxfair.methods import diffairec
+from jaxfair.training.step import make_epoch_fn
+from timing import (device_info, interleaved_ms, jaxlib_version, median_and_quartiles, nothing, torch_or_reason,
+                    write_json)
+
+DEFAULT_OUT = pathlib.Path(__file__).resolve().parent / "results" / "diffairec_step.json"
+QUICK = {"users": 48, "items": 40, "density": 0.1, "batch": 16, "eval_batch": 32, "hidden": [32], "latent_dim": 8,
+         "repeats": 2, "epoch_repeats": 2, "infer_repeats": 2, "settle": 0.0}
+LEARNING_RATE = 1e-3
+MODELS = ("diffairec", "diffrec")
+ADAM_B2, ADAM_EPS = 0.999, 1e-8  # optax.adam's defaults, torch.optim.Adam's too
+WELL_CONDITIONED = 100 * ADAM_EPS  # Adam's sqrt(v_hat) above this: its step does not amplify rounding (see checks)
+PARAM_TOLERANCE = 1e-5  # absolute, on well-conditioned parameter entries (parameters are ~0.1-1)
+RELATIVE_TOLERANCE = 1e-5  # of max(1, the largest absolute JAX value): Adam moments, loss history, metrics, scores
+
+
+def make_inputs(users, items, density, num_groups, seed=0):
+    """Binary interactions ``(U, I)`` float32 of the given density (at least one item per user) and a group per
+    user ``(U,)`` int32 (numpy)."""
+    rng = np.random.default_rng(seed)
+    x = rng.random((users, items)) < density
+    x[np.arange(users), rng.integers(0, items, users)] = True
+    return x.astype(np.float32), rng.integers(0, num_groups, users).astype(np.int32)
+
+
+# --- JAX ----------------------------------------------------------------------------------------------------------
+
+
+class JaxSetup:
+    """jaxfair's jitted step, epoch and scorer for one model, and the states the checks and timings start from.
+
+    Attributes:
+      step: ``jax.jit`` of the train step; epoch: :func:`make_epoch_fn` of it; scorer: the jitted batch scorer.
+      batches: one epoch of user batches (device arrays, stacked); batch_list: its batches one by one.
+      initial: the initial state; warm: the state after ``warm_epochs`` epochs (every timestep's loss history full).
+    """
+
+    def __init__(self, model, dc, method, interactions, groups, tokens, params, batches, max_warm_epochs=50):
+        self.model, self.dc, self.method = model, dc, method
+        tx = diffairec.make_optimizer(LEARNING_RATE)
+        if model == "diffairec":
+            train_step = diffairec.make_train_step(dc, method, interactions, groups, tokens, tx)
+            self.scorer = diffairec.make_scorer(dc, method, groups, tokens)
+        else:
+            train_step = diffusion.make_train_step(dc, interactions, tx)
+            self.scorer = diffusion.make_scorer(dc)
+        self.interactions, self.num_groups = interactions, tokens.shape[0]
+        self.groups = jnp.asarray(groups)
+        self.step = jax.jit(train_step)
+        self.epoch = make_epoch_fn(train_step)
+        self.key = jax.random.key(0)
+        self.batches = jax.tree.map(jnp.asarray, batches)
+        self.batch_list = [jax.tree.map(lambda x, i=i: x[i], self.batches) for i in range(len(batches["users"]))]
+        self.initial = diffusion.init_state(jax.tree.map(jnp.asarray, params), tx, dc)
+        state, self.warm_epochs = self.initial, 0
+        while self.warm_epochs < 2 or not bool(jnp.all(state.sampler.counts >= dc.history)):
+            if self.warm_epochs >= max_warm_epochs:
+                raise RuntimeError(f"the loss history is not full after {max_warm_epochs} epochs")
+            state, _ = jax.block_until_ready(self.epoch(state, self.batches, self.key))
+            self.warm_epochs += 1
+        self.warm = state
+
+    def draws(self, state, batch, key) -> dict:
+        """The random draws the step makes from ``key`` (replaying its key splits), as numpy arrays."""
+        return jax.tree.map(np.asarray, self._draws(state.sampler, batch["users"], key))
+
+    @functools.partial(jax.jit, static_argnums=0)
+    def _draws(self, sampler, users, key):
+        size, items = users.shape[0], self.interactions.shape[1]
+        if self.model == "diffairec":
+            k_t, k_noise, k_drop, k_group = jax.random.split(key, 4)
+        else:
+            k_t, k_noise, k_drop = jax.random.split(key, 3)
+        t, _ = diffusion.sample_timesteps(self.dc, sampler, k_t, size)
+        out = {"t": t, "noise": jax.random.normal(k_noise, (size, items)),
+               "keep": jax.random.bernoulli(k_drop, 1.0 - self.dc.dropout, (size, items))}
+        if self.model == "diffairec":
+            out["target_group"] = diffairec.other_groups(k_group, self.groups[users], self.num_groups)
+        return out
+
+    def step_variant(self, state):
+        """``call(r)``: one jitted step on batch ``r`` (cycling) from the state the previous call left, blocked on.
+        The first call (compiling) is made here."""
+        current = [jax.block_until_ready(self.step(state, self.batch_list[0], self.key))[0]]
+
+        def call(r):
+            current[0], metrics = self.step(current[0], self.batch_list[r % len(self.batch_list)], self.key)
+            jax.block_until_ready((current[0], metrics))
+
+        return call
+
+    def epoch_variant(self, state):
+        """``call(r)``: one jitted epoch from the state the previous call left, blocked on."""
+        current = [state]
+
+        def call(r):
+            current[0], metrics = self.epoch(current[0], self.batches, self.key)
+            jax.block_until_ready((current[0], metrics))
+
+        return call
+
+    def scores(self, params, eval_batch) -> np.ndarray:
+        """The (U, I) scores of every user, as the evaluation computes them (numpy, so blocked on)."""
+        return diffusion.all_scores(lambda x, users: self.scorer(params, x, users), self.interactions, eval_batch)
+
+    def infer_variant(self, params, eval_batch):
+        self.scores(params, eval_batch)  # compiles
+        return lambda r: self.scores(params, eval_batch)
+
+
+# --- PyTorch ------------------------------------------------------------------------------------------------------
+
+
+def linear_var_schedule(dc: diffusion.Config) -> dict:
+    """DiffRec's ``"linear-var"`` schedule, derived here independently of jaxfair (float64 numpy): ``1 - abar_t``
+    linear, ``beta_t = 1 - abar_t / abar_{t-1}`` (capped at 0.999), the posterior-mean coefficients and the SNR."""
+    variance = np.linspace(dc.noise_scale * dc.noise_min, dc.noise_scale * dc.noise_max, dc.steps, dtype=np.float64)
+    alpha_bar = 1.0 - variance
+    betas = [1.0 - alpha_bar[0]] + [min(1.0 - alpha_bar[i] / alpha_bar[i - 1], 0.999) for i in range(1, dc.steps)]
+    betas = np.array(betas)
+    abar = np.cumprod(1.0 - betas)
+    abar_prev = np.append(1.0, abar[:-1])
+    return {"abar": abar, "coef_x0": betas * np.sqrt(abar_prev) / (1.0 - abar),
+            "coef_xt": (1.0 - abar_prev) * np.sqrt(1.0 - betas) / (1.0 - abar), "snr": abar / (1.0 - abar)}
+
+
+def tree_get(tree, path):
+    return functools.reduce(lambda node, key: node[key], path, tree)
+
+
+class TorchDiffusion:
+    """DiffRec's (``method is None``) or DifFaiRec's step and full-ranking scorer in PyTorch, loaded from a JAX
+    :class:`~jaxfair.backbones.diffusion.DiffusionState` (parameters, Adam moments and step count, loss history).
+
+    Parameters are ``nn.Linear`` layers (weights stored ``(out, in)``: JAX's transposed) plus the attention's query
+    and key matrices in JAX's layout; :attr:`paths` maps each to its place in the JAX pytree.
+    """
+
+    def __init__(self, state: diffusion.DiffusionState, dc: diffusion.Config, method, interactions, groups, tokens,
+                 threads: int):
+        import torch
+
+        if dc.schedule != "linear-var" or dc.mean_type != "x0":
+            raise ValueError("the PyTorch reference implements the linear-var schedule and x0 prediction only")
+        self.torch, self.nn, self.F = torch, torch.nn, torch.nn.functional
+        self.dc, self.method, self.threads = dc, method, threads
+        torch.set_num_threads(threads)
+        torch.manual_seed(0)
+        nn = torch.nn
+        f32 = lambda x: torch.tensor(np.asarray(x, np.float32))  # noqa: E731
+        self.schedule = {k: f32(v) for k, v in linear_var_schedule(dc).items()}
+        half = dc.time_dim // 2
+        self.freqs = torch.exp(-math.log(10000.0) * torch.arange(half, dtype=torch.float32) / half)
+        self.x, self.groups = f32(interactions), torch.tensor(np.asarray(groups)).long()
+        self.tokens = f32(tokens)
+        items = self.x.shape[1]
+        cond = 0 if method is None else method.latent_dim
+        sizes = (items + dc.time_dim + cond, *dc.hidden, items)
+        self.time = nn.Linear(dc.time_dim, dc.time_dim)
+        self.layers = nn.ModuleList(nn.Linear(m, n) for m, n in zip(sizes[:-1], sizes[1:]))
+        den = () if method is None else ("denoiser",)  # DiffRec's parameters are the denoiser's
+        self.paths = [((*den, "time", "w"), self.time.weight), ((*den, "time", "b"), self.time.bias)]
+        for i, layer in enumerate(self.layers):
+            self.paths += [((*den, "layers", i, "w"), layer.weight), ((*den, "layers", i, "b"), layer.bias)]
+        if method is not None:
+            d = method.latent_dim
+            self.encoder = nn.Linear(items, d)
+            self.query, self.key = nn.Parameter(torch.empty(d, d)), nn.Parameter(torch.empty(d, d))
+            self.paths += [(("counterfactual", "encoder", "w"), self.encoder.weight),
+                           (("counterfactual", "encoder", "b"), self.encoder.bias),
+                           (("counterfactual", "query"), self.query), (("counterfactual", "key"), self.key)]
+        self.params = [p for _, p in self.paths]
+        self.optimizer = torch.optim.Adam(self.params, lr=LEARNING_RATE, eps=1e-8)
+        self.load(state)
+
+    # conversion from / to JAX: an ``nn.Linear`` weight is the transposed JAX ``w``; everything else is as in JAX
+
+    def _transposed(self, path) -> bool:
+        return path[-1] == "w"
+
+    def _to_torch(self, value, path):
+        value = np.asarray(value, np.float32)
+        return self.torch.tensor(np.ascontiguousarray(value.T if self._transposed(path) else value))
+
+    def _to_jax_layout(self, tensor, path):
+        value = tensor.detach().numpy()
+        return value.T if self._transposed(path) else value
+
+    def load(self, state: diffusion.DiffusionState):
+        torch = self.torch
+        with torch.no_grad():
+            for path, p in self.paths:
+                p.copy_(self._to_torch(tree_get(state.params, path), path))
+        count = int(optax.tree_utils.tree_get(state.opt_state, "count"))
+        self.optimizer.state.clear()
+        if count:
+            mu = optax.tree_utils.tree_get(state.opt_state, "mu")
+            nu = optax.tree_utils.tree_get(state.opt_state, "nu")
+            for path, p in self.paths:
+                self.optimizer.state[p] = {"step": torch.tensor(float(count)),
+                                           "exp_avg": self._to_torch(tree_get(mu, path), path),
+                                           "exp_avg_sq": self._to_torch(tree_get(nu, path), path)}
+        self.history = torch.tensor(np.asarray(state.sampler.losses, np.float32))
+        self.history_counts = torch.tensor(np.asarray(state.sampler.counts)).long()
+
+    def exported(self) -> dict:
+        """Parameters and Adam first moments in JAX's layout, keyed by the JAX path; and the loss history."""
+        return {"params": {path: self._to_jax_layout(p, path) for path, p in self.paths},
+                "adam_first_moment": {path: self._to_jax_layout(self.optimizer.state[p]["exp_avg"], path)
+                                      for path, p in self.paths},
+                "loss_history": {("losses",): self.history.numpy(), ("counts",): self.history_counts.numpy()}}
+
+    # the model
+
+    def denoise(self, x_t, t, cond=None):
+        emb = self.time(self.torch.cat([self.torch.cos(t.float()[:, None] * self.freqs),
+                                        self.torch.sin(t.float()[:, None] * self.freqs)], dim=-1))
+        h = self.torch.cat([x_t, emb] if cond is None else [x_t, emb, cond], dim=-1)
+        for layer in self.layers[:-1]:
+            h = self.torch.tanh(layer(h))
+        return self.layers[-1](h)
+
+    def user_latent(self, x):
+        return self.encoder(x / x.norm(dim=-1, keepdim=True).clamp_min(1e-12))
+
+    def conditions(self, z, own):
+        """``C(z_u, g) = z_u - o_{g_u}(z_u) + o_g(z_u)`` for every group ``g``: ``(G, B, d)``."""
+        torch = self.torch
+        token_latents = self.F.linear(self.tokens, self.encoder.weight)  # (G, k, d), no bias
+        logits = torch.einsum("bd,gkd->bgk", z @ self.query, token_latents @ self.key) / math.sqrt(z.shape[-1])
+        readout = torch.einsum("bgk,gkd->bgd", torch.softmax(logits, dim=-1), token_latents)
+        own_part = readout[torch.arange(z.shape[0]), own]  # (B, d)
+        return (z[:, None, :] - own_part[:, None, :] + readout).transpose(0, 1)
+
+    def law(self):
+        """``p(t)`` ``(T,)``: uniform until every timestep has a full loss history, then ``sqrt(E[L^2])``-shaped."""
+        torch, dc = self.torch, self.dc
+        uniform = torch.full((dc.steps,), 1.0 / dc.steps)
+        if not dc.importance_sampling:
+            return uniform
+        root = (self.history ** 2).mean(dim=1).sqrt()
+        if bool((self.history_counts >= dc.history).all()) and float(root.sum()) > 0:
+            return (1.0 - dc.floor) * root / root.sum().clamp_min(1e-12) + dc.floor / dc.steps
+        return uniform
+
+    def record(self, t, losses, weight):
+        """Push each present timestep's weighted batch-mean loss into its ring of ``history`` entries."""
+        torch, T = self.torch, self.dc.steps
+        sums = torch.zeros(T).index_add_(0, t, losses * weight)
+        counts = torch.zeros(T).index_add_(0, t, weight)
+        present = counts > 0
+        pushed = self.history.clone()
+        pushed[torch.arange(T), self.history_counts % self.dc.history] = sums / counts.clamp_min(1e-12)
+        self.history = torch.where(present[:, None], pushed, self.history)
+        self.history_counts = self.history_counts + present.long()
+
+    def step(self, batch, draws=None):
+        """One training step on ``batch`` (``users`` long, ``weight`` float tensors). ``draws``: the random draws
+        (``t``, ``noise``, ``keep``, ``target_group`` tensors) to use instead of drawing them here."""
+        torch, dc, method = self.torch, self.dc, self.method
+        users, weight = batch["users"], batch["weight"]
+        x0 = self.x[users]
+        size = x0.shape[0]
+        law = self.law()
+        if draws is None:
+            t = torch.multinomial(law, size, replacement=True)
+            noise = torch.randn_like(x0)
+            keep = torch.rand_like(x0) < 1.0 - dc.dropout
+        else:
+            t, noise, keep = draws["t"], draws["noise"], draws["keep"]
+        p_t = law[t]
+        abar = self.schedule["abar"][t][:, None]
+        x_t = abar.sqrt() * x0 + (1.0 - abar).sqrt() * noise
+        dropped = torch.where(keep, x_t / (1.0 - dc.dropout), 0.0)
+        snr = self.schedule["snr"]
+        reweight = torch.where(t == 0, 1.0, snr[(t - 1).clamp_min(0)] - snr[t]) if dc.reweight else torch.ones(size)
+        scale = reweight / (dc.steps * p_t)
+        total = weight.sum().clamp_min(1.0)
+        metrics = {}
+        if method is None:
+            output = self.denoise(dropped, t)
+            mse = ((x0 - output) ** 2).mean(dim=-1)
+            loss = (scale * mse * weight).sum() / total
+        else:
+            own = self.groups[users]
+            if draws is None:
+                target_group = (own + torch.randint(1, self.tokens.shape[0], (size,))) % self.tokens.shape[0]
+            else:
+                target_group = draws["target_group"]
+            z = self.user_latent(x0)
+            z_cf = self.conditions(z, own)[target_group, torch.arange(size)]
+            outputs = self.denoise(torch.cat([dropped, dropped]), torch.cat([t, t]), torch.cat([z, z_cf]))
+            factual, counter = outputs.chunk(2)
+            mse, mse_cf = ((x0 - factual) ** 2).mean(dim=-1), ((x0 - counter) ** 2).mean(dim=-1)
+            loss = (scale * (mse + method.counterfactual_weight * mse_cf) * weight).sum() / total
+            with torch.no_grad():
+                metrics["mse_cf"] = (mse_cf * weight).sum() / total
+                metrics["agreement"] = (((factual - counter) ** 2).mean(dim=-1) * weight).sum() / total
+        self.optimizer.zero_grad()
+        loss.backward()
+        with torch.no_grad():
+            metrics.update(loss=loss.detach(), mse=(mse * weight).sum() / total,
+                           grad_norm=torch.stack([p.grad.pow(2).sum() for p in self.params]).sum().sqrt())
+        self.optimizer.step()
+        with torch.no_grad():
+            self.record(t, mse.detach(), weight)
+        return metrics
+
+    def scores(self, eval_batch: int):
+        """The (U, I) scores of every user: the reverse process in batches of ``eval_batch`` users (the last one
+        short), DifFaiRec's output averaged over the serving conditions (one batched pass) at every step."""
+        torch, dc, method = self.torch, self.dc, self.method
+        coef_x0, coef_xt = self.schedule["coef_x0"], self.schedule["coef_xt"]
+        out = []
+        with torch.no_grad():
+            for start in range(0, self.x.shape[0], eval_batch):
+                x = self.x[start:start + eval_batch]
+                size = x.shape[0]
+                if method is None:
+                    cond, copies = None, 1
+                else:
+                    z = self.user_latent(x)
+                    cond = z[None] if method.serve == "factual" else self.conditions(z, self.groups[start:start + size])
+                    copies = cond.shape[0]
+                    cond = cond.reshape(copies * size, -1)
+                x_t = x
+                for step in range(dc.reverse_steps - 1, -1, -1):
+                    t = torch.full((copies * size,), step, dtype=torch.long)
+                    inputs = x_t if copies == 1 else x_t.repeat(copies, 1)
+                    x0_hat = self.denoise(inputs, t, cond).view(copies, size, -1).mean(dim=0)
+                    x_t = coef_x0[step] * x0_hat + coef_xt[step] * x_t
+                out.append(x_t)
+        return torch.cat(out)
+
+    def prepare(self):
+        """Set this variant's thread count (``torch.set_num_threads`` is process-wide)."""
+        self.torch.set_num_threads(self.threads)
+
+    def step_variant(self, batches):
+        """``(prepare, call(r))``: one step on batch ``r`` (cycling)."""
+        return self.prepare, lambda r: self.step(batches[r % len(batches)])
+
+    def infer_variant(self, eval_batch):
+        """``(prepare, call(r))``: one full-ranking inference pass."""
+        return self.prepare, lambda r: self.scores(eval_batch)
+
+
+def settled(variants: dict, seconds: float) -> dict:
+    """The variants with an untimed pause of ``seconds`` before each call (after its own ``prepare``): the worker
+    threads the previous variant leaves spinning (PyTorch's OpenMP pool, XLA's) go idle before the next is timed."""
+    if seconds <= 0:
+        return variants
+
+    def pause_then(prepare):
+        def run():
+            prepare()
+            time.sleep(seconds)
+        return run
+
+    return {name: (pause_then(prepare), call) for name, (prepare, call) in variants.items()}
+
+
+def torch_batches(batches) -> list[dict]:
+    import torch
+
+    return [{"users": torch.tensor(batches["users"][i]).long(), "weight": torch.tensor(batches["weight"][i])}
+            for i in range(len(batches["users"]))]
+
+
+def torch_draws(draws: dict) -> dict:
+    import torch
+
+    return {k: torch.tensor(v).long() if k in ("t", "target_group") else torch.tensor(v) for k, v in draws.items()}
+
+
+# --- checks -------------------------------------------------------------------------------------------------------
+
+
+def largest(reference: dict, other: dict, where: dict | None = None) -> dict:
+    """``max_abs_diff`` over matching arrays of two ``path -> array`` dicts, and ``max_abs`` of the reference; with
+    ``where`` (``path -> bool array``), also ``max_abs_diff_well_conditioned`` over the entries it marks."""
+    reference = {k: np.asarray(v, np.float64) for k, v in reference.items()}
+    diff = {k: np.abs(reference[k] - np.asarray(other[k], np.float64)) for k in reference}
+    out = {"max_abs_diff": max(float(np.max(v)) for v in diff.values()),
+           "max_abs": max(float(np.max(np.abs(v))) for v in reference.values())}
+    if where is not None:
+        out["max_abs_diff_well_conditioned"] = max(float(np.max(v, where=where[k], initial=0.0))
+                                                   for k, v in diff.items())
+        entries = sum(v.size for v in diff.values())
+        out["well_conditioned_fraction"] = float(sum(np.sum(where[k]) for k in diff) / entries)
+    return out
+
+
+def passes(quantity: str, values: dict) -> bool:
+    """The tolerance of one compared quantity (see :data:`PARAM_TOLERANCE`, :data:`RELATIVE_TOLERANCE`)."""
+    if quantity == "params":  # an ill-conditioned entry can move by at most about one Adam step, lr
+        return values["max_abs_diff_well_conditioned"] < PARAM_TOLERANCE and values["max_abs_diff"] < LEARNING_RATE
+    return values["max_abs_diff"] < RELATIVE_TOLERANCE * max(1.0, values["max_abs"])
+
+
+def check_same_step(setup: JaxSetup, model: TorchDiffusion, torch_batch) -> dict:
+    """One jaxfair step and one PyTorch step on batch 0 with the same random draws, from the initial and the warm
+    state; parameters, Adam first moments, loss history and metrics compared."""
+    out = {}
+    batch = setup.batch_list[0]
+    for name, state in (("initial", setup.initial), ("warm", setup.warm)):
+        key = jax.random.key(1)
+        draws = setup.draws(state, batch, key)
+        new_state, jax_metrics = jax.block_until_ready(setup.step(state, batch, key))
+        model.load(state)
+        torch_metrics = model.step(torch_batch, torch_draws(draws))
+        exported = model.exported()
+        mu = optax.tree_utils.tree_get(new_state.opt_state, "mu")
+        nu = optax.tree_utils.tree_get(new_state.opt_state, "nu")
+        count = int(optax.tree_utils.tree_get(new_state.opt_state, "count"))
+        conditioned = {path: np.sqrt(np.asarray(tree_get(nu, path)) / (1.0 - ADAM_B2 ** count)) >= WELL_CONDITIONED
+                       for path in exported["params"]}
+        reference = {
+            "params": {path: tree_get(new_state.params, path) for path in exported["params"]},
+            "adam_first_moment": {path: tree_get(mu, path) for path in exported["params"]},
+            "loss_history": {("losses",): new_state.sampler.losses, ("counts",): new_state.sampler.counts},
+        }
+        out[name] = {quantity: largest(reference[quantity], exported[quantity],
+                                       conditioned if quantity == "params" else None) for quantity in reference}
+        out[name]["metrics"] = largest({(k,): jax_metrics[k] for k in torch_metrics},
+                                       {(k,): v.numpy() for k, v in torch_metrics.items()})
+        out[name]["importance_sampling_active"] = bool(np.any(np.asarray(
+            diffusion.timestep_law(setup.dc, state.sampler)) != np.float32(1.0 / setup.dc.steps)))
+    return out
+
+
+def check_same_scores(setup: JaxSetup, model: TorchDiffusion, eval_batch: int) -> dict:
+    """The (U, I) inference scores of both from the warm parameters."""
+    model.load(setup.warm)
+    return largest({(): setup.scores(setup.warm.params, eval_batch)}, {(): model.scores(eval_batch).numpy()})
+
+
+# --- main ---------------------------------------------------------------------------------------------------------
+
+
+def parse_args(argv):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--users", type=int, default=897)
+    parser.add_argument("--items", type=int, default=1447)
+    parser.add_argument("--density", type=float, default=0.03, help="fraction of (user, item) pairs interacted")
+    parser.add_argument("--groups", type=int, default=2, help="groups of the sensitive attribute, G")
+    parser.add_argument("--group-vectors", choices=diffairec.GROUP_VECTORS, default="mean")
+    parser.add_argument("--components", type=int, default=1, help="PCA tokens per group")
+    parser.add_argument("--serve", choices=diffairec.SERVE, default="average")
+    parser.add_argument("--batch", type=int, default=128, help="users per training step")
+    parser.add_argument("--eval-batch", type=int, default=256, help="users per inference batch")
+    parser.add_argument("--hidden", type=int, nargs="+", default=[300], help="denoiser hidden widths")
+    parser.add_argument("--time-dim", type=int, default=10)
+    parser.add_argument("--latent-dim", type=int, default=64)
+    parser.add_argument("--steps", type=int, default=5, help="diffusion steps T")
+    parser.add_argument("--repeats", type=int, default=20, help="timed calls of every step variant (median reported)")
+    parser.add_argument("--epoch-repeats", type=int, default=5, help="timed calls of every epoch variant")
+    parser.add_argument("--infer-repeats", type=int, default=5, help="timed calls of every inference variant")
+    parser.add_argument("--torch-threads", type=int, default=2)
+    parser.add_argument("--settle", type=float, default=0.2, help="untimed pause (s) before every timed call")
+    parser.add_argument("--no-torch", action="store_true", help="skip the PyTorch reference")
+    parser.add_argument("--no-diffrec", action="store_true", help="time DifFaiRec only")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--quick", action="store_true", help=f"tiny defaults for flags not given: {QUICK}")
+    parser.add_argument("--out", help=f"results JSON (default {DEFAULT_OUT.relative_to(DEFAULT_OUT.parents[2])}; "
+                                      "with --quick, only written when given)")
+    args = parser.parse_args(argv)
+    if args.quick:
+        parser.set_defaults(**QUICK)
+        args = parser.parse_args(argv)
+    return args
+
+
+def summarise(ms: dict, model: str, batches: int, torch_threads: int) -> dict:
+    """Per-model times and ratios from the medians."""
+    out = {"jax_step_ms": ms[f"{model}_jax_step"], "jax_epoch_ms": ms[f"{model}_jax_epoch"],
+           "jax_epoch_per_step_ms": ms[f"{model}_jax_epoch"] / batches, "jax_infer_ms": ms[f"{model}_jax_infer"]}
+    for prefix, threads in (("torch", torch_threads), ("torch_1_thread", 1)):
+        if f"{model}_torch_{threads}t_step" not in ms or (prefix == "torch_1_thread" and torch_threads == 1):
+            continue
+        step, infer = ms[f"{model}_torch_{threads}t_step"], ms[f"{model}_torch_{threads}t_infer"]
+        out.update({f"{prefix}_ms": step, f"{prefix}_infer_ms": infer,
+                    f"{prefix}_over_jax_step": step / out["jax_step_ms"],
+                    f"{prefix}_over_jax_epoch_per_step": step / out["jax_epoch_per_step_ms"],
+                    f"{prefix}_over_jax_infer": infer / out["jax_infer_ms"]})
+    return out
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    out = args.out if args.out or args.quick else str(DEFAULT_OUT)
+    dc = diffusion.Config(steps=args.steps, hidden=tuple(args.hidden), time_dim=args.time_dim)
+    method = diffairec.DifFaiRecConfig(group_vectors=args.group_vectors, components=args.components,
+                                       latent_dim=args.latent_dim, serve=args.serve)
+    interactions, groups = make_inputs(args.users, args.items, args.density, args.groups, args.seed)
+    tokens = np.asarray(diffairec.group_tokens(interactions, groups, args.groups, method))
+    batches = diffusion.user_batches(args.users, np.random.default_rng(args.seed), args.batch)
+    num_batches = len(batches["users"])
+    models = MODELS[:1] if args.no_diffrec else MODELS
+    key = jax.random.key(args.seed)
+    init = {"diffairec": jax.jit(diffairec.init_params, static_argnums=(1, 2, 3)),
+            "diffrec": jax.jit(diffusion.init_denoiser, static_argnums=(1, 2))}
+    params = {"diffairec": init["diffairec"](key, args.items, dc, method),
+              "diffrec": init["diffrec"](key, args.items, dc)}
+
+    results = {
+        "shapes": {"users": args.users, "items": args.items, "density": float(interactions.mean()),
+                   "groups": args.groups, "tokens_per_group": int(tokens.shape[1]), "batch": args.batch,
+                   "batches_per_epoch": num_batches, "eval_batch": args.eval_batch},
+        "diffusion_config": dataclasses.asdict(dc), "diffairec_config": dataclasses.asdict(method),
+        "learning_rate": LEARNING_RATE, "models": list(models), "repeats": args.repeats,
+        "epoch_repeats": args.epoch_repeats, "infer_repeats": args.infer_repeats, "settle_s": args.settle,
+        "quick": args.quick,
+        "device": device_info(),
+        "python_version": sys.version.split()[0], "numpy_version": np.__version__, "jax_version": jax.__version__,
+        "jaxlib_version": jaxlib_version(), "optax_version": optax.__version__,
+    }
+    torch, skipped = torch_or_reason(args.no_torch)
+    if torch is None:
+        results["torch_skipped"] = skipped
+    else:
+        results.update(torch_version=torch.__version__, torch_threads=args.torch_threads)
+        tbatches = torch_batches(batches)
+
+    step_variants, epoch_variants, infer_variants, checks, warm_epochs = {}, {}, {}, {}, {}
+    for model in models:
+        setup = JaxSetup(model, dc, None if model == "diffrec" else method, interactions, groups, tokens,
+                         params[model], batches)
+        warm_epochs[model] = setup.warm_epochs
+        step_variants[f"{model}_jax_step"] = (nothing, setup.step_variant(setup.warm))
+        epoch_variants[f"{model}_jax_epoch"] = (nothing, setup.epoch_variant(setup.warm))
+        infer_variants[f"{model}_jax_infer"] = (nothing, setup.infer_variant(setup.warm.params, args.eval_batch))
+        if torch is not None:
+            torch_method = None if model == "diffrec" else method
+            reference = TorchDiffusion(setup.initial, dc, torch_method, interactions, groups, tokens, threads=1)
+            checks[model] = check_same_step(setup, reference, tbatches[0])
+            checks[model]["scores"] = check_same_scores(setup, reference, args.eval_batch)
+            for threads in sorted({args.torch_threads, 1}):
+                timed = TorchDiffusion(setup.warm, dc, torch_method, interactions, groups, tokens, threads)
+                timed.step(tbatches[0])  # warm-up
+                timed.scores(args.eval_batch)
+                step_variants[f"{model}_torch_{threads}t_step"] = timed.step_variant(tbatches)
+                infer_variants[f"{model}_torch_{threads}t_infer"] = timed.infer_variant(args.eval_batch)
+    results["warm_epochs"] = warm_epochs
+
+    times = {**interleaved_ms(settled(step_variants, args.settle), args.repeats),
+             **interleaved_ms(settled(epoch_variants, args.settle), args.epoch_repeats),
+             **interleaved_ms(settled(infer_variants, args.settle), args.infer_repeats)}
+    ms, results["quartiles_ms"] = {}, {}
+    for name, values in times.items():
+        ms[name], results["quartiles_ms"][name] = median_and_quartiles(values)
+    results["median_ms"] = ms
+    for model in models:
+        results[model] = summarise(ms, model, num_batches, args.torch_threads)
+
+    if checks:
+        results["checks"] = checks
+        results["check_max_abs_diff_params"] = max(c[state]["params"]["max_abs_diff"] for c in checks.values()
+                                                   for state in ("initial", "warm"))
+        results["check_max_abs_diff_params_well_conditioned"] = max(
+            c[state]["params"]["max_abs_diff_well_conditioned"] for c in checks.values()
+            for state in ("initial", "warm"))
+        results["check_max_abs_diff_scores"] = max(c["scores"]["max_abs_diff"] for c in checks.values())
+        results["check_passed"] = all(passes(quantity, values) for c in checks.values()
+                                      for block in (c["initial"], c["warm"], {"scores": c["scores"]})
+                                      for quantity, values in block.items() if isinstance(values, dict))
+    results["device"]["load_average_at_end"] = list(os.getloadavg())  # other processes skew the timings
+    report(results, args)
+    if out:
+        write_json(out, results)
+    return results
+
+
+def report(results, args):
+    """The readable table."""
+    q, ms, shapes = results["quartiles_ms"], results["median_ms"], results["shapes"]
+    device = results["device"]
+    print(f"DifFaiRec / DiffRec, U={args.users} I={args.items} (density {shapes['density']:.3f}) G={args.groups} "
+          f"({args.group_vectors} tokens, serve {args.serve}), B={args.batch} users, {shapes['batches_per_epoch']} "
+          f"batches/epoch, hidden {args.hidden}, d={args.latent_dim}, T={args.steps}; median of {args.repeats} steps "
+          f"/ {args.epoch_repeats} epochs / {args.infer_repeats} inference passes ({device['jax_backend']}, "
+          f"{device['cpu_count']} cpus, load average {device['load_average_at_start'][0]:.2f} -> "
+          f"{device['load_average_at_end'][0]:.2f})")
+    threads = args.torch_threads
+    for model in results["models"]:
+        print(f"{model}:")
+        lines = [("train step: jax, one jitted call", f"{model}_jax_step", 1),
+                 ("train step: jax inside the epoch scan", f"{model}_jax_epoch", shapes["batches_per_epoch"]),
+                 (f"train step: torch, {threads} threads", f"{model}_torch_{threads}t_step", 1),
+                 ("train step: torch, 1 thread", f"{model}_torch_1t_step" if threads != 1 else None, 1),
+                 ("inference (U x I): jax", f"{model}_jax_infer", 1),
+                 (f"inference (U x I): torch, {threads} threads", f"{model}_torch_{threads}t_infer", 1),
+                 ("inference (U x I): torch, 1 thread", f"{model}_torch_1t_infer" if threads != 1 else None, 1)]
+        for label, name, per in lines:
+            if name in ms:
+                value, (q1, q3) = ms[name], q[name]
+                unit = "ms/step" if "step" in label else "ms/pass"
+                epoch = f"   epoch {value:9.2f} ms" if per > 1 else ""
+                print(f"  {label:42s} {value / per:9.3f} {unit} (quartiles {q1 / per:.3f} .. {q3 / per:.3f}){epoch}")
+        for key, value in results[model].items():
+            if "_over_" in key:
+                print(f"  {key:42s} {value:9.3g}")
+        for state, quantities in results.get("checks", {}).get(model, {}).items():
+            if state == "scores":
+                print(f"  check scores: max abs diff {quantities['max_abs_diff']:.2g} (of {quantities['max_abs']:.2g})")
+                continue
+            cells = ", ".join(f"{k} {v['max_abs_diff']:.2g} (of {v['max_abs']:.2g})" for k, v in quantities.items()
+                              if isinstance(v, dict))
+            params = quantities["params"]
+            print(f"  check step from {state} state (importance sampling "
+                  f"{'on' if quantities['importance_sampling_active'] else 'off'}): max abs diff {cells}; "
+                  f"params where Adam is well conditioned ({100 * params['well_conditioned_fraction']:.3f}% of "
+                  f"entries) {params['max_abs_diff_well_conditioned']:.2g}")
+    for key in ("check_max_abs_diff_params", "check_max_abs_diff_params_well_conditioned", "check_max_abs_diff_scores",
+                "check_passed"):
+        if key in results:
+            print(f"  {key:44s} {results[key]:.3g}" if key != "check_passed" else f"  {key:44s} {results[key]}")
+    if "torch_skipped" in results:
+        print(f"  torch skipped: {results['torch_skipped']}")
+
+
+if __name__ == "__main__":
+    main()

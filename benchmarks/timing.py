@@ -1,0 +1,95 @@
+"""Timing and reporting helpers shared by the step benchmarks (``itfr_step.py``, ``cofair_step.py``,
+``diffairec_step.py``).
+
+The benchmarks import this as ``import timing``: running ``python benchmarks/<name>.py`` puts ``benchmarks/`` first
+on ``sys.path``; a loader that executes a benchmark by its path (``tests/test_benchmarks.py``) must add it.
+
+* :func:`interleaved_ms` times variants round-robin, so that load from other processes falls on all of them alike;
+  :func:`nothing` (also ``_nothing``) is the ``prepare`` of a variant that needs none.
+* :func:`median_and_quartiles` / :func:`quartiles` summarise the wall times.
+* :func:`device_info` and :func:`jaxlib_version` describe the machine and the JAX build; the load average recorded at
+  the start (and, by the caller, at the end) bounds how far numbers from a shared machine can be trusted.
+* :func:`torch_or_reason` imports PyTorch, or says why the reference is skipped; :func:`write_json` writes results.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import platform
+import statistics
+import time
+
+import numpy as np
+
+TORCH_HINT = "pip install torch==2.13.0 (the bench extra)"
+
+
+def interleaved_ms(variants: dict, repeats: int) -> dict[str, list[float]]:
+    """Wall times (ms) of ``repeats`` calls of every variant, taken round-robin (one call of each variant in turn)
+    so that load from other processes falls on all variants alike.
+
+    ``variants``: name -> ``(prepare, call)``; ``prepare()`` runs untimed before each timed ``call(r)``.
+    """
+    times = {name: [] for name in variants}
+    for r in range(repeats):
+        for name, (prepare, call) in variants.items():
+            prepare()
+            tick = time.perf_counter()
+            call(r)
+            times[name].append(1e3 * (time.perf_counter() - tick))
+    return times
+
+
+def nothing():
+    """The ``prepare`` of a variant that needs nothing done before its timed calls."""
+
+
+_nothing = nothing
+
+
+def quartiles(values) -> list[float]:
+    """``[25th, 75th]`` percentiles."""
+    return [float(np.percentile(values, 25)), float(np.percentile(values, 75))]
+
+
+def median_and_quartiles(values):
+    """``(median, [25th, 75th] percentiles)``."""
+    return statistics.median(values), quartiles(values)
+
+
+def device_info() -> dict:
+    """The machine, JAX's backend and devices, and the load average now (``load_average_at_start``; callers add
+    ``load_average_at_end`` when they are done: other processes skew the timings)."""
+    import jax
+
+    return {"machine": f"{platform.machine()} {platform.processor()}".strip(), "cpu_count": os.cpu_count(),
+            "jax_backend": jax.default_backend(), "jax_devices": [str(d) for d in jax.devices()],
+            "load_average_at_start": list(os.getloadavg())}
+
+
+def jaxlib_version() -> str | None:
+    import jaxlib
+
+    return getattr(jaxlib, "__version__", None) or jaxlib.version.__version__
+
+
+def torch_or_reason(no_torch: bool):
+    """``(torch, None)``, or ``(None, why it is skipped)`` when ``no_torch`` or when it is not installed."""
+    if no_torch:
+        return None, "--no-torch given"
+    try:
+        import torch
+    except ImportError as error:
+        return None, f"torch is not installed ({error}); {TORCH_HINT}"
+    return torch, None
+
+
+def write_json(out, results: dict) -> pathlib.Path:
+    """Write ``results`` as indented JSON to ``out`` (parents created) and say so."""
+    path = pathlib.Path(out)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"wrote {path}")
+    return path
