@@ -104,3 +104,26 @@ def test_bad_configs_fail_before_reading_data(tmp_path, change, message):
     with pytest.raises(ConfigError, match=message):
         runner.run(parse(values), tmp_path / "out", log=lambda _: None)
     assert not (tmp_path / "out").exists()
+
+
+def test_seeds_harness_summarises_variants_and_checks_gaps_against_diffrec(diffairec_run):
+    import importlib.util
+    import pathlib
+
+    path = pathlib.Path(__file__).resolve().parents[1] / "benchmarks" / "diffairec_seeds.py"
+    spec = importlib.util.spec_from_file_location("diffairec_seeds", path)
+    harness = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(harness)
+    _, results = diffairec_run
+    second = copy.deepcopy(results)
+    second["seed"] = 1
+    for gap in harness.GAPS:  # DiffRec fairer on seed 1 than every DifFaiRec variant on seed 0 and 1 together
+        second["variants"]["diffrec"]["gaps"]["@20"][gap] = -1.0
+    summary, table = harness.summarize([results, second])
+    assert summary["seeds"] == [0, 1]
+    assert set(summary["variants"]) == set(VARIANTS)
+    assert len(summary["variants"]["diffairec_pca"]["eo_gap@20"]) == 2
+    assert set(summary["checks"]["gaps_below_diffrec"]) == {"diffairec_mean", "diffairec_pca"}
+    assert summary["checks"]["gaps_below_diffrec"]["diffairec_mean"]["eo_gap@20"] is False
+    assert summary["checks"]["met"] is False
+    assert table.count("| diffrec |") == 2 and "not met" in table
