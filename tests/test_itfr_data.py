@@ -192,7 +192,10 @@ def test_default_recipe_is_afrl_and_cofair_recipe_sets_its_split():
     assert default.genre_groups == ()
     cofair = parse_config({"backbone": {"name": "pmf"}, "data": {"recipe": "cofair"}, "evaluate": FULL}).data
     assert (cofair.split, cofair.ratios, cofair.rating_threshold) == ("temporal_ratio", (0.8, 0.1, 0.1), 0.0)
-    assert set(RECIPES) == {"afrl", "cofair", "itfr"}
+    assert set(RECIPES) == {"afrl", "cofair", "itfr", "diffairec"}
+    diffairec = parse_config({"backbone": {"name": "pmf"}, "data": {"recipe": "diffairec"}, "evaluate": FULL}).data
+    assert (diffairec.split, diffairec.ratios, diffairec.seed) == ("random_ratio", (0.7, 0.1, 0.2), 2024)
+    assert (diffairec.rating_threshold, diffairec.min_positives) == (4.0, 10)
 
 
 def test_unknown_recipe_is_a_config_error_naming_data_recipe():
