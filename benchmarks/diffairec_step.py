@@ -90,8 +90,8 @@ import optax
 from jaxfair.backbones import diffusion
 from jaxfair.methods import diffairec
 from jaxfair.training.step import make_epoch_fn
-from timing import (device_info, interleaved_ms, jaxlib_version, median_and_quartiles, nothing, torch_or_reason,
-                    write_json)
+from timing import (device_info, interleaved_ms, jax_epoch_caller, jax_step_caller, jaxlib_version,
+                    median_and_quartiles, nothing, torch_or_reason, write_json)
 
 DEFAULT_OUT = pathlib.Path(__file__).resolve().parent / "results" / "diffairec_step.json"
 QUICK = {"users": 48, "items": 40, "density": 0.1, "batch": 16, "eval_batch": 32, "hidden": [32], "latent_dim": 8,
@@ -169,25 +169,10 @@ class JaxSetup:
         return out
 
     def step_variant(self, state):
-        """``call(r)``: one jitted step on batch ``r`` (cycling) from the state the previous call left, blocked on.
-        The first call (compiling) is made here."""
-        current = [jax.block_until_ready(self.step(state, self.batch_list[0], self.key))[0]]
-
-        def call(r):
-            current[0], metrics = self.step(current[0], self.batch_list[r % len(self.batch_list)], self.key)
-            jax.block_until_ready((current[0], metrics))
-
-        return call
+        return jax_step_caller(self.step, state, self.batch_list, self.key)
 
     def epoch_variant(self, state):
-        """``call(r)``: one jitted epoch from the state the previous call left, blocked on."""
-        current = [state]
-
-        def call(r):
-            current[0], metrics = self.epoch(current[0], self.batches, self.key)
-            jax.block_until_ready((current[0], metrics))
-
-        return call
+        return jax_epoch_caller(self.epoch, state, self.batches, self.key)
 
     def scores(self, params, eval_batch) -> np.ndarray:
         """The (U, I) scores of every user, as the evaluation computes them (numpy, so blocked on)."""

@@ -70,8 +70,8 @@ from jax.flatten_util import ravel_pytree
 
 from jaxfair.data.groups import intersectional_groups
 from jaxfair.methods import itfr
-from timing import (device_info, interleaved_ms, jaxlib_version, median_and_quartiles, nothing, torch_or_reason,
-                    write_json)
+from timing import (device_info, interleaved_ms, jax_epoch_caller, jax_step_caller, jaxlib_version,
+                    median_and_quartiles, nothing, torch_or_reason, write_json)
 
 DEFAULT_OUT = pathlib.Path(__file__).resolve().parent / "results" / "itfr_step.json"
 QUICK = {"users": 40, "items": 30, "dim": 8, "batch": 64, "batches": 3, "groups": [4, 12], "repeats": 3,
@@ -131,25 +131,10 @@ class JaxSetup:
         self.later = state
 
     def step_variant(self, state):
-        """``call(r)``: one jitted step on batch ``r`` (cycling) from the state the previous call left, blocked on.
-        The first call (compiling) is made here."""
-        current = [jax.block_until_ready(self.step(state, self.batch_list[0], self.key))[0]]
-
-        def call(r):
-            current[0], metrics = self.step(current[0], self.batch_list[r % len(self.batch_list)], self.key)
-            jax.block_until_ready((current[0], metrics))
-
-        return call
+        return jax_step_caller(self.step, state, self.batch_list, self.key)
 
     def epoch_variant(self, state):
-        """``call(r)``: one jitted epoch from the state the previous call left, blocked on."""
-        current = [state]
-
-        def call(r):
-            current[0], metrics = self.epoch(current[0], self.batches, self.key)
-            jax.block_until_ready((current[0], metrics))
-
-        return call
+        return jax_epoch_caller(self.epoch, state, self.batches, self.key)
 
 
 def torch_order(stacked_flat, params) -> np.ndarray:

@@ -49,6 +49,33 @@ def nothing():
 _nothing = nothing
 
 
+def jax_step_caller(step, state, batch_list, key):
+    """``call(r)``: one jitted ``step`` on batch ``r`` of ``batch_list`` (cycling) from the state the previous call
+    left, blocked on. The first (compiling) call is made here."""
+    import jax
+
+    current = [jax.block_until_ready(step(state, batch_list[0], key))[0]]
+
+    def call(r):
+        current[0], metrics = step(current[0], batch_list[r % len(batch_list)], key)
+        jax.block_until_ready((current[0], metrics))
+
+    return call
+
+
+def jax_epoch_caller(epoch, state, batches, key):
+    """``call(r)``: one jitted ``epoch`` over ``batches`` from the state the previous call left, blocked on."""
+    import jax
+
+    current = [state]
+
+    def call(r):
+        current[0], metrics = epoch(current[0], batches, key)
+        jax.block_until_ready((current[0], metrics))
+
+    return call
+
+
 def quartiles(values) -> list[float]:
     """``[25th, 75th]`` percentiles."""
     return [float(np.percentile(values, 25)), float(np.percentile(values, 75))]

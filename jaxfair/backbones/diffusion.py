@@ -175,10 +175,16 @@ def init_denoiser(key: jax.Array, num_items: int, config: Config, cond_dim: int 
     }
 
 
+def input_dropout(key: jax.Array, x: jax.Array, rate: float) -> jax.Array:
+    """Inverted dropout of the noisy input: each entry kept with probability ``1 - rate`` and scaled by
+    ``1 / (1 - rate)``."""
+    keep = jax.random.bernoulli(key, 1.0 - rate, x.shape)
+    return jnp.where(keep, x / (1.0 - rate), 0.0)
+
+
 def _first_layer(params: dict, x_t, t, cond, dropout_key, rate: float):
     if dropout_key is not None and rate > 0:
-        keep = jax.random.bernoulli(dropout_key, 1.0 - rate, x_t.shape)
-        x_t = jnp.where(keep, x_t / (1.0 - rate), 0.0)
+        x_t = input_dropout(dropout_key, x_t, rate)
     time = params["time"]
     emb = timestep_embedding(t, time["w"].shape[0]) @ time["w"] + time["b"]
     parts = [x_t, emb] + ([] if cond is None else [cond])

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -114,11 +114,11 @@ def _items_placeholder(num_items: int) -> jax.Array:
     return jnp.zeros((num_items, 1), jnp.float32)
 
 
-class Model:
+class Model(NamedTuple):
     """A trained variant: ``scores() -> (U, I)`` ranking scores and ``latents() -> (U, h)`` probed user latents."""
 
-    def __init__(self, scores: Callable[[], np.ndarray], latents: Callable[[], np.ndarray]):
-        self.scores, self.latents = scores, latents
+    scores: Callable[[], np.ndarray]
+    latents: Callable[[], np.ndarray]
 
 
 def _diffusion_parts(name, split, section, dc, groups, num_groups):

@@ -244,8 +244,7 @@ def make_train_step(diffusion_config: diffusion.Config, config: DifFaiRecConfig,
 
 def _denoise_shared_mask(params, x_t, t, conditions, key, rate):
     """The factual and counterfactual passes with one dropout mask: they differ only by their condition."""
-    keep = jax.random.bernoulli(key, 1.0 - rate, x_t.shape)
-    dropped = jnp.where(keep, x_t / (1.0 - rate), 0.0)
+    dropped = diffusion.input_dropout(key, x_t, rate)
     return diffusion.denoise(params, jnp.concatenate([dropped, dropped]), jnp.concatenate([t, t]), conditions)
 
 
