@@ -157,10 +157,7 @@ class JaxSetup:
     @functools.partial(jax.jit, static_argnums=0)
     def _draws(self, sampler, users, key):
         size, items = users.shape[0], self.interactions.shape[1]
-        if self.model == "diffairec":
-            k_t, k_noise, k_drop, k_group = jax.random.split(key, 4)
-        else:
-            k_t, k_noise, k_drop = jax.random.split(key, 3)
+        k_t, k_noise, k_drop, k_group = jax.random.split(key, 4)  # as diffusion.make_denoising_step splits it
         t, _ = diffusion.sample_timesteps(self.dc, sampler, k_t, size)
         out = {"t": t, "noise": jax.random.normal(k_noise, (size, items)),
                "keep": jax.random.bernoulli(k_drop, 1.0 - self.dc.dropout, (size, items))}

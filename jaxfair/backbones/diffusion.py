@@ -328,39 +328,62 @@ def weighted_mean(values: jax.Array, weight: jax.Array) -> jax.Array:
     return jnp.sum(values * weight) / jnp.maximum(jnp.sum(weight), 1.0)
 
 
-def make_train_step(config: Config, interactions: jax.Array, tx: optax.GradientTransformation) -> Callable:
-    """DiffRec's step ``(state, batch, key) -> (state, metrics)`` (not jitted; scan or jit it).
+def make_denoising_step(config: Config, interactions: jax.Array, tx: optax.GradientTransformation,
+                        row_losses: Callable) -> Callable:
+    """The step skeleton shared by DiffRec and conditional models: ``(state, batch, key) -> (state, metrics)``.
+
+    Draws the timesteps (importance-sampled when configured), the noise and the keys, noises ``x_0`` into ``x_t``,
+    asks ``row_losses(params, batch, x0, x_t, t, target, dropout_key, extra_key) -> (rows (B,), aux)`` for each row's
+    denoising loss, minimises ``sum_u w_u lambda(t_u) rows_u / (T p(t_u)) / sum_u w_u`` with ``tx``, and records
+    ``aux["mse"]`` (the per-row factual error, ``(B,)``) in the loss history. ``aux``'s other entries are scalar
+    metrics passed through. ``extra_key`` is for a model's own draws (DifFaiRec: the counterfactual groups).
 
     Args:
       interactions: float ``(U, I)`` training vectors ``x_0`` (a constant of the step).
       batch: ``{"users": int (B,), "weight": (B,)}`` (padding rows weigh 0).
 
-    Loss: ``sum_u w_u lambda(t_u) mse_u / (T p(t_u)) / sum_u w_u`` with ``mse_u`` the denoising error.
+    Metrics: ``loss``, ``mse`` (weighted mean of ``aux["mse"]``), ``aux``'s scalars, ``grad_norm``.
     """
     schedule = make_schedule(config)
     interactions = jnp.asarray(interactions, jnp.float32)
 
-    def loss_fn(params, x0, t, p_t, noise, dropout_key, weight):
-        x_t = q_sample(schedule, x0, t, noise)
-        output = denoise(params, x_t, t, dropout_key=dropout_key, rate=config.dropout)
-        mse = row_mse(target_of(config, x0, noise), output)
-        rows = timestep_weight(config, schedule, t) * mse / (config.steps * p_t)
-        return weighted_mean(rows, weight), mse
-
     def step(state: DiffusionState, batch: dict, key: jax.Array):
+        weight = batch["weight"]
         x0 = interactions[batch["users"]]
-        k_t, k_noise, k_drop = jax.random.split(key, 3)
+        k_t, k_noise, k_drop, k_extra = jax.random.split(key, 4)
         t, p_t = sample_timesteps(config, state.sampler, k_t, x0.shape[0])
         noise = jax.random.normal(k_noise, x0.shape)
-        (loss, mse), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-            state.params, x0, t, p_t, noise, k_drop, batch["weight"])
+        x_t, target = q_sample(schedule, x0, t, noise), target_of(config, x0, noise)
+        scale = timestep_weight(config, schedule, t) / (config.steps * p_t)
+
+        def objective(params):
+            rows, aux = row_losses(params, batch, x0, x_t, t, target, k_drop, k_extra)
+            return weighted_mean(scale * rows, weight), aux
+
+        (loss, aux), grads = jax.value_and_grad(objective, has_aux=True)(state.params)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        sampler = record_losses(config, state.sampler, t, mse, batch["weight"])
-        metrics = {"loss": loss, "mse": weighted_mean(mse, batch["weight"]), "grad_norm": optax.tree.norm(grads)}
+        sampler = record_losses(config, state.sampler, t, aux["mse"], weight)
+        extra = {name: value for name, value in aux.items() if name != "mse"}
+        metrics = {"loss": loss, "mse": weighted_mean(aux["mse"], weight), **extra, "grad_norm": optax.tree.norm(grads)}
         return DiffusionState(params, opt_state, sampler, state.step + 1), metrics
 
     return step
+
+
+def make_train_step(config: Config, interactions: jax.Array, tx: optax.GradientTransformation) -> Callable:
+    """DiffRec's step ``(state, batch, key) -> (state, metrics)`` (not jitted; scan or jit it): the unconditional
+    case of :func:`make_denoising_step`, each row's loss its denoising error ``mse_u``.
+
+    Loss: ``sum_u w_u lambda(t_u) mse_u / (T p(t_u)) / sum_u w_u``.
+    """
+
+    def row_losses(params, batch, x0, x_t, t, target, dropout_key, extra_key):
+        del batch, x0, extra_key
+        mse = row_mse(target, denoise(params, x_t, t, dropout_key=dropout_key, rate=config.dropout))
+        return mse, {"mse": mse}
+
+    return make_denoising_step(config, interactions, tx, row_losses)
 
 
 def make_scorer(config: Config) -> Callable:

@@ -55,7 +55,6 @@ import jax.numpy as jnp
 import optax
 
 from jaxfair.backbones import diffusion
-from jaxfair.backbones.diffusion import DiffusionState
 
 GROUP_VECTORS = ("mean", "pca")
 SERVE = ("average", "factual")
@@ -197,49 +196,31 @@ def make_train_step(diffusion_config: diffusion.Config, config: DifFaiRecConfig,
         :func:`group_tokens` (constants of the step).
       batch: ``{"users": int (B,), "weight": (B,)}``.
 
-    Metrics: ``loss``, ``mse`` (factual), ``mse_cf``, ``agreement`` and ``grad_norm``.
+    The skeleton is :func:`jaxfair.backbones.diffusion.make_denoising_step`; each row's loss is ``mse_u +
+    counterfactual_weight * mse_cf_u``, the factual and the counterfactual pass sharing t, the noise and the dropout
+    mask, both denoising to the same target. Metrics: ``loss``, ``mse`` (factual), ``mse_cf``, ``agreement`` and
+    ``grad_norm``.
     """
     dc = diffusion_config
-    schedule = diffusion.make_schedule(dc)
-    interactions = jnp.asarray(interactions, jnp.float32)
     user_groups = jnp.asarray(user_groups, jnp.int32)
     tokens = jnp.asarray(tokens, jnp.float32)
     num_groups = tokens.shape[0]
 
-    def loss_fn(params, x0, own, target_group, t, p_t, noise, dropout_key, weight):
+    def row_losses(params, batch, x0, x_t, t, target, dropout_key, group_key):
+        own, weight = user_groups[batch["users"]], batch["weight"]
+        target_group = other_groups(group_key, own, num_groups)
         cf = params["counterfactual"]
         z = user_latent(cf, x0)
         conditions = counterfactual_latents(cf, z, own, tokens)  # (G, B, d)
         z_cf = jnp.take_along_axis(conditions, target_group[None, :, None], axis=0)[0]
-        x_t = diffusion.q_sample(schedule, x0, t, noise)
-        both = jnp.concatenate([z, z_cf])
-        outputs = _denoise_shared_mask(params["denoiser"], x_t, t, both, dropout_key, dc.dropout)
+        outputs = _denoise_shared_mask(params["denoiser"], x_t, t, jnp.concatenate([z, z_cf]), dropout_key, dc.dropout)
         factual, counter = jnp.split(outputs, 2)
-        target = diffusion.target_of(dc, x0, noise)
         mse, mse_cf = diffusion.row_mse(target, factual), diffusion.row_mse(target, counter)
-        scale = diffusion.timestep_weight(dc, schedule, t) / (dc.steps * p_t)
-        loss = diffusion.weighted_mean(scale * (mse + config.counterfactual_weight * mse_cf), weight)
         aux = {"mse": mse, "mse_cf": diffusion.weighted_mean(mse_cf, weight),
                "agreement": diffusion.weighted_mean(diffusion.row_mse(factual, counter), weight)}
-        return loss, aux
+        return mse + config.counterfactual_weight * mse_cf, aux
 
-    def step(state: DiffusionState, batch: dict, key: jax.Array):
-        x0 = interactions[batch["users"]]
-        own = user_groups[batch["users"]]
-        k_t, k_noise, k_drop, k_group = jax.random.split(key, 4)
-        t, p_t = diffusion.sample_timesteps(dc, state.sampler, k_t, x0.shape[0])
-        noise = jax.random.normal(k_noise, x0.shape)
-        target_group = other_groups(k_group, own, num_groups)
-        (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-            state.params, x0, own, target_group, t, p_t, noise, k_drop, batch["weight"])
-        updates, opt_state = tx.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
-        sampler = diffusion.record_losses(dc, state.sampler, t, aux["mse"], batch["weight"])
-        metrics = {"loss": loss, "mse": diffusion.weighted_mean(aux["mse"], batch["weight"]),
-                   "mse_cf": aux["mse_cf"], "agreement": aux["agreement"], "grad_norm": optax.tree.norm(grads)}
-        return DiffusionState(params, opt_state, sampler, state.step + 1), metrics
-
-    return step
+    return diffusion.make_denoising_step(dc, interactions, tx, row_losses)
 
 
 def _denoise_shared_mask(params, x_t, t, conditions, key, rate):
