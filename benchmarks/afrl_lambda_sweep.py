@@ -1,6 +1,8 @@
 """AFRL's lambda sweep: the fairness-accuracy Pareto front over the paper's lambda grid, one backbone for all lambdas.
 
     python benchmarks/afrl_lambda_sweep.py configs/afrl_pmf_ml100k.toml --out benchmarks/results/afrl_lambda_sweep
+    python benchmarks/afrl_lambda_sweep.py configs/afrl_pmf_ml100k.toml --set aggregator_residual=true \
+        --out benchmarks/results/afrl_lambda_sweep_residual
 
 For every lambda in ``--lams`` (default: the paper's {0.001, 0.01, 0.1, 1, 10, 100}) AFRL is trained on the same
 frozen backbone with everything else from the config, and every non-empty requirement is evaluated. Writes
@@ -37,17 +39,34 @@ def mean_over_requirements(block: dict, key) -> float:
     return float(np.mean(values))
 
 
+def parse_overrides(items: list[str]) -> dict:
+    """``["aggregator_residual=true", "adversary=confusion"]`` -> ``{"aggregator_residual": True, ...}`` (values
+    read as JSON where they parse, else kept as strings)."""
+    out = {}
+    for item in items:
+        field, sep, value = item.partition("=")
+        if not sep:
+            raise SystemExit(f"--set {item!r}: expected FIELD=VALUE")
+        try:
+            out[field] = json.loads(value)
+        except json.JSONDecodeError:
+            out[field] = value
+    return out
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("config")
     parser.add_argument("--lams", type=float, nargs="+", default=PAPER_LAMBDAS)
     parser.add_argument("--min-accuracy", type=float, default=0.9)
     parser.add_argument("--seed", type=int)
+    parser.add_argument("--set", nargs="+", default=[], metavar="FIELD=VALUE",
+                        help="override [afrl] fields, e.g. --set aggregator_residual=true adversary=confusion")
     parser.add_argument("--out", default="benchmarks/results/afrl_lambda_sweep")
     args = parser.parse_args(argv)
 
     config = runner.load(args.config, seed=args.seed)
-    method = afrl_experiment.method_config(config)
+    method = dataclasses.replace(afrl_experiment.method_config(config), **parse_overrides(args.set))
     out = pathlib.Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     quiet = lambda message: None
@@ -100,6 +119,7 @@ def main(argv=None):
     )
     summary = {
         "config": args.config,
+        "overrides": parse_overrides(args.set),
         "seed": config.train.seed,
         "backbone": {"valid_ndcg@10": backbone_valid["valid"]["ndcg@10"], "test_ndcg@10": backbone_valid["test"]["ndcg@10"],
                      "test_probe_auc": backbone_auc},

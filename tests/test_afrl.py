@@ -233,3 +233,20 @@ def test_vmapped_requirement_metrics_equal_a_loop_over_requirements(state_and_da
         for name in ("ndcg@3", "hr@3"):
             np.testing.assert_allclose(together[name][r], alone[name][0], rtol=1e-6)
     assert together["hr@3"].shape == (8,)
+
+
+def test_residual_aggregator_adds_z0_to_g_output_and_still_hides_masked_encoders(state_and_data):
+    state, data, config, _ = state_and_data
+    u = data.user_vecs[:6]
+    residual = afrl.AFRLConfig(hidden=8, aggregator_residual=True)
+    requirement = np.array([True, False, False])
+    z0, _ = afrl.encode(state.params, u)
+    np.testing.assert_allclose(
+        afrl.fair_user_embeddings(state.params, u, requirement, residual),
+        afrl.fair_user_embeddings(state.params, u, requirement, config) + z0, rtol=1e-5, atol=1e-6,
+    )
+    perturbed = dict(state.params, E=jax.tree.map(lambda leaf: leaf.at[0].add(0.5), state.params["E"]))
+    np.testing.assert_array_equal(
+        afrl.fair_user_embeddings(state.params, u, requirement, residual),
+        afrl.fair_user_embeddings(perturbed, u, requirement, residual),
+    )

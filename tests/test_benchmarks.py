@@ -5,6 +5,8 @@ import json
 import pathlib
 import sys
 
+import pytest
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
@@ -79,10 +81,20 @@ def tiny_afrl_config(tmp_path):
 
 
 def test_lambda_sweep_writes_front_and_picks_on_validation(tmp_path):
-    load("afrl_lambda_sweep").main([tiny_afrl_config(tmp_path), "--lams", "0.1", "1", "--out", str(tmp_path / "sweep")])
+    load("afrl_lambda_sweep").main([tiny_afrl_config(tmp_path), "--lams", "0.1", "1", "--set", "aggregator_residual=true",
+                                    "--out", str(tmp_path / "sweep")])
     sweep = json.loads((tmp_path / "sweep" / "sweep.json").read_text())
     assert [p["lam"] for p in sweep["points"]] == [0.1, 1.0] and sweep["chosen_lam"] in (0.1, 1.0)
+    assert sweep["overrides"] == {"aggregator_residual": True}
     assert (tmp_path / "sweep" / "pareto.png").stat().st_size > 0
+
+
+def test_lambda_sweep_overrides_parse_json_values_and_reject_a_missing_value():
+    parse = load("afrl_lambda_sweep").parse_overrides
+    assert parse(["aggregator_residual=true", "adversary=confusion", "beta=0.5"]) == {
+        "aggregator_residual": True, "adversary": "confusion", "beta": 0.5}
+    with pytest.raises(SystemExit, match="FIELD=VALUE"):
+        parse(["aggregator_residual"])
 
 
 def test_baselines_benchmark_reports_every_method(tmp_path):
