@@ -137,6 +137,18 @@ def test_denoiser_maps_users_to_items_with_and_without_a_condition(denoiser):
     assert np.all(np.abs(hidden) <= 1)  # tanh
 
 
+def test_averaged_denoiser_equals_the_mean_of_one_pass_per_condition(denoiser):
+    cfg, _, conditioned = denoiser  # two hidden layers: the middle one runs per condition
+    x_t = jax.random.normal(jax.random.key(2), (B, I))
+    t = jnp.arange(B, dtype=jnp.int32) % cfg.steps
+    conds = jax.random.normal(jax.random.key(4), (3, B, 3))
+    looped = np.mean([np.asarray(diffusion.denoise(conditioned, x_t, t, c)) for c in conds], axis=0)
+    np.testing.assert_allclose(diffusion.denoise_averaged(conditioned, x_t, t, conds), looped, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(  # one condition: the plain pass
+        diffusion.denoise_averaged(conditioned, x_t, t, conds[:1]), diffusion.denoise(conditioned, x_t, t, conds[0]),
+        rtol=1e-5, atol=1e-6)
+
+
 def test_dropout_changes_the_output_only_when_a_key_is_given(denoiser):
     _, params, _ = denoiser
     x_t = jax.random.normal(jax.random.key(2), (B, I))

@@ -208,6 +208,28 @@ def denoise(params: dict, x_t: jax.Array, t: jax.Array, cond: jax.Array | None =
     return h @ last["w"] + last["b"]
 
 
+def denoise_averaged(params: dict, x_t: jax.Array, t: jax.Array, conds: jax.Array) -> jax.Array:
+    """``mean_g denoise(params, x_t, t, conds[g])`` ``(B, I)`` for ``conds (G, B, c)``, without repeating the work
+    the conditions share.
+
+    The first layer's input is ``[x_t; emb(t); cond]``, so its pre-activation is ``x_t W_x + emb W_e + b`` (once)
+    plus ``cond W_c`` (per condition); the last layer is linear, so the mean of the outputs is the last layer applied
+    to the mean hidden state. The big products (``x_t W_x`` and the last layer, both ``O(B I h)``) run once instead
+    of ``G`` times.
+    """
+    first = params["layers"][0]
+    num_items, cond_dim = x_t.shape[-1], conds.shape[-1]
+    time = params["time"]
+    emb = timestep_embedding(t, time["w"].shape[0]) @ time["w"] + time["b"]
+    w = first["w"]
+    shared = x_t @ w[:num_items] + emb @ w[num_items : w.shape[0] - cond_dim] + first["b"]  # (B, h)
+    h = jnp.tanh(shared[None] + conds @ w[w.shape[0] - cond_dim :])  # (G, B, h)
+    for layer in params["layers"][1:-1]:
+        h = jnp.tanh(h @ layer["w"] + layer["b"])
+    last = params["layers"][-1]
+    return jnp.mean(h, axis=0) @ last["w"] + last["b"]
+
+
 def hidden_state(params: dict, x_t: jax.Array, t: jax.Array, cond: jax.Array | None = None) -> jax.Array:
     """The first hidden layer's activation ``(B, hidden[0])``: the user latent the probes read."""
     return _first_layer(params, x_t, t, cond, None, 0.0)

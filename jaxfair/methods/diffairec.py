@@ -240,7 +240,8 @@ def serving_conditions(params: dict, x: jax.Array, own: jax.Array, tokens: jax.A
 def make_scorer(diffusion_config: diffusion.Config, config: DifFaiRecConfig, user_groups: jax.Array,
                 tokens: jax.Array) -> Callable:
     """Jitted ``(params, x (B, I), users (B,)) -> scores (B, I)``: the reverse process with the denoiser's output
-    averaged over the serving conditions at every step."""
+    averaged over the serving conditions at every step (:func:`jaxfair.backbones.diffusion.denoise_averaged`, which
+    runs the condition-free part of the first layer and the linear last layer once, not once per condition)."""
     schedule = diffusion.make_schedule(diffusion_config)
     user_groups = jnp.asarray(user_groups, jnp.int32)
     tokens = jnp.asarray(tokens, jnp.float32)
@@ -249,11 +250,8 @@ def make_scorer(diffusion_config: diffusion.Config, config: DifFaiRecConfig, use
     def scores(params, x, users):
         conditions = serving_conditions(params, x, user_groups[users], tokens, config.serve)
 
-        def predict(x_t, t):
-            outputs = jax.vmap(lambda c: diffusion.denoise(params["denoiser"], x_t, t, c))(conditions)
-            return jnp.mean(outputs, axis=0)
-
-        return diffusion.reverse(diffusion_config, schedule, predict, x)
+        return diffusion.reverse(diffusion_config, schedule,
+                                 lambda x_t, t: diffusion.denoise_averaged(params["denoiser"], x_t, t, conditions), x)
 
     return scores
 
