@@ -5,6 +5,7 @@ import json
 import pathlib
 import sys
 
+import numpy as np
 import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -218,11 +219,28 @@ def test_cofair_monotonicity_check():
 
 
 def test_cofair_sweep_reports_validation_curves(tmp_path):
-    results = load("cofair_sweep").main([tiny_cofair_config(tmp_path), "--grid", '[{}, {"adversary": "capped"}]',
-                                         "--out", str(tmp_path / "w")])
-    assert [r["setting"] for r in results] == [{}, {"adversary": "capped"}]
-    assert all(len(r["valid_dp@10"]) == 3 and len(r["probe_selection_auc"]) == 3 for r in results)
-    assert json.loads((tmp_path / "w" / "sweep.json").read_text()) == results
+    report = load("cofair_sweep").main([tiny_cofair_config(tmp_path), "--grid", '[{}, {"adversary": "capped"}]',
+                                        "--seeds", "0", "1", "--out", str(tmp_path / "w")])
+    runs = report["runs"]
+    assert [r["setting"] for r in runs] == [{}, {"adversary": "capped"}] * 2 and [r["seed"] for r in runs] == [0, 0, 1, 1]
+    assert all(len(r["valid_dp@10"]) == 3 and len(r["probe_selection_auc"]) == 3 for r in runs)
+    first = report["settings"][0]
+    assert first["seeds"] == [0, 1]
+    np.testing.assert_allclose(first["mean_valid_dp@10"], np.mean([runs[0]["valid_dp@10"], runs[2]["valid_dp@10"]], 0))
+    assert json.loads((tmp_path / "w" / "sweep.json").read_text()) == json.loads(json.dumps(report))
+
+
+def test_cofair_sweep_counts_falling_steps_from_level_1_and_chooses_on_them():
+    sweep = load("cofair_sweep")
+    assert sweep.falling_steps([0.9, 0.5, 0.4, 0.45, 0.3]) == 2  # level 0 -> 1 is not counted
+    curves = lambda ratio, dp, auc: {"setting": {}, "recall_ratio": ratio, "falling_dp": dp, "falling_auc": auc,
+                                     "mean_probe_selection_auc": [0.8, auc]}
+    settings = [curves(0.95, 1, 1), curves(0.9, 3, 2), curves(0.5, 4, 4)]
+    assert sweep.choose(settings, 0.85) is settings[1]  # the most falling steps among the accurate enough
+    assert sweep.choose(settings, 0.4) is settings[2]
+    assert sweep.choose(settings, 0.99) is None
+    tied = [curves(0.95, 2, 2), curves(0.95, 3, 1)]
+    assert sweep.choose(tied, 0.85) is tied[0]  # equals: the earlier grid entry (the public settings come first)
 
 
 def test_itfr_seeds_summarises_variants_and_checks_against_bpr(tmp_path):
