@@ -10,8 +10,8 @@ one entry per setting and seed; ``settings``: per setting, the curves averaged o
 ``chosen``) and prints one block per setting.
 
 Selection rule (validation only): a setting is admissible when its mean validation Recall@10 at level T is at least
-``--min-recall`` (0.85) times level 0's. Among those, the chosen one has the most falling steps from level 1 to T
-in the mean validation DP@10 curve plus the mean probe selection AUC curve (at most ``2 (T - 1)``); ties go to the
+``--min-recall`` (0.85) times level 0's. Among those, the chosen one has the most steps from level 1 to T at which
+the mean validation DP@10 curve and the mean probe selection AUC curve do not rise (at most ``2 (T - 1)``); ties go to the
 earlier grid entry, so the default grid, which lists the public code's settings first, leaves them only for a setting
 whose curves fall more often.
 """
@@ -103,7 +103,7 @@ def summarize_settings(runs: list[dict]) -> list[dict]:
             "setting": entries[0]["setting"],
             "seeds": [e["seed"] for e in entries],
             **{f"mean_{name}": curve for name, curve in mean.items()},
-            "recall_ratio": mean["valid_recall@10"][-1] / mean["valid_recall@10"][0],
+            "recall_ratio": mean["valid_recall@10"][-1] / max(mean["valid_recall@10"][0], 1e-12),
             "falling_dp": falling_steps(mean["valid_dp@10"]),
             "falling_auc": falling_steps(mean["probe_selection_auc"]),
         })
