@@ -358,3 +358,40 @@ def test_train_step_compiles_once_and_learns_the_planted_interactions():
     assert not np.allclose(diffusion.timestep_law(cfg, state.sampler), 1 / cfg.steps)
     after = float(denoising_error(state.params))
     assert after < 0.3 * before, (before, after)
+
+
+@pytest.mark.parametrize("mean_type", ["x0", "eps"])
+def test_train_step_loss_equals_a_hand_computation_and_ignores_padding(mean_type):
+    """DiffRec's loss written out: the key split in four as the step's, t from the (warm, non-uniform) importance
+    law, x_t by the closed-form forward process, input dropout, the SNR weight over T p(t), padding rows weighing 0."""
+    cfg = config(steps=4, hidden=(8,), dropout=0.5, history=2, mean_type=mean_type)
+    x = jnp.asarray(planted_interactions()[:6])
+    tx = optax.sgd(0.0)
+    state = diffusion.init_state(diffusion.init_denoiser(jax.random.key(0), x.shape[1], cfg), tx, cfg)
+    warm = jnp.asarray([[0.5, 0.4], [0.1, 0.2], [0.3, 0.3], [0.05, 0.1]], jnp.float32)  # (T, history)
+    state = state._replace(sampler=diffusion.TimestepSampler(warm, jnp.full((4,), 2, jnp.int32)))
+    batch = {"users": jnp.array([0, 3, 5, 2, 0], jnp.int32), "weight": jnp.array([1, 1, 1, 1, 0], jnp.float32)}
+    key = jax.random.key(7)
+    _, metrics = jax.jit(diffusion.make_train_step(cfg, x, tx))(state, batch, key)
+
+    schedule = diffusion.make_schedule(cfg)
+    k_t, k_noise, k_drop, _ = jax.random.split(key, 4)
+    t, p_t = diffusion.sample_timesteps(cfg, state.sampler, k_t, 5)
+    root = np.sqrt(np.mean(np.asarray(warm) ** 2, axis=1))
+    law = (1 - cfg.floor) * root / root.sum() + cfg.floor / 4
+    np.testing.assert_allclose(p_t, law[np.asarray(t)], rtol=1e-5)
+    x0 = np.asarray(x)[np.asarray(batch["users"])]
+    noise = np.asarray(jax.random.normal(k_noise, x0.shape))
+    abar = np.asarray(schedule.abar)[np.asarray(t)][:, None]
+    x_t = np.sqrt(abar) * x0 + np.sqrt(1 - abar) * noise
+    keep = np.asarray(jax.random.bernoulli(k_drop, 0.5, x0.shape))
+    output = np.asarray(diffusion.denoise(state.params, jnp.asarray(np.where(keep, x_t / 0.5, 0.0)), t))
+    target = x0 if mean_type == "x0" else noise
+    mse = np.mean((target - output) ** 2, axis=1)
+    snr = np.asarray(schedule.snr)
+    tt = np.asarray(t)
+    lam = np.where(tt == 0, 1.0, snr[np.maximum(tt - 1, 0)] - snr[tt]) if mean_type == "x0" else np.ones(5)
+    w = np.asarray(batch["weight"])
+    expected = np.sum(w * lam * mse / (4 * np.asarray(p_t))) / w.sum()
+    np.testing.assert_allclose(metrics["loss"], expected, rtol=1e-4)
+    np.testing.assert_allclose(metrics["mse"], np.sum(w * mse) / w.sum(), rtol=1e-5)

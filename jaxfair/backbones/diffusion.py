@@ -182,12 +182,29 @@ def input_dropout(key: jax.Array, x: jax.Array, rate: float) -> jax.Array:
     return jnp.where(keep, x / (1.0 - rate), 0.0)
 
 
+def _time_features(params: dict, t: jax.Array) -> jax.Array:
+    """The learned projection ``(B, e)`` of the sinusoidal embedding of ``t``."""
+    time = params["time"]
+    return timestep_embedding(t, time["w"].shape[0]) @ time["w"] + time["b"]
+
+
+def _hidden_layers(params: dict, h: jax.Array) -> jax.Array:
+    """The tanh layers after the first: ``(..., hidden[0]) -> (..., hidden[-1])``."""
+    for layer in params["layers"][1:-1]:
+        h = jnp.tanh(h @ layer["w"] + layer["b"])
+    return h
+
+
+def _output_layer(params: dict, h: jax.Array) -> jax.Array:
+    """The linear output layer: ``(..., hidden[-1]) -> (..., I)``."""
+    last = params["layers"][-1]
+    return h @ last["w"] + last["b"]
+
+
 def _first_layer(params: dict, x_t, t, cond, dropout_key, rate: float):
     if dropout_key is not None and rate > 0:
         x_t = input_dropout(dropout_key, x_t, rate)
-    time = params["time"]
-    emb = timestep_embedding(t, time["w"].shape[0]) @ time["w"] + time["b"]
-    parts = [x_t, emb] + ([] if cond is None else [cond])
+    parts = [x_t, _time_features(params, t)] + ([] if cond is None else [cond])
     first = params["layers"][0]
     return jnp.tanh(jnp.concatenate(parts, axis=-1) @ first["w"] + first["b"])
 
@@ -201,11 +218,7 @@ def denoise(params: dict, x_t: jax.Array, t: jax.Array, cond: jax.Array | None =
       x_t: float ``(B, I)``; t: int ``(B,)``; cond: float ``(B, c)`` or None (must match ``cond_dim``).
       dropout_key, rate: input dropout (training only).
     """
-    h = _first_layer(params, x_t, t, cond, dropout_key, rate)
-    for layer in params["layers"][1:-1]:
-        h = jnp.tanh(h @ layer["w"] + layer["b"])
-    last = params["layers"][-1]
-    return h @ last["w"] + last["b"]
+    return _output_layer(params, _hidden_layers(params, _first_layer(params, x_t, t, cond, dropout_key, rate)))
 
 
 def denoise_averaged(params: dict, x_t: jax.Array, t: jax.Array, conds: jax.Array) -> jax.Array:
@@ -219,15 +232,10 @@ def denoise_averaged(params: dict, x_t: jax.Array, t: jax.Array, conds: jax.Arra
     """
     first = params["layers"][0]
     num_items, cond_dim = x_t.shape[-1], conds.shape[-1]
-    time = params["time"]
-    emb = timestep_embedding(t, time["w"].shape[0]) @ time["w"] + time["b"]
     w = first["w"]
-    shared = x_t @ w[:num_items] + emb @ w[num_items : w.shape[0] - cond_dim] + first["b"]  # (B, h)
-    h = jnp.tanh(shared[None] + conds @ w[w.shape[0] - cond_dim :])  # (G, B, h)
-    for layer in params["layers"][1:-1]:
-        h = jnp.tanh(h @ layer["w"] + layer["b"])
-    last = params["layers"][-1]
-    return jnp.mean(h, axis=0) @ last["w"] + last["b"]
+    shared = x_t @ w[:num_items] + _time_features(params, t) @ w[num_items : w.shape[0] - cond_dim] + first["b"]
+    h = _hidden_layers(params, jnp.tanh(shared[None] + conds @ w[w.shape[0] - cond_dim :]))  # (G, B, h)
+    return _output_layer(params, jnp.mean(h, axis=0))
 
 
 def hidden_state(params: dict, x_t: jax.Array, t: jax.Array, cond: jax.Array | None = None) -> jax.Array:
@@ -330,7 +338,7 @@ def reverse(config: Config, schedule: Schedule, predict: Callable[[jax.Array, ja
     return x
 
 
-# --- DiffRec training: the unconditional model -----------------------------------------------------------------
+# --- training: the shared denoising step, and DiffRec (the unconditional model) -------------------------------
 
 
 class DiffusionState(NamedTuple):
