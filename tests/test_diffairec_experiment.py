@@ -107,13 +107,7 @@ def test_bad_configs_fail_before_reading_data(tmp_path, change, message):
 
 
 def test_seeds_harness_summarises_variants_and_checks_gaps_against_diffrec(diffairec_run):
-    import importlib.util
-    import pathlib
-
-    path = pathlib.Path(__file__).resolve().parents[1] / "benchmarks" / "diffairec_seeds.py"
-    spec = importlib.util.spec_from_file_location("diffairec_seeds", path)
-    harness = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(harness)
+    harness = load_benchmark("diffairec_seeds")
     _, results = diffairec_run
     second = copy.deepcopy(results)
     second["seed"] = 1
@@ -127,3 +121,93 @@ def test_seeds_harness_summarises_variants_and_checks_gaps_against_diffrec(diffa
     assert summary["checks"]["gaps_below_diffrec"]["diffairec_mean"]["eo_gap@20"] is False
     assert summary["checks"]["met"] is False
     assert table.count("| diffrec |") == 2 and "not met" in table
+
+
+def load_benchmark(name):
+    import importlib.util
+    import pathlib
+
+    path = pathlib.Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def with_validation(results, gap: float, ndcg: float, names, test_gap=None):
+    """A copy of ``results`` whose ``names`` have every validation gap ``gap`` and validation NDCG@20 ``ndcg``."""
+    out = copy.deepcopy(results)
+    for name in names:
+        block = out["variants"][name]
+        block["valid"]["ndcg@20"] = ndcg
+        for k in ("@10", "@20"):
+            block["valid_gaps"][k].update(recall_gap=gap, ndcg_gap=gap, eo_gap=gap)
+            if test_gap is not None:
+                block["gaps"][k].update(recall_gap=test_gap, ndcg_gap=test_gap, eo_gap=test_gap)
+    return out
+
+
+def test_results_carry_validation_gaps_for_choosing_settings(diffairec_run):
+    """Every synthetic user has validation and test positives, so each stage's group means, weighted by the group
+    sizes, give back that stage's overall mean: the validation gaps come from the validation targets."""
+    _, results = diffairec_run
+    sizes = np.asarray(results["group_users"], float)
+    for block in results["variants"].values():
+        assert set(block["valid_gaps"]) == {"@10", "@20"}
+        for stage, gaps in (("valid", block["valid_gaps"]), ("test", block["gaps"])):
+            for k in ("@10", "@20"):
+                for metric in ("recall", "ndcg"):
+                    by_group = np.asarray(gaps[k][f"{metric}_by_group"])
+                    assert np.dot(sizes, by_group) / sizes.sum() == pytest.approx(block[stage][f"{metric}{k}"], rel=1e-5)
+        assert block["valid_gaps"]["@20"]["recall_gap"] == pytest.approx(
+            abs(np.subtract(*block["valid_gaps"]["@20"]["recall_by_group"])))
+
+
+def test_sweep_chooses_the_fairest_admissible_setting_from_validation_only(diffairec_run):
+    sweep = load_benchmark("diffairec_sweep")
+    _, results = diffairec_run
+    base = with_validation(results, 0.1, 0.4, ["diffrec"])["variants"]["diffrec"]
+    fairer = with_validation(results, 0.05, 0.4, sweep.DIFFAIREC, test_gap=0.9)  # test gaps must be ignored
+    less_fair = with_validation(results, 0.2, 0.4, sweep.DIFFAIREC, test_gap=0.0)
+    inaccurate = with_validation(results, 0.01, 0.3, sweep.DIFFAIREC)
+    scores = {w: sweep.score_setting([base], [r], sweep.DIFFAIREC)
+              for w, r in ((1.0, fairer), (2.0, less_fair), (3.0, inaccurate))}
+    assert scores[1.0]["gap_difference"] == pytest.approx(-0.05) and scores[2.0]["gap_difference"] == pytest.approx(0.1)
+    assert scores[3.0]["accuracy_ratio"] == pytest.approx(0.75)
+    assert scores[1.0]["gap_minus_reference"]["eo_gap@10"] == pytest.approx(-0.05)
+    assert sweep.choose(scores, 0.98) == 1.0  # 3.0 is fairest but loses 25% NDCG
+    assert sweep.choose(scores, 0.7) == 3.0
+    assert sweep.choose({3.0: scores[3.0]}, 0.98) is None
+
+
+def test_sweep_runs_both_grids_and_rereads_finished_runs(data_dir, tmp_path):
+    sweep = load_benchmark("diffairec_sweep")
+    values = config_values(data_dir)
+    values["train"]["epochs"] = 1
+    lines = []
+    for section, block in values.items():
+        nested = {k: v for k, v in block.items() if isinstance(v, dict)}
+        lines.append(f"[{section}]")
+        lines += [f"{k} = {json.dumps(v)}" for k, v in block.items() if k not in nested]
+        for name, sub in nested.items():
+            lines.append(f"[{section}.{name}]")
+            lines += [f"{k} = {json.dumps(v)}" for k, v in sub.items()]
+    path = tmp_path / "tiny.toml"
+    path.write_text("\n".join(lines) + "\n")
+    args = [str(path), "--weights", "2", "--gammas", "10", "--seeds", "0", "--out", str(tmp_path / "sweep")]
+    report = sweep.main(args)
+    assert report["counterfactual_weight"]["reference"] == "diffrec"
+    assert set(report["counterfactual_weight"]["scores"]) == {"2"} and set(report["gamma"]["scores"]) == {"10"}
+    saved = json.loads((tmp_path / "sweep" / "sweep.json").read_text())
+    assert saved["gamma"]["variants"] == ["fair_mf"]
+    run = json.loads((tmp_path / "sweep" / "seed0" / "counterfactual_weight2" / "results.json").read_text())
+    assert list(run["variants"]) == list(sweep.DIFFAIREC) and run["method"]["counterfactual_weight"] == 2.0
+    marker = tmp_path / "sweep" / "seed0" / "gamma10" / "results.json"
+    stamp = marker.stat().st_mtime_ns
+    assert sweep.main(args) == report  # every run is read back, none retrained
+    assert marker.stat().st_mtime_ns == stamp
+    assert report["gamma"]["chosen"] in (None, "10")
+    assert "learning_rate = 0.01" in path.read_text()
+    path.write_text(path.read_text().replace("learning_rate = 0.01", "learning_rate = 0.02"))
+    with pytest.raises(SystemExit, match="another config"):  # a finished run of other settings is not reused
+        sweep.main(args)
