@@ -12,6 +12,7 @@ from jaxfair.config import ConfigError
 from jaxfair.data.synthetic import make_synthetic, write_ml100k_folder
 from jaxfair.experiments import runner
 from jaxfair.experiments.config import parse_config
+from test_benchmarks import load as load_benchmark
 
 VARIANTS = ["diffrec", "diffairec_mean", "diffairec_pca", "fair_mf", "mf"]
 
@@ -121,17 +122,6 @@ def test_seeds_harness_summarises_variants_and_checks_gaps_against_diffrec(diffa
     assert summary["checks"]["gaps_below_diffrec"]["diffairec_mean"]["eo_gap@20"] is False
     assert summary["checks"]["met"] is False
     assert table.count("| diffrec |") == 2 and "not met" in table
-
-
-def load_benchmark(name):
-    import importlib.util
-    import pathlib
-
-    path = pathlib.Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def with_validation(results, gap: float, ndcg: float, names, test_gap=None):
