@@ -11,17 +11,14 @@ with the seed; the data split and its evaluation negatives stay those of ``[data
 from __future__ import annotations
 
 import argparse
-import json
-import pathlib
 
 import numpy as np
 
-from jaxfair.experiments import runner
+from jaxfair.experiments import outputs, runner
 
 
 def mean_std(values) -> str:
-    values = [v for v in values if v is not None]
-    return f"{np.mean(values):.3f} ± {np.std(values):.3f}"
+    return outputs.mean_std([v for v in values if v is not None])
 
 
 def summarize(results: list[dict]) -> tuple[dict, str]:
@@ -68,12 +65,7 @@ def main(argv=None):
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--out", default="benchmarks/results/afrl_main_job")
     args = parser.parse_args(argv)
-    out = pathlib.Path(args.out)
-    results = runner.run_seeds(args.config, args.seeds, out)
-    summary, table = summarize(results)
-    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    (out / "table.md").write_text(table)
-    print(table)
+    runner.seeds_report(args.config, args.seeds, args.out, summarize)
 
 
 if __name__ == "__main__":

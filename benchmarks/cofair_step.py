@@ -35,7 +35,6 @@ load average at the start and end is recorded: on a shared 2-core machine it bou
 from __future__ import annotations
 
 import argparse
-import os
 import pathlib
 import statistics
 
@@ -45,7 +44,7 @@ import numpy as np
 
 from jaxfair.backbones.base import dot_score
 from jaxfair.methods import cofair
-from timing import device_info, interleaved_ms, jaxlib_version, nothing, quartiles, torch_or_reason, write_json
+from timing import device_info, finish, interleaved_ms, jaxlib_version, nothing, quartiles, torch_or_reason
 
 DEFAULT_OUT = pathlib.Path(__file__).resolve().parent / "results" / "cofair_step.json"
 QUICK = {"users": 40, "items": 30, "dim": 8, "levels": 3, "batch": 64, "repeats": 3, "batches": 2}
@@ -303,7 +302,11 @@ def main(argv=None):
                      "torch_1_thread": "torch_1_thread_vs_jax"}[name]
             results[f"check_max_abs_diff_{label}"] = max_metric_diff(checked["jax_vmap"], checked[name])
 
-    results["device"]["load_average_at_end"] = list(os.getloadavg())  # other processes skew the timings
+    return finish(results, out, lambda r: report(r, args))
+
+
+def report(results, args):
+    """The readable table."""
     print(f"Cofair train step, U={args.users} I={args.items} d={args.dim} T={args.levels} K={args.classes} "
           f"B={args.batch}, median of {args.repeats} steps ({results['device']['jax_backend']}, "
           f"{results['device']['cpu_count']} cpus)")
@@ -322,9 +325,6 @@ def main(argv=None):
             print(f"  {key:38s} {value:10.4g}")
     if "torch_skipped" in results:
         print(f"  torch skipped: {results['torch_skipped']}")
-    if out:
-        write_json(out, results)
-    return results
 
 
 if __name__ == "__main__":

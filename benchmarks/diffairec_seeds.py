@@ -18,14 +18,14 @@ import argparse
 
 import numpy as np
 
-from jaxfair.experiments import runner
+from jaxfair.experiments import outputs, runner
 
 GAPS = ("recall_gap", "ndcg_gap", "eo_gap")
 GAP_LABELS = {"recall_gap": "AE-Recall", "ndcg_gap": "AE-NDCG", "eo_gap": "EO"}
 
 
 def mean_std(values) -> str:
-    return f"{np.mean(values):.4f} ± {np.std(values):.4f}"
+    return outputs.mean_std(values, digits=4)
 
 
 def summarize(results: list[dict], ks=(10, 20)) -> tuple[dict, str]:

@@ -77,7 +77,6 @@ import argparse
 import dataclasses
 import functools
 import math
-import os
 import pathlib
 import sys
 import time
@@ -90,8 +89,8 @@ import optax
 from jaxfair.backbones import diffusion
 from jaxfair.methods import diffairec
 from jaxfair.training.step import make_epoch_fn
-from timing import (device_info, interleaved_ms, jax_epoch_caller, jax_step_caller, jaxlib_version,
-                    median_and_quartiles, nothing, torch_or_reason, write_json)
+from timing import (device_info, finish, interleaved_ms, jax_epoch_caller, jax_step_caller, jaxlib_version,
+                    median_and_quartiles, nothing, torch_or_reason)
 
 DEFAULT_OUT = pathlib.Path(__file__).resolve().parent / "results" / "diffairec_step.json"
 QUICK = {"users": 48, "items": 40, "density": 0.1, "batch": 16, "eval_batch": 32, "hidden": [32], "latent_dim": 8,
@@ -636,11 +635,7 @@ def main(argv=None):
         results["check_passed"] = all(passes(quantity, values) for c in checks.values()
                                       for block in (c["initial"], c["warm"], {"scores": c["scores"]})
                                       for quantity, values in block.items() if isinstance(values, dict))
-    results["device"]["load_average_at_end"] = list(os.getloadavg())  # other processes skew the timings
-    report(results, args)
-    if out:
-        write_json(out, results)
-    return results
+    return finish(results, out, lambda r: report(r, args))
 
 
 def report(results, args):

@@ -18,10 +18,7 @@ import argparse
 import numpy as np
 
 from jaxfair.experiments import runner
-
-
-def mean_std(values) -> str:
-    return f"{np.mean(values):.3f} ± {np.std(values):.3f}"
+from jaxfair.experiments.outputs import mean_std
 
 
 def summarize(results: list[dict], k: int = 20) -> tuple[dict, str]:

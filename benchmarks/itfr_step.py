@@ -58,7 +58,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import os
 import pathlib
 import sys
 
@@ -70,8 +69,8 @@ from jax.flatten_util import ravel_pytree
 
 from jaxfair.data.groups import intersectional_groups
 from jaxfair.methods import itfr
-from timing import (device_info, interleaved_ms, jax_epoch_caller, jax_step_caller, jaxlib_version,
-                    median_and_quartiles, nothing, torch_or_reason, write_json)
+from timing import (device_info, finish, interleaved_ms, jax_epoch_caller, jax_step_caller, jaxlib_version,
+                    median_and_quartiles, nothing, torch_or_reason)
 
 DEFAULT_OUT = pathlib.Path(__file__).resolve().parent / "results" / "itfr_step.json"
 QUICK = {"users": 40, "items": 30, "dim": 8, "batch": 64, "batches": 3, "groups": [4, 12], "repeats": 3,
@@ -413,11 +412,7 @@ def main(argv=None):
         results["checks"] = checks
         results["check_max_abs_diff_params"] = max(c["params"]["max_abs_diff"] for per_g in checks.values()
                                                    for c in per_g.values())
-    results["device"]["load_average_at_end"] = list(os.getloadavg())  # other processes skew the timings
-    report(results, args)
-    if out:
-        write_json(out, results)
-    return results
+    return finish(results, out, lambda r: report(r, args))
 
 
 def report(results, args):

@@ -87,8 +87,8 @@ def median_and_quartiles(values):
 
 
 def device_info() -> dict:
-    """The machine, JAX's backend and devices, and the load average now (``load_average_at_start``; callers add
-    ``load_average_at_end`` when they are done: other processes skew the timings)."""
+    """The machine, JAX's backend and devices, and the load average now (``load_average_at_start``; :func:`finish`
+    adds ``load_average_at_end``: other processes skew the timings)."""
     import jax
 
     return {"machine": f"{platform.machine()} {platform.processor()}".strip(), "cpu_count": os.cpu_count(),
@@ -120,3 +120,12 @@ def write_json(out, results: dict) -> pathlib.Path:
     path.write_text(json.dumps(results, indent=2) + "\n")
     print(f"wrote {path}")
     return path
+
+
+def finish(results: dict, out, report) -> dict:
+    """A step benchmark's ending: record the load average now, print ``report(results)``, write ``out`` (if given)."""
+    results["device"]["load_average_at_end"] = list(os.getloadavg())  # other processes skew the timings
+    report(results)
+    if out:
+        write_json(out, results)
+    return results

@@ -27,7 +27,7 @@ from jaxfair.config import from_dict, to_dict
 from jaxfair.data.dataset import Split
 from jaxfair.experiments import backbone as backbone_experiment
 from jaxfair.experiments.config import ExperimentConfig
-from jaxfair.experiments.outputs import format_table, write_json, write_npy
+from jaxfair.experiments.outputs import format_table, run_header, write_json, write_npy
 from jaxfair.methods import afrl
 from jaxfair.methods import requirements as requirements_lib
 from jaxfair.metrics.probe import probe_attribute
@@ -168,13 +168,8 @@ def run(config: ExperimentConfig, out_dir, log: Callable[[str], None] = print) -
     per_requirement = evaluation["requirements"]
     backbone_probe = evaluation["backbone_probe"]
     results = {
-        "dataset": split.name,
-        "source": config.data.source,
-        "statistics": split.statistics(),
-        "protocol": "sampled",
-        "protocol_description": f"target ranked among {split.test_negatives.shape[1]} fixed sampled negatives",
-        "seed": config.train.seed,
-        "split_seed": config.data.seed,
+        **run_header(split, config, "sampled",
+                     f"target ranked among {split.test_negatives.shape[1]} fixed sampled negatives"),
         "backbone": {
             "name": config.backbone_name,
             "metrics": backbone_metrics,

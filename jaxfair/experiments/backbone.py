@@ -29,7 +29,7 @@ from jaxfair.data.fetch import load
 from jaxfair.data.holdout import HoldoutSplit
 from jaxfair.data.preprocess import prepare
 from jaxfair.experiments.config import DataConfig, EvalConfig, ExperimentConfig
-from jaxfair.experiments.outputs import format_table, write_json, write_npy, write_users_csv
+from jaxfair.experiments.outputs import format_table, run_header, write_json, write_npy, write_users_csv
 from jaxfair.metrics.probe import probe_all
 from jaxfair.metrics.ranking import full_protocol, sampled_protocol, summarize
 from jaxfair.training.checkpoint import Checkpointer
@@ -272,11 +272,7 @@ def run(config: ExperimentConfig, out_dir: str | pathlib.Path, log: Callable[[st
     write_npy(out_dir / "user_embeddings.npy", embeddings)
 
     results = {
-        "dataset": split.name,
-        "source": config.data.source,
-        "statistics": split.statistics(),
-        "seed": config.train.seed,
-        "split_seed": config.data.seed,
+        **run_header(split, config),
         "backbone": config.backbone_name,
         "training": {
             "best_epoch": fit_result.best_epoch,

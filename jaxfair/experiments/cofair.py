@@ -34,7 +34,7 @@ from jaxfair.config import ConfigError, from_dict, to_dict
 from jaxfair.data.holdout import HoldoutSplit
 from jaxfair.experiments import backbone as backbone_experiment
 from jaxfair.experiments.config import ExperimentConfig
-from jaxfair.experiments.outputs import format_table, write_figure, write_json, write_npy
+from jaxfair.experiments.outputs import FULL_RANKING, format_table, run_header, write_figure, write_json, write_npy
 from jaxfair.methods import cofair
 from jaxfair.metrics.exposure import full_ranking_report
 from jaxfair.metrics.probe import probe_attribute
@@ -228,14 +228,8 @@ def run(config: ExperimentConfig, out_dir, log: Callable[[str], None] = print) -
         timings["retrain_seconds"] = baseline["seconds"]
 
     results = {
-        "dataset": split.name,
-        "source": config.data.source,
-        "statistics": split.statistics(),
-        "protocol": "full",
-        "protocol_description": "held-out positives ranked among all items; training (and validation) positives masked",
+        **run_header(split, config, "full", FULL_RANKING),
         "attribute": section.attribute,
-        "seed": config.train.seed,
-        "split_seed": config.data.seed,
         "backbone": {"name": config.backbone_name, "best_epoch": frozen.fit.best_epoch},
         "cofair": {
             "config": to_dict(section),

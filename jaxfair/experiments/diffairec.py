@@ -41,7 +41,7 @@ from jaxfair.config import ConfigError, from_dict, to_dict
 from jaxfair.data.holdout import HoldoutSplit
 from jaxfair.experiments import backbone as backbone_experiment
 from jaxfair.experiments.config import EvalConfig, ExperimentConfig
-from jaxfair.experiments.outputs import format_table, write_json
+from jaxfair.experiments.outputs import FULL_RANKING, fit_summary, format_table, run_header, write_json
 from jaxfair.methods import diffairec, fair_mf
 from jaxfair.metrics.equality import ranking_gaps
 from jaxfair.metrics.probe import probe_attribute
@@ -219,23 +219,12 @@ def run(config: ExperimentConfig, out_dir, log: Callable[[str], None] = print) -
         else:
             result, model = train_diffusion(name, split, section, dc, groups, num_groups, config, out_dir, log)
         seconds = time.perf_counter() - tick
-        variants[name] = {
-            "best_epoch": result.best_epoch,
-            "epochs_run": result.epochs_run,
-            "train_seconds": seconds,
-            "seconds_per_epoch": seconds / max(result.epochs_run, 1),
-            **evaluate_model(model, split, groups, num_groups, ks, config, probe_key),
-        }
+        variants[name] = {**fit_summary(result, seconds),
+                          **evaluate_model(model, split, groups, num_groups, ks, config, probe_key)}
         timings[f"{name}_seconds"] = seconds
 
     results = {
-        "dataset": split.name,
-        "source": config.data.source,
-        "statistics": split.statistics(),
-        "protocol": "full",
-        "protocol_description": "held-out positives ranked among all items; training (and validation) positives masked",
-        "seed": config.train.seed,
-        "split_seed": config.data.seed,
+        **run_header(split, config, "full", FULL_RANKING),
         "attribute": section.attribute,
         "groups": classes,
         "group_users": np.bincount(groups, minlength=num_groups).tolist(),

@@ -38,7 +38,7 @@ from jaxfair.data.groups import genre_item_groups, group_counts, intersectional_
 from jaxfair.data.holdout import HoldoutSplit
 from jaxfair.experiments import backbone as backbone_experiment
 from jaxfair.experiments.config import EvalConfig, ExperimentConfig
-from jaxfair.experiments.outputs import format_table, write_figure, write_json
+from jaxfair.experiments.outputs import FULL_RANKING, fit_summary, format_table, run_header, write_figure, write_json
 from jaxfair.methods import itfr
 from jaxfair.metrics.intersectional import intersectional_report
 from jaxfair.training.trainer import Task, fit
@@ -188,23 +188,14 @@ def run(config: ExperimentConfig, out_dir, log: Callable[[str], None] = print) -
         seconds = time.perf_counter() - tick
         variants[name] = {
             "config": to_dict(method),
-            "best_epoch": fit_result.best_epoch,
-            "epochs_run": fit_result.epochs_run,
-            "train_seconds": seconds,
-            "seconds_per_epoch": seconds / max(fit_result.epochs_run, 1),
+            **fit_summary(fit_result, seconds),
             "final_weights": np.asarray(fit_result.state.weights).tolist(),
             **evaluate_variant(split, embed, fit_result.best_params, method, groups, config),
         }
         timings[f"{name}_seconds"] = seconds
 
     results = {
-        "dataset": split.name,
-        "source": config.data.source,
-        "statistics": split.statistics(),
-        "protocol": "full",
-        "protocol_description": "held-out positives ranked among all items; training (and validation) positives masked",
-        "seed": config.train.seed,
-        "split_seed": config.data.seed,
+        **run_header(split, config, "full", FULL_RANKING),
         "backbone": config.backbone_name,
         "groups": {
             "user_attribute": section.user_attribute,

@@ -98,3 +98,27 @@ def format_table(rows: Sequence[dict], columns: Sequence[str], *, digits: int = 
     lines.append("  ".join("-" * w for w in widths))
     lines.extend("  ".join(v.ljust(w) for v, w in zip(r, widths)) for r in body)
     return "\n".join(lines)
+
+
+def mean_std(values, digits: int = 3) -> str:
+    """``"mean ± std"`` of ``values`` (population std), each to ``digits`` decimals: the seed harnesses' cells."""
+    return f"{np.mean(values):.{digits}f} ± {np.std(values):.{digits}f}"
+
+
+FULL_RANKING = "held-out positives ranked among all items; training (and validation) positives masked"
+
+
+def run_header(split, config, protocol: str | None = None, description: str | None = None) -> dict:
+    """The fields every experiment's ``results.json`` opens with: the dataset, its source and statistics, the
+    protocol (when given) and the seeds. ``config`` is the run's :class:`~jaxfair.experiments.config.ExperimentConfig`."""
+    header = {"dataset": split.name, "source": config.data.source, "statistics": split.statistics()}
+    if protocol is not None:
+        header.update(protocol=protocol, protocol_description=description)
+    header.update(seed=config.train.seed, split_seed=config.data.seed)
+    return header
+
+
+def fit_summary(fit_result, seconds: float) -> dict:
+    """A trained model's entry in ``results.json``: best and last epoch, training time and time per epoch."""
+    return {"best_epoch": fit_result.best_epoch, "epochs_run": fit_result.epochs_run, "train_seconds": seconds,
+            "seconds_per_epoch": seconds / max(fit_result.epochs_run, 1)}
