@@ -5,7 +5,8 @@ masked) and the probe's selection AUC (on the probe-validation users; the probe-
     python benchmarks/cofair_sweep.py configs/cofair_pmf_ml100k.toml --out benchmarks/results/cofair_sweep
 
 Each grid entry overrides fields of the config's ``[cofair]`` section; the default grid compares the public code's
-settings with the adversary and attacker variants of :mod:`jaxfair.methods.cofair`. Writes ``sweep.json`` (``runs``:
+settings with the adversary and attacker variants of :mod:`jaxfair.methods.cofair` (``mean_gap`` at four weight
+scales). Writes ``sweep.json`` (``runs``:
 one entry per setting and seed; ``settings``: per setting, the curves averaged over seeds and how often they fall;
 ``chosen``) and prints one block per setting.
 
@@ -42,6 +43,12 @@ DEFAULT_GRID = [
     {**LINEAR, "adversary": "paper"},
     {**LINEAR, "adversary": "capped"},
     {**LINEAR, "adversary": "confusion"},
+    # The closed-form linear attacker (the share of variance between the class means) with the public code's D,
+    # which still drives Eq. (10) and the regulariser; its term lies in [0, 1], so the weights are larger.
+    {**PUBLIC, "adversary": "mean_gap", "lambda0": 0.02, "alpha": 0.25},
+    {**PUBLIC, "adversary": "mean_gap", "lambda0": 0.05, "alpha": 0.5},
+    {**PUBLIC, "adversary": "mean_gap", "lambda0": 0.05, "alpha": 1.0},
+    {**PUBLIC, "adversary": "mean_gap", "lambda0": 0.1, "alpha": 1.0},
 ]
 
 

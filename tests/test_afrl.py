@@ -214,6 +214,26 @@ def test_confusion_adversary_is_cross_entropy_to_the_prior_and_bounded(toy):
     assert got >= entropy - 1e-5  # never below the prior's entropy: F cannot win by making D confidently wrong
 
 
+def test_mean_gap_adversary_adds_lambda_times_each_attributes_between_class_share(toy):
+    u, labels, weight, head_w, mask = toy
+    z0 = 0.5 * u  # F(u) = u / 2
+    kept = weight > 0
+    expected = 0.0
+    for i in range(M):
+        x, a = z0[kept], labels[kept, i]
+        mean = x.mean(0)
+        between = sum(np.mean(a == k) * np.sum((x[a == k].mean(0) - mean) ** 2) for k in np.unique(a))
+        expected += between / np.mean(np.sum((x - mean) ** 2, axis=-1))
+    got = afrl.mean_gap_loss(jnp.asarray(z0), labels, weight, mask)
+    np.testing.assert_allclose(got, expected, rtol=1e-5)
+    assert 0 < expected < M
+    f_params = [{"w": jnp.asarray(0.5 * np.eye(D), jnp.float32), "b": jnp.zeros(D)}]
+    reconstruction = np.mean(np.sum((z0 - u) ** 2, axis=-1))
+    got_f = afrl.collaborative_loss(f_params, linear_stack(head_w), u, labels, np.ones(B, np.float32), weight, mask,
+                                    lam=3.0, adversary="mean_gap")
+    np.testing.assert_allclose(got_f, reconstruction + 3.0 * expected, rtol=1e-5)
+
+
 def test_vmapped_requirement_metrics_equal_a_loop_over_requirements(state_and_data):
     from jaxfair.methods.requirements import embedding_metrics, requirement_metrics
 

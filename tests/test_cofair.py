@@ -103,6 +103,17 @@ def np_softplus(x):
     return np.log1p(np.exp(-np.abs(x))) + np.maximum(x, 0.0)
 
 
+def np_between_class_share(x, labels, w):
+    """``sum_k p_k ||mu_k - mu||^2 / (weighted mean ||x - mu||^2)`` for one level, ``(B, d)``, in float64."""
+    mean = w @ x / w.sum()
+    between = 0.0
+    for k in np.unique(labels[w > 0]):
+        in_k = (labels == k) * w
+        between += in_k.sum() / w.sum() * np.sum((in_k @ x / in_k.sum() - mean) ** 2)
+    total = w @ np.sum((x - mean) ** 2, axis=-1) / w.sum()
+    return between / total
+
+
 def np_filter_loss(params, data, batch, config):
     """The filter objective of one batch in float64, one entry per BPR row (the paper's per-row form)."""
     user = np.asarray(batch["user"])
@@ -139,6 +150,8 @@ def np_filter_loss(params, data, batch, config):
         prior = np.asarray(data.prior, np.float64)
         confusion = -np.sum(prior * logp, axis=-1)  # (T, B)
         adversarial = confusion @ user_w / user_w.sum()
+    elif config.adversary == "mean_gap":
+        adversarial = np.array([np_between_class_share(levels[t], labels, user_w) for t in range(num_levels)])
     else:
         adversarial = -level_losses
     loss = np.mean(bpr + lambdas * adversarial) + config.beta * reg
@@ -365,7 +378,7 @@ def test_step_updates_D_first_then_the_filter_against_the_updated_D():
 # ----------------------------------------------------------------------------------------------- per-user == per-row
 
 
-@pytest.mark.parametrize("adversary", ["paper", "capped", "confusion"])
+@pytest.mark.parametrize("adversary", ["paper", "capped", "confusion", "mean_gap"])
 def test_per_user_and_per_row_batches_give_the_same_loss_and_gradients(adversary):
     config = small_config(adversary=adversary)
     data = make_toy_data(2, 3, withheld=(0, 5, 9, 17))
@@ -408,7 +421,7 @@ def test_batch_users_per_user_weights_are_label_weighted_row_counts():
 # ----------------------------------------------------------------------------------------------- the objective
 
 
-@pytest.mark.parametrize("adversary", ["paper", "capped", "confusion"])
+@pytest.mark.parametrize("adversary", ["paper", "capped", "confusion", "mean_gap"])
 def test_filter_loss_matches_numpy_reference(adversary):
     config = small_config(adversary=adversary)
     data = make_toy_data(4, 3)
@@ -506,6 +519,45 @@ def test_confusion_term_is_smallest_when_D_predicts_the_prior():
     entropy = -float(jnp.sum(prior * jnp.log(prior)))
     np.testing.assert_allclose(np.asarray(c_prior), entropy, rtol=1e-6)
     assert np.all(np.asarray(c_else) > np.asarray(c_prior))
+
+
+def test_mean_gap_adversary_adds_lambda_times_the_between_class_share():
+    config = small_config(adversary="mean_gap", lambda0=0.4, alpha=0.2)
+    data = make_toy_data(11, 3, withheld=(2, 7))
+    params = random_params(12, config, num_classes=3)
+    batch = make_batch(90, 20)
+    loss, m = jit_filter_loss(params, data, batch, config)
+    user = np.asarray(batch["user"])
+    w = np.asarray(batch["weight"], np.float64) * np.asarray(data.label_weight)[user]
+    levels = np_levels(params["filter"], np.asarray(data.user_vecs, np.float64)[user], config)
+    share = np.array([np_between_class_share(level, np.asarray(data.labels)[user], w) for level in levels])
+    assert np.all((share > 0) & (share < 1))
+    expected = np.mean(np.asarray(m["bpr"]) + np.asarray(m["lambda"]) * share) + config.beta * float(m["reg"])
+    np.testing.assert_allclose(float(loss), expected, rtol=1e-4)
+
+
+def test_between_class_share_is_zero_for_equal_class_means_and_one_without_spread_inside_classes():
+    rng = np.random.default_rng(13)
+    labels = jnp.array([0, 0, 1, 1, 2, 2])
+    weight = jnp.ones(6)
+    centred = rng.normal(size=(1, 3, 1, D))
+    same_means = jnp.asarray(np.concatenate([centred, -centred], axis=2).reshape(1, 6, D))  # every class mean is 0
+    np.testing.assert_allclose(np.asarray(cofair.between_class_share(same_means, labels, weight, 3)), [0.0], atol=1e-6)
+    on_means = jnp.asarray(np.repeat(rng.normal(size=(1, 3, D)), 2, axis=1))  # each user sits on their class mean
+    np.testing.assert_allclose(np.asarray(cofair.between_class_share(on_means, labels, weight, 3)), [1.0], rtol=1e-5)
+
+
+def test_between_class_share_ignores_scale_and_zero_weight_users():
+    """Shrinking a level does not lower its share, and a user with weight 0 (withheld label, padding) has no say."""
+    rng = np.random.default_rng(14)
+    x = jnp.asarray(rng.normal(size=(2, 8, D)) + np.arange(8)[None, :, None] % 2, jnp.float32)
+    labels = jnp.array([0, 1, 0, 1, 0, 1, 0, 1])
+    weight = jnp.array([1.0, 2.0, 1.0, 1.0, 3.0, 1.0, 0.0, 1.0])
+    share = np.asarray(cofair.between_class_share(x, labels, weight, 2))
+    np.testing.assert_allclose(np.asarray(cofair.between_class_share(0.1 * x, labels, weight, 2)), share, rtol=1e-5)
+    moved = x.at[:, 6].set(100.0)
+    np.testing.assert_allclose(np.asarray(cofair.between_class_share(moved, labels, weight, 2)), share, rtol=1e-5)
+    assert np.all(share > 0)
 
 
 # ----------------------------------------------------------------------------------------------- validation

@@ -163,3 +163,23 @@ def test_full_ranking_report_vmaps_over_embedding_sets(ranking_case):
                                      jnp.asarray(exclude), jnp.asarray(groups), num_groups=2, ks=(5,))
         for name, value in single.items():
             np.testing.assert_allclose(float(report[name][level]), float(value), rtol=1e-5, err_msg=name)
+
+
+@pytest.mark.parametrize("num_sets", [1, 2])
+def test_level_report_of_any_number_of_embedding_sets_equals_the_direct_report(num_sets):
+    """One set must not go through a size-1 ``jax.vmap``: jax/jaxlib 0.10.2 on CPU miscompiles the scorer's broadcast
+    product there at shapes like these (30 users, 60 items), giving wrong scores."""
+    from jaxfair.experiments.cofair import level_report
+
+    rng = np.random.default_rng(1)
+    user_vecs = jnp.asarray(rng.normal(size=(num_sets, 30, 4)), jnp.float32)
+    item_vecs = jnp.asarray(rng.normal(size=(60, 4)), jnp.float32)
+    targets = jnp.asarray(rng.random((30, 60)) < 0.1)
+    exclude = jnp.asarray(rng.random((30, 60)) < 0.1) & ~targets
+    groups = jnp.asarray(rng.integers(0, 2, 30))
+    report = level_report(user_vecs, item_vecs, jax.tree_util.Partial(dot), targets, exclude, groups, 2, (3, 5))
+    for s in range(num_sets):
+        direct = full_ranking_report(dot, user_vecs[s], item_vecs, targets, exclude, groups, num_groups=2, ks=(3, 5))
+        assert float(direct["recall@3"]) > 0
+        for name, value in direct.items():
+            np.testing.assert_allclose(float(report[name][s]), float(value), rtol=1e-5, err_msg=name)

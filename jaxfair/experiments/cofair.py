@@ -93,7 +93,14 @@ def level_report(levels, item_vecs, score, targets, exclude, groups, num_groups:
 
     Returns:
       Metric name -> ``(L,)``.
+
+    A single embedding set (``L = 1``) is reported without ``jax.vmap``: jax/jaxlib 0.10.2 on CPU miscompiles the
+    scorer's ``sum(u[:, :, None, :] * v[None, None], -1)`` when the leading axis has size 1 (wrong scores, so
+    recall 0 on MovieLens-100k; ``tests/test_exposure.py`` checks both paths against the direct report).
     """
+    if levels.shape[0] == 1:
+        one = full_ranking_report(score, levels[0], item_vecs, targets, exclude, groups, num_groups=num_groups, ks=ks)
+        return {name: value[None] for name, value in one.items()}
     return jax.vmap(
         lambda u: full_ranking_report(score, u, item_vecs, targets, exclude, groups, num_groups=num_groups, ks=ks)
     )(levels)

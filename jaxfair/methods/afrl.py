@@ -39,7 +39,10 @@ Choices where the paper is silent (recorded here on purpose):
   one step ahead of ``D_i``, which leaves the attribute recoverable by a fresh probe. ``adversary = "confusion"``
   keeps the min-max structure but gives F a bounded target: it minimises ``lambda * sum_i CE(p(a_i), q(. | z_0;
   D_i))``, the cross-entropy between the attribute's class prior and the discriminator's prediction, smallest
-  exactly when D_i can do no better than the prior. D_i is trained as in the paper in both cases.
+  exactly when D_i can do no better than the prior. ``adversary = "mean_gap"`` solves the inner maximisation in
+  closed form for a linear attacker on the class means: F minimises ``lambda * sum_i S_i(z_0)``, with ``S_i`` the
+  share of z_0's variance that lies between attribute i's class means (:mod:`jaxfair.methods.class_means`), over
+  the batch's users. D_i is trained as in the paper in every case (under ``mean_gap`` it only reports).
 """
 
 from __future__ import annotations
@@ -54,11 +57,12 @@ import numpy as np
 import optax
 
 from jaxfair.backbones.base import bpr_loss
+from jaxfair.methods.class_means import between_class_share
 from jaxfair.methods.mlp import mlp_apply, mlp_init, mlp_sizes, stack_apply, stack_apply_each, stack_init
 from jaxfair.training.step import TrainState
 
 PLAYERS = ("C", "E", "D", "F", "G")
-ADVERSARIES = ("confusion", "paper")
+ADVERSARIES = ("confusion", "mean_gap", "paper")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,8 +80,9 @@ class AFRLConfig:
         validation NDCG@10 over all fairness requirements).
       use_attribute_embeddings: False gives the AFRL-w/o-z_i ablation.
       use_collaborative_embedding: False gives the AFRL-w/o-z_0 ablation.
-      adversary: ``"paper"`` (default; Eq. 16's ``-lambda * CE`` literally) or ``"confusion"`` (F pushes D_i's
-        prediction to the class prior); see the module docstring.
+      adversary: ``"paper"`` (default; Eq. 16's ``-lambda * CE`` literally), ``"confusion"`` (F pushes D_i's
+        prediction to the class prior) or ``"mean_gap"`` (F shrinks the share of z_0's variance between each
+        attribute's class means); see the module docstring.
       discriminator_steps: D updates per batch before F's update (the inner maximisation of Eq. 16; the paper
         does one alternating step, Algorithm 1 line 9).
       aggregator_residual: True makes G residual on z_0, ``u* = z_0 + G(...)`` (see the module docstring); False
@@ -294,13 +299,29 @@ def collaborative_loss(
     """Outer minimisation of Eq. (16) over F: ``E ||z_0 - u||^2`` (Eq. 15) plus the adversarial term.
 
     ``adversary="paper"``: ``- lambda sum_i [-log q(a_i | z_0; D_i)]`` (Eq. 14 as written);
-    ``adversary="confusion"``: ``+ lambda sum_i CE(p(a_i), q(. | z_0; D_i))`` with ``prior`` the class priors.
+    ``adversary="confusion"``: ``+ lambda sum_i CE(p(a_i), q(. | z_0; D_i))`` with ``prior`` the class priors;
+    ``adversary="mean_gap"``: ``+ lambda sum_i S_i(z_0)`` (:func:`mean_gap_loss`; D is not used).
     """
     z0 = mlp_apply(f_params, u)
     reconstruction = _weighted_mean(jnp.sum((z0 - u) ** 2, axis=-1), recon_weight)
     if adversary == "paper":
         return reconstruction - lam * discriminator_loss(d_params, z0, labels, attr_weight, mask)
+    if adversary == "mean_gap":
+        return reconstruction + lam * mean_gap_loss(z0, labels, attr_weight, mask)
     return reconstruction + lam * confusion_loss(d_params, z0, prior, attr_weight, mask)
+
+
+def mean_gap_loss(z0: jax.Array, labels: jax.Array, weight: jax.Array, mask: jax.Array) -> jax.Array:
+    """``sum_i S_i(z_0)``: for each attribute, the share of z_0's variance between its class means.
+
+    Args:
+      z0: ``(B, d)``; labels: int ``(B, M)``; weight: ``(B,)`` (0 for padding and withheld labels);
+      mask: bool ``(M, max_classes)`` (its width is the number of classes every attribute is counted over; absent
+        classes have no weight and drop out).
+    """
+    return sum(
+        between_class_share(z0[None], labels[:, i], weight, mask.shape[1])[0] for i in range(labels.shape[1])
+    )
 
 
 def aggregator_loss(g_params, params, u, pos_vecs, neg_vecs, sensitive, weight, score, config) -> jax.Array:

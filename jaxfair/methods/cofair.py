@@ -43,7 +43,16 @@ Choices where the paper is silent or its public code (WeixinChen98/Cofair) diffe
   the paper's term with each user's attacker loss capped at ``-log prior[a_u]`` (what an attacker that only knows
   the class frequencies pays), in the adversarial term, in Eq. (10) and in ``R`` alike: the filter gains nothing
   from pushing D past chance, so higher levels are not rewarded for flipping the encoding. Eq. (10) and ``R`` use
-  the (uncapped) attacker loss ``l_t`` with the other two adversaries.
+  the (uncapped) attacker loss ``l_t`` with the ``paper`` and ``confusion`` adversaries. ``adversary = "mean_gap"``
+  replaces the gradient-trained inner maximisation by its closed form for a linear attacker on the class means: the
+  filter minimises ``+lambda_t S_t`` with ``S_t`` the share of ``e_t``'s variance that lies between the classes,
+
+      S_t = sum_k p_k ||mu_k - mu||^2 / mean_u ||e_t(u) - mu||^2        (p_k class weights, mu_k class means)
+
+  which for two classes is the largest between-class variance any unit direction ``w`` sees, scaled by the total
+  variance (so shrinking the embedding buys nothing), and is in ``[0, 1]``. There is no attacker lag to exploit and
+  no encoding to flip, so a larger ``lambda_t`` cannot make a level less fair on this statistic. ``D`` is still
+  trained, and Eq. (10) and ``R`` still use its losses ``l_t``.
 * ``D`` is one multi-class softmax head for any ``K >= 2`` (binary gender is ``K = 2``), without dropout. The public
   code takes one ``D`` step per level *before* the filter's backward pass that reuses ``D`` (an in-place update
   current PyTorch rejects); here ``D`` takes its steps on all levels at once, then the filter is differentiated
@@ -66,11 +75,12 @@ import optax
 
 from jaxfair.backbones.base import bpr_loss
 from jaxfair.methods.afrl import update_player
+from jaxfair.methods.class_means import between_class_share
 from jaxfair.methods.mlp import mlp_apply, mlp_init, mlp_sizes
 from jaxfair.training.step import TrainState
 
 PLAYERS = ("filter", "D")
-ADVERSARIES = ("paper", "capped", "confusion")
+ADVERSARIES = ("paper", "capped", "confusion", "mean_gap")
 LOG2 = float(np.log(2.0))
 
 
@@ -92,7 +102,9 @@ class CofairConfig:
       adversary: ``"paper"`` (the filter maximises D's cross-entropy, ``-lambda_t L_t``), ``"capped"`` (the same with
         each user's ``l_t(u)`` capped at ``-log prior[a_u]``, the loss of guessing from the prior) or ``"confusion"`` (the
         filter minimises ``lambda_t C_t``, the cross-entropy between the attribute's class prior and D's prediction,
-        smallest exactly when D can do no better than the prior); see the module docstring.
+        smallest exactly when D can do no better than the prior) or ``"mean_gap"`` (the filter minimises
+        ``lambda_t S_t``, the share of the level's variance between the class means: the closed-form linear
+        attacker); see the module docstring.
       residual: add the input embedding to every level's output (``e_t = e + W_o ...``) so an adapter starts from
         the original embedding; False is the paper's architecture.
       learning_rate: Adam step size of the filter and of ``D``.
@@ -283,8 +295,9 @@ def discriminator_loss(disc_params, embeddings: jax.Array, labels: jax.Array, we
 def filter_loss(filter_params, disc_params, users: dict, rows: dict, score: Callable, config: CofairConfig,
                 prior: jax.Array | None = None, levels_fn: Callable | None = None):
     """The filter's objective ``(1/T) sum_t [BPR_t - lambda_t L_t] + beta R`` of one batch (with the ``confusion``
-    adversary, ``+ lambda_t C_t`` in place of ``- lambda_t L_t``; with ``capped``, ``l_t`` capped at
-    ``-log prior[a_u]``; ``prior`` is required by both).
+    adversary, ``+ lambda_t C_t`` in place of ``- lambda_t L_t``; with ``mean_gap``, ``+ lambda_t S_t``
+    (:func:`between_class_share`); with ``capped``, ``l_t`` capped at ``-log prior[a_u]``; ``prior`` is required by
+    all three).
 
     The adversarial terms are over ``N`` distinct user rows with weights, the BPR term over the ``B`` batch rows,
     which index into the ``N`` users. With ``N = B`` (each row its own user) this is the per-row form of the paper;
@@ -314,6 +327,8 @@ def filter_loss(filter_params, disc_params, users: dict, rows: dict, score: Call
     reg = monotonicity_regularizer(losses, users["weight"])
     if config.adversary == "confusion":
         adversarial = weighted_mean(confusion_losses(disc_params, adapted, prior), users["weight"])
+    elif config.adversary == "mean_gap":
+        adversarial = between_class_share(adapted, users["labels"], users["weight"], prior.shape[0])
     else:
         adversarial = -level_losses
     loss = jnp.mean(bpr + lambdas * adversarial) + config.beta * reg
