@@ -11,7 +11,9 @@ sensitive attributes on the probe validation and test users, per-requirement det
 probe AUC against mean test NDCG@10, one point per lambda, the backbone as reference).
 
 Selection uses validation data only: among the lambdas whose mean validation NDCG@10 is at least
-``--min-accuracy`` (0.9) times the backbone's, the one whose mean *validation* probe AUC is closest to 0.5.
+``--min-accuracy`` (0.9) times the backbone's, the one whose mean *validation* probe AUC is closest to 0.5. AFRL is
+trained here without the labels of the probe-validation users (as well as the probe-test users'), so that
+validation AUC scores users whose attributes AFRL never saw.
 """
 
 from __future__ import annotations
@@ -74,7 +76,10 @@ def main(argv=None):
     split = backbone_experiment.load_split(config.data, print)
     frozen = backbone_experiment.frozen_backbone(split, config, None, quiet)
     backbone, params, user_vecs, item_vecs = frozen.backbone, frozen.params, frozen.user_vecs, frozen.item_vecs
-    score, data = frozen.score, afrl_experiment.afrl_data(split, user_vecs["valid"], item_vecs)
+    # Without the probe-validation users' labels too: the selection AUC then scores users whose attributes AFRL
+    # never saw, as the test AUC does.
+    score = frozen.score
+    data = afrl_experiment.afrl_data(split, user_vecs["valid"], item_vecs, withheld=("valid", "test"))
     backbone_valid = backbone_experiment.evaluate_ranking(
         lambda u, v: backbone.score(params, u, v), user_vecs, item_vecs, split,
         dataclasses.replace(config.evaluate, protocols=("sampled",)), ("valid", "test"),
@@ -124,6 +129,7 @@ def main(argv=None):
         "backbone": {"valid_ndcg@10": backbone_valid["valid"]["ndcg@10"], "test_ndcg@10": backbone_valid["test"]["ndcg@10"],
                      "test_probe_auc": backbone_auc},
         "selection_rule": f"valid ndcg@10 >= {args.min_accuracy} x backbone, then valid probe AUC closest to 0.5",
+        "withheld_labels": ["probe valid", "probe test"],
         "chosen_lam": chosen["lam"],
         "points": points,
     }

@@ -9,7 +9,11 @@ Shapes default to MovieLens-100k (943 users, 1682 items), d = 64, T = 5 levels, 
 attribute, synthetic random embeddings and random batches (numpy, seeded). One step is, in order: one Adam step of
 the discriminator D (d -> 32 -> K) on the stopped level embeddings, then one Adam step of the filter (shared layer,
 T adapters, output layer) on ``mean_t (BPR_t - lambda_t L_t) + beta R`` with the adaptive lambdas (Eq. 10) and the
-monotonicity regulariser, against the updated D (:mod:`jaxfair.methods.cofair`, adversary ``"paper"``).
+monotonicity regulariser, against the updated D (:mod:`jaxfair.methods.cofair`, adversary ``"paper"``). With
+``--adversary mean_gap`` (the configs' choice) the filter's adversarial term is ``+ lambda_t S_t``, the share of the
+level's variance between the class means, computed over the same rows in both frameworks:
+
+    python benchmarks/cofair_step.py --adversary mean_gap --out benchmarks/results/cofair_step_mean_gap.json
 
 Variants:
 
@@ -179,6 +183,18 @@ def torch_variant(init_params, user_vecs, item_vecs, labels, batches, config, th
         return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), a.repeat(emb.shape[0]),
                                reduction="none").reshape(emb.shape[:2])
 
+    num_classes = int(np.max(labels)) + 1
+
+    def between_class_share(emb, a):  # (T, B, d), (B,) -> (T,); every row has weight 1
+        onehot = F.one_hot(a, num_classes).to(emb.dtype)  # (B, K)
+        counts = onehot.sum(0)
+        share = counts / counts.sum()
+        class_means = torch.einsum("bk,tbd->tkd", onehot, emb) / counts.clamp(min=1e-12)[None, :, None]
+        mean = torch.einsum("k,tkd->td", share, class_means)
+        between = torch.einsum("k,tk->t", share, ((class_means - mean[:, None]) ** 2).sum(-1))
+        total = ((emb - mean[:, None]) ** 2).sum(-1).mean(-1)
+        return between / total.clamp(min=1e-12)
+
     def step(batch):
         u, a = u_all[batch["user"]], a_all[batch["user"]]
         pos, neg = v_all[batch["pos"]], v_all[batch["neg"]]
@@ -200,7 +216,11 @@ def torch_variant(init_params, user_vecs, item_vecs, labels, batches, config, th
             reg = torch.clamp(F.softplus(losses[:-1] - losses[1:]) - log2, min=0.0).mean(-1).mean()
         else:
             reg = torch.zeros(())
-        loss = (bpr - lambdas * level_losses).mean() + beta * reg
+        if config.adversary == "mean_gap":
+            adversarial = between_class_share(emb, a)
+        else:
+            adversarial = -level_losses
+        loss = (bpr + lambdas * adversarial).mean() + beta * reg
         opt_f.zero_grad()
         loss.backward(inputs=filter_params)
         opt_f.step()
@@ -223,6 +243,7 @@ def main(argv=None):
     parser.add_argument("--levels", type=int, default=5)
     parser.add_argument("--classes", type=int, default=2)
     parser.add_argument("--batch", type=int, default=4096)
+    parser.add_argument("--adversary", choices=("paper", "mean_gap"), default="paper")
     parser.add_argument("--repeats", type=int, default=50, help="timed steps per variant (median reported)")
     parser.add_argument("--batches", type=int, default=10, help="distinct random batches the timed steps cycle through")
     parser.add_argument("--torch-threads", type=int, default=2)
@@ -236,7 +257,7 @@ def main(argv=None):
             setattr(args, key, value)
     out = args.out if args.out or args.quick else str(DEFAULT_OUT)
 
-    config = cofair.CofairConfig(levels=args.levels, shared_dim=args.dim, adapter_dim=args.dim, adversary="paper",
+    config = cofair.CofairConfig(levels=args.levels, shared_dim=args.dim, adapter_dim=args.dim, adversary=args.adversary,
                                  discriminator_steps=1, batch_size=args.batch)
     if getattr(config, "discriminator_layers", 2) != 2:
         raise ValueError("the benchmark's D is the paper's 2-layer MLP")
@@ -248,6 +269,7 @@ def main(argv=None):
         "shapes": {"users": args.users, "items": args.items, "dim": args.dim, "levels": args.levels,
                    "classes": args.classes, "batch": args.batch, "shared_dim": config.shared_dim,
                    "adapter_dim": config.adapter_dim, "discriminator_hidden": config.discriminator_hidden},
+        "adversary": config.adversary,
         "repeats": args.repeats, "batches": args.batches, "quick": args.quick,
         "default_mode": "per_user" if args.users <= args.batch else "per_row",
         "device": device_info(),
@@ -307,7 +329,7 @@ def main(argv=None):
 
 def report(results, args):
     """The readable table."""
-    print(f"Cofair train step, U={args.users} I={args.items} d={args.dim} T={args.levels} K={args.classes} "
+    print(f"Cofair train step ({results['adversary']} adversary), U={args.users} I={args.items} d={args.dim} T={args.levels} K={args.classes} "
           f"B={args.batch}, median of {args.repeats} steps ({results['device']['jax_backend']}, "
           f"{results['device']['cpu_count']} cpus)")
     rows = [("jax vmap (jaxfair, %s)" % results["default_mode"], "jax_vmap_ms"),

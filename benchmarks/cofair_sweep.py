@@ -1,6 +1,8 @@
 """Choose Cofair's settings on validation data only: train the config's backbone once, then Cofair once per setting
 of a grid, and report per level the validation Recall@10 and DP@10 (validation positives ranked, training positives
 masked) and the probe's selection AUC (on the probe-validation users; the probe-test users are never looked at).
+Cofair is trained here without the probe-validation users' labels as well as the probe-test users', so the
+selection AUC, like the test AUC of the final run, scores users whose attribute Cofair never saw.
 
     python benchmarks/cofair_sweep.py configs/cofair_pmf_ml100k.toml --out benchmarks/results/cofair_sweep
 
@@ -58,7 +60,10 @@ def sweep(config_path: str, grid: list[dict], seed: int = 0, log=print) -> list[
     frozen = backbone_experiment.frozen_backbone(split, config, None, log=lambda message: None)
     user_vecs, item_vecs, score = frozen.user_vecs, frozen.item_vecs, frozen.score
     section = cofair_experiment.section_config(config)
-    data = cofair_experiment.cofair_data(split, user_vecs["valid"], item_vecs, section.attribute)
+    # The probe-validation users' labels are withheld too, so the selection AUC is measured on users whose
+    # attribute Cofair never saw (as the test AUC is); otherwise it rewards fitting the labelled users.
+    data = cofair_experiment.cofair_data(split, user_vecs["valid"], item_vecs, section.attribute,
+                                         withheld=("valid", "test"))
     targets, exclude = cofair_experiment.stage_arrays(split, "valid")
     ks = tuple(config.evaluate.ks)
     out = []
@@ -142,6 +147,7 @@ def main(argv=None):
               f"AUC {s['falling_auc']}, level-T AUC {s['mean_probe_selection_auc'][-1]:.3f}")
     print(f"chosen (validation only): {chosen['setting'] if chosen else None}")
     report = {"config": args.config, "seeds": args.seeds, "min_recall": args.min_recall,
+              "withheld_labels": ["probe valid", "probe test"],
               "runs": runs, "settings": settings, "chosen": chosen["setting"] if chosen else None}
     out = pathlib.Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

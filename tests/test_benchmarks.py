@@ -81,10 +81,20 @@ def tiny_afrl_config(tmp_path):
     return str(config)
 
 
-def test_lambda_sweep_writes_front_and_picks_on_validation(tmp_path):
+def test_lambda_sweep_writes_front_and_picks_on_validation(tmp_path, monkeypatch):
+    from jaxfair.experiments import afrl as afrl_experiment
+
+    built = []
+    original = afrl_experiment.afrl_data
+    monkeypatch.setattr(afrl_experiment, "afrl_data",
+                        lambda *args, **kwargs: built.append((args[0], original(*args, **kwargs))) or built[-1][1])
     load("afrl_lambda_sweep").main([tiny_afrl_config(tmp_path), "--lams", "0.1", "1", "--set", "aggregator_residual=true",
                                     "--out", str(tmp_path / "sweep")])
     sweep = json.loads((tmp_path / "sweep" / "sweep.json").read_text())
+    (split, data), = built  # trained without the probe-validation users' labels, on which it selects
+    weight = np.asarray(data.attribute_weight)
+    assert np.all(weight[split.probe_users["train"]] == 1) and not weight[split.probe_users["valid"]].any()
+    assert not weight[split.probe_users["test"]].any() and sweep["withheld_labels"] == ["probe valid", "probe test"]
     assert [p["lam"] for p in sweep["points"]] == [0.1, 1.0] and sweep["chosen_lam"] in (0.1, 1.0)
     assert sweep["overrides"] == {"aggregator_residual": True}
     assert (tmp_path / "sweep" / "pareto.png").stat().st_size > 0
@@ -105,11 +115,13 @@ def test_baselines_benchmark_reports_every_method(tmp_path):
     assert all(seconds > 0 for seconds in payload["seconds"].values())
 
 
-def test_cofair_step_benchmark_reports_every_ratio(tmp_path):
+@pytest.mark.parametrize("adversary", ["paper", "mean_gap"])
+def test_cofair_step_benchmark_reports_every_ratio(tmp_path, adversary):
     out = tmp_path / "cofair_step.json"
-    results = load("cofair_step").main(["--quick", "--out", str(out)])
+    results = load("cofair_step").main(["--quick", "--adversary", adversary, "--out", str(out)])
     saved = json.loads(out.read_text())
     assert saved == json.loads(json.dumps(results))
+    assert saved["adversary"] == adversary
     times = ["jax_vmap_ms", "jax_loop_ms", "jax_vmap_per_row_ms", "jax_loop_per_row_ms"]
     ratios = ["loop_over_vmap", "loop_over_vmap_per_row", "per_row_over_per_user"]
     if "torch_skipped" not in saved:
@@ -228,6 +240,27 @@ def test_cofair_sweep_reports_validation_curves(tmp_path):
     assert first["seeds"] == [0, 1]
     np.testing.assert_allclose(first["mean_valid_dp@10"], np.mean([runs[0]["valid_dp@10"], runs[2]["valid_dp@10"]], 0))
     assert json.loads((tmp_path / "w" / "sweep.json").read_text()) == json.loads(json.dumps(report))
+
+
+def test_cofair_sweep_trains_without_the_probe_validation_users_labels(tmp_path, monkeypatch):
+    """The selection AUC is scored on the probe-validation users, so the sweep must not train on their labels."""
+    from jaxfair.experiments import cofair as cofair_experiment
+
+    built = []
+    original = cofair_experiment.cofair_data
+
+    def recording(*args, **kwargs):
+        data = original(*args, **kwargs)
+        built.append((args[0], data))
+        return data
+
+    monkeypatch.setattr(cofair_experiment, "cofair_data", recording)
+    report = load("cofair_sweep").main([tiny_cofair_config(tmp_path), "--grid", "[{}]", "--out", str(tmp_path / "w")])
+    assert report["withheld_labels"] == ["probe valid", "probe test"]
+    (split, data), = built
+    weight = np.asarray(data.label_weight)
+    for stage, expected in (("train", 1.0), ("valid", 0.0), ("test", 0.0)):
+        assert np.all(weight[split.probe_users[stage]] == expected), stage
 
 
 def test_cofair_sweep_counts_falling_steps_from_level_1_and_chooses_on_them():

@@ -39,11 +39,14 @@ def method_config(config: ExperimentConfig) -> afrl.AFRLConfig:
     return from_dict(afrl.AFRLConfig, config.sections.get(SECTION), SECTION)
 
 
-def afrl_data(split: Split, user_vecs: jax.Array, item_vecs: jax.Array) -> afrl.AFRLData:
-    """AFRL's constant inputs; the probe test users' attribute labels are withheld from training."""
+def afrl_data(split: Split, user_vecs: jax.Array, item_vecs: jax.Array,
+              withheld: tuple[str, ...] = ("test",)) -> afrl.AFRLData:
+    """AFRL's constant inputs; the attribute labels of the probe users in ``withheld`` (the probe test users by
+    default; ``benchmarks/afrl_lambda_sweep.py`` withholds the probe validation users too) are not used."""
     names = split.attribute_names
     weight = np.ones(split.num_users, np.float32)
-    weight[split.probe_users["test"]] = 0.0
+    for stage in withheld:
+        weight[split.probe_users[stage]] = 0.0
     labels = np.stack([split.user_attributes[n] for n in names], axis=1)
     num_classes = tuple(len(split.attribute_classes[n]) for n in names)
     return afrl.make_data(user_vecs, item_vecs, labels, num_classes, weight)

@@ -74,11 +74,14 @@ def check_attribute(split, attribute: str) -> None:
         )
 
 
-def cofair_data(split, user_vecs, item_vecs, attribute: str) -> cofair.CofairData:
-    """Cofair's constant inputs for ``attribute``; the probe test users' labels are withheld from training."""
+def cofair_data(split, user_vecs, item_vecs, attribute: str,
+                withheld: tuple[str, ...] = ("test",)) -> cofair.CofairData:
+    """Cofair's constant inputs for ``attribute``; the labels of the probe users in ``withheld`` (the probe test
+    users by default; ``benchmarks/cofair_sweep.py`` withholds the probe validation users too) are not used."""
     check_attribute(split, attribute)
     weight = np.ones(split.num_users, np.float32)
-    weight[split.probe_users["test"]] = 0.0
+    for stage in withheld:
+        weight[split.probe_users[stage]] = 0.0
     return cofair.make_data(
         user_vecs, item_vecs, split.user_attributes[attribute], len(split.attribute_classes[attribute]), weight
     )
