@@ -15,6 +15,13 @@ level's variance between the class means, computed over the same rows in both fr
 
     python benchmarks/cofair_step.py --adversary mean_gap --out benchmarks/results/cofair_step_mean_gap.json
 
+The configs' step (``configs/cofair_*_ml100k.toml``): a linear D updated 5 times per batch, a residual filter and
+the ``capped`` adversary (each user's attacker loss capped at ``-log prior[a_u]`` in the adversarial term, Eq. 10 and
+the regulariser):
+
+    python benchmarks/cofair_step.py --adversary capped --discriminator-layers 1 --discriminator-steps 5 --residual \
+        --out benchmarks/results/cofair_step_config.json
+
 Variants:
 
 * ``jax_vmap``: ``jax.jit(cofair.make_train_step(...))``. As the dataset has no more users than a batch has rows, the
@@ -174,9 +181,13 @@ def torch_variant(init_params, user_vecs, item_vecs, labels, batches, config, th
     tb = [{k: torch.tensor(v).long() if k != "weight" else torch.tensor(v) for k, v in b.items()} for b in batches]
     slope, lambda0, alpha, beta, log2 = config.negative_slope, config.lambda0, config.alpha, config.beta, cofair.LOG2
 
+    chance_loss = -torch.log(torch.tensor(np.bincount(labels, minlength=int(np.max(labels)) + 1) / len(labels),
+                                          dtype=torch.float32))  # -log prior[k]: the capped adversary's ceiling
+
     def level_embeddings(u):
         s = shared(u)
-        return torch.stack([out(F.leaky_relu(torch.cat([s, adapter(u)], dim=-1), slope)) for adapter in adapters])
+        levels_out = torch.stack([out(F.leaky_relu(torch.cat([s, adapter(u)], dim=-1), slope)) for adapter in adapters])
+        return levels_out + u if config.residual else levels_out
 
     def attacker(emb, a):  # (T, B, d), (B,) -> (T, B)
         logits = disc(emb)
@@ -205,6 +216,8 @@ def torch_variant(init_params, user_vecs, item_vecs, labels, batches, config, th
             loss_d.backward()
             opt_d.step()
         losses = attacker(emb, a)  # against the updated D
+        if config.adversary == "capped":
+            losses = torch.minimum(losses, chance_loss[a])
         level_losses = losses.mean(-1)
         with torch.no_grad():
             lambdas = torch.empty(levels)
@@ -243,7 +256,10 @@ def main(argv=None):
     parser.add_argument("--levels", type=int, default=5)
     parser.add_argument("--classes", type=int, default=2)
     parser.add_argument("--batch", type=int, default=4096)
-    parser.add_argument("--adversary", choices=("paper", "mean_gap"), default="paper")
+    parser.add_argument("--adversary", choices=("paper", "capped", "mean_gap"), default="paper")
+    parser.add_argument("--discriminator-layers", type=int, choices=(1, 2), default=2)
+    parser.add_argument("--discriminator-steps", type=int, default=1)
+    parser.add_argument("--residual", action="store_true", help="e_t = e + W_o ... (the configs' filter)")
     parser.add_argument("--repeats", type=int, default=50, help="timed steps per variant (median reported)")
     parser.add_argument("--batches", type=int, default=10, help="distinct random batches the timed steps cycle through")
     parser.add_argument("--torch-threads", type=int, default=2)
@@ -258,9 +274,9 @@ def main(argv=None):
     out = args.out if args.out or args.quick else str(DEFAULT_OUT)
 
     config = cofair.CofairConfig(levels=args.levels, shared_dim=args.dim, adapter_dim=args.dim, adversary=args.adversary,
-                                 discriminator_steps=1, batch_size=args.batch)
-    if getattr(config, "discriminator_layers", 2) != 2:
-        raise ValueError("the benchmark's D is the paper's 2-layer MLP")
+                                 discriminator_layers=args.discriminator_layers,
+                                 discriminator_steps=args.discriminator_steps, residual=args.residual,
+                                 batch_size=args.batch)
     user_vecs, item_vecs, labels, batches = make_inputs(args.users, args.items, args.dim, args.batch, args.batches,
                                                         args.classes)
     data = cofair.make_data(user_vecs, item_vecs, labels, args.classes)
@@ -269,7 +285,8 @@ def main(argv=None):
         "shapes": {"users": args.users, "items": args.items, "dim": args.dim, "levels": args.levels,
                    "classes": args.classes, "batch": args.batch, "shared_dim": config.shared_dim,
                    "adapter_dim": config.adapter_dim, "discriminator_hidden": config.discriminator_hidden},
-        "adversary": config.adversary,
+        "adversary": config.adversary, "discriminator_layers": config.discriminator_layers,
+        "discriminator_steps": config.discriminator_steps, "residual": config.residual,
         "repeats": args.repeats, "batches": args.batches, "quick": args.quick,
         "default_mode": "per_user" if args.users <= args.batch else "per_row",
         "device": device_info(),
@@ -329,7 +346,8 @@ def main(argv=None):
 
 def report(results, args):
     """The readable table."""
-    print(f"Cofair train step ({results['adversary']} adversary), U={args.users} I={args.items} d={args.dim} T={args.levels} K={args.classes} "
+    print(f"Cofair train step ({results['adversary']} adversary, {results['discriminator_layers']}-layer D x "
+          f"{results['discriminator_steps']}{', residual' if results['residual'] else ''}), U={args.users} I={args.items} d={args.dim} T={args.levels} K={args.classes} "
           f"B={args.batch}, median of {args.repeats} steps ({results['device']['jax_backend']}, "
           f"{results['device']['cpu_count']} cpus)")
     rows = [("jax vmap (jaxfair, %s)" % results["default_mode"], "jax_vmap_ms"),

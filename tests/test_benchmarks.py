@@ -115,13 +115,15 @@ def test_baselines_benchmark_reports_every_method(tmp_path):
     assert all(seconds > 0 for seconds in payload["seconds"].values())
 
 
-@pytest.mark.parametrize("adversary", ["paper", "mean_gap"])
-def test_cofair_step_benchmark_reports_every_ratio(tmp_path, adversary):
+@pytest.mark.parametrize("flags", [["--adversary", "paper"], ["--adversary", "mean_gap"],
+                                   ["--adversary", "capped", "--discriminator-layers", "1", "--discriminator-steps", "3",
+                                    "--residual"]])
+def test_cofair_step_benchmark_reports_every_ratio(tmp_path, flags):
     out = tmp_path / "cofair_step.json"
-    results = load("cofair_step").main(["--quick", "--adversary", adversary, "--out", str(out)])
+    results = load("cofair_step").main(["--quick", *flags, "--out", str(out)])
     saved = json.loads(out.read_text())
     assert saved == json.loads(json.dumps(results))
-    assert saved["adversary"] == adversary
+    assert saved["adversary"] == flags[1] and saved["residual"] == ("--residual" in flags)
     times = ["jax_vmap_ms", "jax_loop_ms", "jax_vmap_per_row_ms", "jax_loop_per_row_ms"]
     ratios = ["loop_over_vmap", "loop_over_vmap_per_row", "per_row_over_per_user"]
     if "torch_skipped" not in saved:

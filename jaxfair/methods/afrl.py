@@ -31,9 +31,9 @@ Choices where the paper is silent (recorded here on purpose):
 * The ablations AFRL-w/o-z_i and AFRL-w/o-z_0 zero the corresponding inputs of ``G`` (same architecture).
 * ``aggregator_residual = True`` (off by default) makes G residual on z_0, ``u* = z_0 + G(...)``: Eq. (17)'s G must
   carry z_0 through a ReLU layer of width ``hidden``, which loses part of it even when F barely debiases (on
-  ML-100k at lambda = 0.001, test NDCG@10 0.324 plain vs 0.335 residual against the backbone's 0.339); at the chosen
-  lambda = 10 both give 0.30 and the residual form leaks gender more (probe AUC 0.71-0.75 vs 0.59-0.62;
-  ``benchmarks/results/afrl_lambda_sweep*``), so Eq. (17) as written stays the default.
+  ML-100k at lambda = 0.001, test NDCG@10 0.325 plain vs 0.332 residual against the backbone's 0.339); at the chosen
+  lambda = 10 both give 0.31 at about the same probe AUC (``benchmarks/results/afrl_lambda_sweep*``), so Eq. (17)
+  as written stays the default.
 * F's adversarial term. The default ``adversary = "paper"`` is Eq. (16) as written. Its ``-lambda * CE`` is
   unbounded below: F can lower it by making ``D_i`` confidently *wrong*, i.e. by flipping the attribute's encoding
   one step ahead of ``D_i``, which leaves the attribute recoverable by a fresh probe. ``adversary = "confusion"``
