@@ -10,14 +10,15 @@ attribute, synthetic random embeddings and random batches (numpy, seeded). One s
 the discriminator D (d -> 32 -> K) on the stopped level embeddings, then one Adam step of the filter (shared layer,
 T adapters, output layer) on ``mean_t (BPR_t - lambda_t L_t) + beta R`` with the adaptive lambdas (Eq. 10) and the
 monotonicity regulariser, against the updated D (:mod:`jaxfair.methods.cofair`, adversary ``"paper"``). With
-``--adversary mean_gap`` (the configs' choice) the filter's adversarial term is ``+ lambda_t S_t``, the share of the
+``--adversary mean_gap`` the filter's adversarial term is ``+ lambda_t S_t``, the share of the
 level's variance between the class means, computed over the same rows in both frameworks:
 
-    python benchmarks/cofair_step.py --adversary mean_gap --out benchmarks/results/cofair_step_mean_gap.json
+    python benchmarks/cofair_step.py --adversary mean_gap --out /tmp/cofair_step_mean_gap.json
 
 The configs' step (``configs/cofair_*_ml100k.toml``): a linear D updated 5 times per batch, a residual filter and
 the ``capped`` adversary (each user's attacker loss capped at ``-log prior[a_u]`` in the adversarial term, Eq. 10 and
-the regulariser):
+the regulariser; lambda_0, alpha and the step sizes stay at the module defaults, which the timing does not depend
+on):
 
     python benchmarks/cofair_step.py --adversary capped --discriminator-layers 1 --discriminator-steps 5 --residual \
         --out benchmarks/results/cofair_step_config.json

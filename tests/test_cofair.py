@@ -598,11 +598,15 @@ def test_config_rejects_invalid_values(overrides):
 def test_mean_gap_levels_remove_a_planted_attribute_in_order():
     """Users whose embedding carries their binary attribute along one direction: after training with the
     ``mean_gap`` adversary, the share of variance between the class means falls from level to level, and the top
-    level keeps little of level 0's."""
+    level keeps little of level 0's, for the training users and for fresh users drawn the same way."""
     rng = np.random.default_rng(21)
     num_users, num_items, dim = 256, 40, 8
-    labels = rng.integers(0, 2, num_users)
-    user_vecs = rng.normal(size=(num_users, dim)) + 1.5 * (2 * labels[:, None] - 1) * np.eye(dim)[0]
+
+    def draw_users(n):
+        labels = rng.integers(0, 2, n)
+        return rng.normal(size=(n, dim)) + 1.5 * (2 * labels[:, None] - 1) * np.eye(dim)[0], labels
+
+    user_vecs, labels = draw_users(num_users)
     item_vecs = rng.normal(size=(num_items, dim))
     data = cofair.make_data(user_vecs.astype(np.float32), item_vecs.astype(np.float32), labels, 2)
     config = cofair.CofairConfig(levels=3, shared_dim=16, adapter_dim=16, lambda0=0.05, alpha=0.5, beta=0.02,
@@ -616,8 +620,10 @@ def test_mean_gap_levels_remove_a_planted_attribute_in_order():
     step = cofair.make_train_step(data, dot, config)
     state = cofair.init_state(jax.random.PRNGKey(3), data, config)
     state, _ = jax.jit(lambda s: jax.lax.scan(lambda c, b: step(c, b, jax.random.PRNGKey(0)), s, batches))(state)
-    levels = cofair.level_embeddings(state.params["filter"], data.user_vecs, config)
-    share = np.asarray(cofair.between_class_share(levels, data.labels, jnp.ones(num_users), 2))
-    assert share[0] > 0.2  # the attribute is planted
-    assert np.all(np.diff(share) < 0), share
-    assert share[-1] < 0.25 * share[0], share
+    fresh_vecs, fresh_labels = draw_users(num_users)
+    for vecs, classes in ((data.user_vecs, data.labels), (fresh_vecs, fresh_labels)):
+        levels = cofair.level_embeddings(state.params["filter"], jnp.asarray(vecs, jnp.float32), config)
+        share = np.asarray(cofair.between_class_share(levels, jnp.asarray(classes), jnp.ones(num_users), 2))
+        assert share[0] > 0.2  # the attribute is planted
+        assert np.all(np.diff(share) < 0), share
+        assert share[-1] < 0.25 * share[0], share

@@ -168,7 +168,8 @@ def test_full_ranking_report_vmaps_over_embedding_sets(ranking_case):
 @pytest.mark.parametrize("num_sets", [1, 2])
 def test_level_report_of_any_number_of_embedding_sets_equals_the_direct_report(num_sets):
     """One set must not go through a size-1 ``jax.vmap``: jax/jaxlib 0.10.2 on CPU miscompiles the scorer's broadcast
-    product there at shapes like these (30 users, 60 items), giving wrong scores."""
+    product there at these shapes (30 users, 60 items, d = 4), giving wrong scores; with the vmap path forced for one
+    set this test failed on that version."""
     from jaxfair.experiments.cofair import level_report
 
     rng = np.random.default_rng(1)

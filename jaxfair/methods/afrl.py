@@ -39,10 +39,9 @@ Choices where the paper is silent (recorded here on purpose):
   one step ahead of ``D_i``, which leaves the attribute recoverable by a fresh probe. ``adversary = "confusion"``
   keeps the min-max structure but gives F a bounded target: it minimises ``lambda * sum_i CE(p(a_i), q(. | z_0;
   D_i))``, the cross-entropy between the attribute's class prior and the discriminator's prediction, smallest
-  exactly when D_i can do no better than the prior. ``adversary = "mean_gap"`` solves the inner maximisation in
-  closed form for a linear attacker on the class means: F minimises ``lambda * sum_i S_i(z_0)``, with ``S_i`` the
-  share of z_0's variance that lies between attribute i's class means (:mod:`jaxfair.methods.class_means`), over
-  the batch's users. D_i is trained as in the paper in every case (under ``mean_gap`` it only reports).
+  exactly when D_i can do no better than the prior. ``adversary = "mean_gap"`` replaces the adversarial term by an
+  attacker-free one: F minimises ``lambda * sum_i S_i(z_0)``, with ``S_i`` the share of z_0's variance that lies
+  between attribute i's class means (:mod:`jaxfair.methods.class_means`), over the batch's users. D_i is trained as in the paper in every case (under ``mean_gap`` it only reports).
 """
 
 from __future__ import annotations

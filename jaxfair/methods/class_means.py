@@ -1,11 +1,12 @@
-"""The closed-form linear attacker shared by the ``mean_gap`` adversaries of AFRL and Cofair.
+"""The between-class share behind the ``mean_gap`` adversaries of AFRL and Cofair: an attacker-free fairness term.
 
-A linear attacker that reads a sensitive attribute off an embedding through the class means can do no better than
-the between-class variance along its direction. For two classes the best unit direction sees all of
-``sum_k p_k ||mu_k - mu||^2``; for more classes that trace bounds every direction. Divided by the total variance it
-is a share in ``[0, 1]`` that a filter cannot lower by shrinking the embedding, and that needs no trained attacker:
-the inner maximisation of the min-max has this closed form, so the filter has no attacker lag to exploit and no
-encoding to flip.
+For an attribute with class weights ``p_k`` and class means ``mu_k`` of an embedding, the between-class scatter
+``sum_k p_k ||mu_k - mu||^2`` is, for two classes, exactly the largest between-class variance a unit direction sees
+(the scatter matrix has rank one); for more classes it bounds every direction. Divided by the total variance it is
+a share in ``[0, 1]``, unchanged by rescaling the embedding, and it needs no trained attacker, so there is no attacker
+lag to exploit and no encoding to flip. It is not a linear probe's best achievable separation: that divides each
+direction's between-class variance by the variance *along that direction* (Fisher's ratio), so a filter can lower this
+share by adding variance in directions that carry no attribute, which a probe ignores.
 """
 
 from __future__ import annotations

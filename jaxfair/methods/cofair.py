@@ -44,15 +44,16 @@ Choices where the paper is silent or its public code (WeixinChen98/Cofair) diffe
   the class frequencies pays), in the adversarial term, in Eq. (10) and in ``R`` alike: the filter gains nothing
   from pushing D past chance, so higher levels are not rewarded for flipping the encoding. Eq. (10) and ``R`` use
   the (uncapped) attacker loss ``l_t`` with the ``paper`` and ``confusion`` adversaries. ``adversary = "mean_gap"``
-  replaces the gradient-trained inner maximisation by its closed form for a linear attacker on the class means: the
-  filter minimises ``+lambda_t S_t`` with ``S_t`` the share of ``e_t``'s variance that lies between the classes,
+  replaces the adversarial term by an attacker-free one: the filter minimises ``+lambda_t S_t`` with ``S_t`` the share
+  of ``e_t``'s variance that lies between the classes (:mod:`jaxfair.methods.class_means`),
 
       S_t = sum_k p_k ||mu_k - mu||^2 / mean_u ||e_t(u) - mu||^2        (p_k class weights, mu_k class means)
 
   which for two classes is the largest between-class variance any unit direction ``w`` sees, scaled by the total
-  variance (so shrinking the embedding buys nothing), and is in ``[0, 1]``. There is no attacker lag to exploit and
-  no encoding to flip, so a larger ``lambda_t`` cannot make a level less fair on this statistic. ``D`` is still
-  trained, and Eq. (10) and ``R`` still use its losses ``l_t``.
+  variance (so rescaling the embedding buys nothing), and is in ``[0, 1]``. There is no attacker lag to exploit and
+  no encoding to flip. It is not Fisher's ratio, so variance added in directions without the attribute lowers it too.
+  ``D`` is still trained, and Eq. (10) and ``R`` still use its losses ``l_t``. On MovieLens-100k its order over the
+  levels held for the labelled users but not for unseen users' probe AUC (README, Cofair).
 * ``D`` is one multi-class softmax head for any ``K >= 2`` (binary gender is ``K = 2``), without dropout. The public
   code takes one ``D`` step per level *before* the filter's backward pass that reuses ``D`` (an in-place update
   current PyTorch rejects); here ``D`` takes its steps on all levels at once, then the filter is differentiated
@@ -103,8 +104,8 @@ class CofairConfig:
         each user's ``l_t(u)`` capped at ``-log prior[a_u]``, the loss of guessing from the prior) or ``"confusion"`` (the
         filter minimises ``lambda_t C_t``, the cross-entropy between the attribute's class prior and D's prediction,
         smallest exactly when D can do no better than the prior) or ``"mean_gap"`` (the filter minimises
-        ``lambda_t S_t``, the share of the level's variance between the class means: the closed-form linear
-        attacker); see the module docstring.
+        ``lambda_t S_t``, the share of the level's variance between the class means, no attacker); see the module
+        docstring.
       residual: add the input embedding to every level's output (``e_t = e + W_o ...``) so an adapter starts from
         the original embedding; False is the paper's architecture.
       learning_rate: Adam step size of the filter and of ``D``.
