@@ -218,6 +218,19 @@ def tiny_cofair_config(tmp_path):
     return str(config)
 
 
+def test_exposure_floor_reports_real_and_shuffled_group_gaps(tmp_path):
+    out = tmp_path / "floor.json"
+    result = load("exposure_floor").main([tiny_cofair_config(tmp_path), "--shuffles", "3", "--out", str(out)])
+    assert json.loads(out.read_text()) == json.loads(json.dumps(result))
+    assert set(result["real"]) == {"dp@10", "dp@20", "eopp@10", "eopp@20"} == set(result["shuffled"])
+    for name, stats in result["shuffled"].items():
+        assert 0 <= stats["min"] <= stats["mean"] <= stats["max"] <= 1 and stats["std"] >= 0, name
+        assert 0 <= result["real"][name] <= 1
+    assert sum(result["group_sizes"]) > 0 and result["shuffles"] == 3
+    with pytest.raises(SystemExit):
+        load("exposure_floor").main([tiny_cofair_config(tmp_path), "--shuffles", "1", "--out", str(out)])
+
+
 def test_cofair_seeds_summarises_levels_baseline_and_monotonicity(tmp_path):
     summary = load("cofair_seeds").main([tiny_cofair_config(tmp_path), "--seeds", "0", "1", "--out", str(tmp_path / "s")])
     assert summary["seeds"] == [0, 1]
