@@ -182,8 +182,9 @@ def torch_variant(init_params, user_vecs, item_vecs, labels, batches, config, th
     tb = [{k: torch.tensor(v).long() if k != "weight" else torch.tensor(v) for k, v in b.items()} for b in batches]
     slope, lambda0, alpha, beta, log2 = config.negative_slope, config.lambda0, config.alpha, config.beta, cofair.LOG2
 
-    chance_loss = -torch.log(torch.tensor(np.bincount(labels, minlength=int(np.max(labels)) + 1) / len(labels),
-                                          dtype=torch.float32))  # -log prior[k]: the capped adversary's ceiling
+    num_classes = int(np.max(labels)) + 1
+    prior = np.bincount(labels, minlength=num_classes) / len(labels)
+    chance_loss = -torch.log(torch.tensor(prior, dtype=torch.float32))  # -log prior[k]: the capped adversary's cap
 
     def level_embeddings(u):
         s = shared(u)
@@ -194,8 +195,6 @@ def torch_variant(init_params, user_vecs, item_vecs, labels, batches, config, th
         logits = disc(emb)
         return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), a.repeat(emb.shape[0]),
                                reduction="none").reshape(emb.shape[:2])
-
-    num_classes = int(np.max(labels)) + 1
 
     def between_class_share(emb, a):  # (T, B, d), (B,) -> (T,); every row has weight 1
         onehot = F.one_hot(a, num_classes).to(emb.dtype)  # (B, K)
@@ -274,7 +273,8 @@ def main(argv=None):
             setattr(args, key, value)
     out = args.out if args.out or args.quick else str(DEFAULT_OUT)
 
-    config = cofair.CofairConfig(levels=args.levels, shared_dim=args.dim, adapter_dim=args.dim, adversary=args.adversary,
+    config = cofair.CofairConfig(levels=args.levels, shared_dim=args.dim, adapter_dim=args.dim,
+                                 adversary=args.adversary,
                                  discriminator_layers=args.discriminator_layers,
                                  discriminator_steps=args.discriminator_steps, residual=args.residual,
                                  batch_size=args.batch)
@@ -348,7 +348,8 @@ def main(argv=None):
 def report(results, args):
     """The readable table."""
     print(f"Cofair train step ({results['adversary']} adversary, {results['discriminator_layers']}-layer D x "
-          f"{results['discriminator_steps']}{', residual' if results['residual'] else ''}), U={args.users} I={args.items} d={args.dim} T={args.levels} K={args.classes} "
+          f"{results['discriminator_steps']}{', residual' if results['residual'] else ''}), U={args.users} "
+          f"I={args.items} d={args.dim} T={args.levels} K={args.classes} "
           f"B={args.batch}, median of {args.repeats} steps ({results['device']['jax_backend']}, "
           f"{results['device']['cpu_count']} cpus)")
     rows = [("jax vmap (jaxfair, %s)" % results["default_mode"], "jax_vmap_ms"),

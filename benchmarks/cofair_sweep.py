@@ -14,9 +14,9 @@ one entry per setting and seed; ``settings``: per setting, the curves averaged o
 
 Selection rule (validation only): a setting is admissible when its mean validation Recall@10 at level T is at least
 ``--min-recall`` (0.85) times level 0's. Among those, the chosen one has the most steps from level 1 to T at which
-the mean validation DP@10 curve and the mean probe selection AUC curve do not rise (at most ``2 (T - 1)``); ties go to the
-earlier grid entry, so the default grid, which lists the public code's settings first, leaves them only for a setting
-whose curves fall more often.
+the mean validation DP@10 curve and the mean probe selection AUC curve do not rise (at most ``2 (T - 1)``); ties go
+to the earlier grid entry, so the default grid, which lists the public code's settings first, leaves them only for a
+setting whose curves fall more often.
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ DEFAULT_GRID = [
     {**LINEAR, "adversary": "paper"},
     {**LINEAR, "adversary": "capped"},
     {**LINEAR, "adversary": "confusion"},
-    # The closed-form linear attacker (the share of variance between the class means) with the public code's D,
+    # The attacker-free mean_gap term (the share of variance between the class means) with the public code's D,
     # which still drives Eq. (10) and the regulariser; its term lies in [0, 1], so the weights are larger.
     {**PUBLIC, "adversary": "mean_gap", "lambda0": 0.02, "alpha": 0.25},
     {**PUBLIC, "adversary": "mean_gap", "lambda0": 0.05, "alpha": 0.5},

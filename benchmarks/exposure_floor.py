@@ -24,6 +24,7 @@ import numpy as np
 from jaxfair.experiments import backbone as backbone_experiment
 from jaxfair.experiments import cofair as cofair_experiment
 from jaxfair.experiments import runner
+from jaxfair.metrics.exposure import full_ranking_report
 
 
 def main(argv=None):
@@ -44,12 +45,11 @@ def main(argv=None):
     data = cofair_experiment.cofair_data(split, frozen.user_vecs[args.stage], frozen.item_vecs, attribute)
     targets, exclude = cofair_experiment.stage_arrays(split, args.stage)
     ks = tuple(config.evaluate.ks)
-    user_vecs = frozen.user_vecs[args.stage][None]
 
     def gaps(groups) -> dict[str, float]:
-        report = cofair_experiment.level_report(user_vecs, frozen.item_vecs, frozen.score, targets, exclude,
-                                                jnp.asarray(groups), data.num_classes, ks)
-        return {name: float(value[0]) for name, value in report.items() if name.startswith(("dp@", "eopp@"))}
+        report = full_ranking_report(frozen.score, frozen.user_vecs[args.stage], frozen.item_vecs, targets, exclude,
+                                     jnp.asarray(groups), num_groups=data.num_classes, ks=ks)
+        return {name: float(value) for name, value in report.items() if name.startswith(("dp@", "eopp@"))}
 
     labels = np.asarray(data.labels)
     rng = np.random.default_rng(config.train.seed)

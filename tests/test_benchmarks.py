@@ -81,13 +81,24 @@ def tiny_afrl_config(tmp_path):
     return str(config)
 
 
+def record_data_builds(monkeypatch, module, name: str) -> list:
+    """Wrap ``module.name`` (a method's data builder, ``(split, ...) -> data``) so each call appends ``(split, data)``
+    to the returned list."""
+    built, original = [], getattr(module, name)
+
+    def recording(split, *args, **kwargs):
+        data = original(split, *args, **kwargs)
+        built.append((split, data))
+        return data
+
+    monkeypatch.setattr(module, name, recording)
+    return built
+
+
 def test_lambda_sweep_writes_front_and_picks_on_validation(tmp_path, monkeypatch):
     from jaxfair.experiments import afrl as afrl_experiment
 
-    built = []
-    original = afrl_experiment.afrl_data
-    monkeypatch.setattr(afrl_experiment, "afrl_data",
-                        lambda *args, **kwargs: built.append((args[0], original(*args, **kwargs))) or built[-1][1])
+    built = record_data_builds(monkeypatch, afrl_experiment, "afrl_data")
     load("afrl_lambda_sweep").main([tiny_afrl_config(tmp_path), "--lams", "0.1", "1", "--set", "aggregator_residual=true",
                                     "--out", str(tmp_path / "sweep")])
     sweep = json.loads((tmp_path / "sweep" / "sweep.json").read_text())
@@ -261,15 +272,7 @@ def test_cofair_sweep_trains_without_the_probe_validation_users_labels(tmp_path,
     """The selection AUC is scored on the probe-validation users, so the sweep must not train on their labels."""
     from jaxfair.experiments import cofair as cofair_experiment
 
-    built = []
-    original = cofair_experiment.cofair_data
-
-    def recording(*args, **kwargs):
-        data = original(*args, **kwargs)
-        built.append((args[0], data))
-        return data
-
-    monkeypatch.setattr(cofair_experiment, "cofair_data", recording)
+    built = record_data_builds(monkeypatch, cofair_experiment, "cofair_data")
     report = load("cofair_sweep").main([tiny_cofair_config(tmp_path), "--grid", "[{}]", "--out", str(tmp_path / "w")])
     assert report["withheld_labels"] == ["probe valid", "probe test"]
     (split, data), = built

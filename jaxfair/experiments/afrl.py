@@ -44,12 +44,10 @@ def afrl_data(split: Split, user_vecs: jax.Array, item_vecs: jax.Array,
     """AFRL's constant inputs; the attribute labels of the probe users in ``withheld`` (the probe test users by
     default; ``benchmarks/afrl_lambda_sweep.py`` withholds the probe validation users too) are not used."""
     names = split.attribute_names
-    weight = np.ones(split.num_users, np.float32)
-    for stage in withheld:
-        weight[split.probe_users[stage]] = 0.0
     labels = np.stack([split.user_attributes[n] for n in names], axis=1)
     num_classes = tuple(len(split.attribute_classes[n]) for n in names)
-    return afrl.make_data(user_vecs, item_vecs, labels, num_classes, weight)
+    return afrl.make_data(user_vecs, item_vecs, labels, num_classes,
+                          backbone_experiment.label_weight(split, withheld))
 
 
 def requirement_metrics(params, score, user_vecs, item_vecs, targets, negatives, requirements, *, config, ks):

@@ -204,6 +204,16 @@ class FrozenBackbone(NamedTuple):
     score: jax.tree_util.Partial
 
 
+def label_weight(split, withheld: tuple[str, ...] = ("test",)) -> np.ndarray:
+    """float32 ``(U,)``: 1 for users whose attribute labels a fairness method may train on, 0 for the probe users of
+    the ``withheld`` probe stages (the probe test users by default, so the probe scores users the method never saw
+    labelled; the validation sweeps withhold ``("valid", "test")``)."""
+    weight = np.ones(split.num_users, np.float32)
+    for stage in withheld:
+        weight[split.probe_users[stage]] = 0.0
+    return weight
+
+
 def frozen_backbone(split, config: ExperimentConfig, out_dir=None, log=print) -> FrozenBackbone:
     """Train the configured backbone and freeze it. With ``out_dir``, training is checkpointed there and the
     selected parameters are saved to ``out_dir/checkpoints/best``."""

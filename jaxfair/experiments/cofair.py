@@ -79,11 +79,9 @@ def cofair_data(split, user_vecs, item_vecs, attribute: str,
     """Cofair's constant inputs for ``attribute``; the labels of the probe users in ``withheld`` (the probe test
     users by default; ``benchmarks/cofair_sweep.py`` withholds the probe validation users too) are not used."""
     check_attribute(split, attribute)
-    weight = np.ones(split.num_users, np.float32)
-    for stage in withheld:
-        weight[split.probe_users[stage]] = 0.0
     return cofair.make_data(
-        user_vecs, item_vecs, split.user_attributes[attribute], len(split.attribute_classes[attribute]), weight
+        user_vecs, item_vecs, split.user_attributes[attribute], len(split.attribute_classes[attribute]),
+        backbone_experiment.label_weight(split, withheld),
     )
 
 

@@ -110,7 +110,8 @@ FULL_RANKING = "held-out positives ranked among all items; training (and validat
 
 def run_header(split, config, protocol: str | None = None, description: str | None = None) -> dict:
     """The fields every experiment's ``results.json`` opens with: the dataset, its source and statistics, the
-    protocol (when given) and the seeds. ``config`` is the run's :class:`~jaxfair.experiments.config.ExperimentConfig`."""
+    protocol (when given) and the seeds. ``config`` is the run's
+    :class:`~jaxfair.experiments.config.ExperimentConfig`."""
     header = {"dataset": split.name, "source": config.data.source, "statistics": split.statistics()}
     if protocol is not None:
         header.update(protocol=protocol, protocol_description=description)

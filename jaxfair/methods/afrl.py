@@ -41,7 +41,8 @@ Choices where the paper is silent (recorded here on purpose):
   D_i))``, the cross-entropy between the attribute's class prior and the discriminator's prediction, smallest
   exactly when D_i can do no better than the prior. ``adversary = "mean_gap"`` replaces the adversarial term by an
   attacker-free one: F minimises ``lambda * sum_i S_i(z_0)``, with ``S_i`` the share of z_0's variance that lies
-  between attribute i's class means (:mod:`jaxfair.methods.class_means`), over the batch's users. D_i is trained as in the paper in every case (under ``mean_gap`` it only reports).
+  between attribute i's class means (:mod:`jaxfair.methods.class_means`), over the batch's users. D_i is trained
+  as in the paper in every case (under ``mean_gap`` it only reports).
 """
 
 from __future__ import annotations
