@@ -101,26 +101,29 @@ def main(argv=None):
         lambda u, v: backbone.score(params, u, v), user_vecs, item_vecs, split,
         dataclasses.replace(config.evaluate, protocols=("sampled",)),
     )["sampled"]["test"]
-    bb_auc = afrl_experiment.probe_requirements(
+    bb_probe = afrl_experiment.probe_requirements(
         {"backbone": np.asarray(user_vecs["test"])}, np.ones((1, len(split.attribute_names)), bool), split, key,
-        config.probe,
-    )["backbone"]["auc"]
+        config.probe, afrl_experiment.audit_users(split),
+    )["backbone"]
+    bb_auc, bb_unseen = bb_probe["auc"], bb_probe["unseen_auc"]
 
     header = "| requirement | backbone | " + " | ".join(methods) + " |"
     lines = [
-        f"Probe AUC of the sensitive attributes (mean) / NDCG@10, sampled protocol, test users; seed {seed}. "
-        f"Backbone NDCG@10 {backbone_metrics['ndcg@10']:.3f}.",
+        f"Mean AUC of the sensitive attributes, standard probe / unseen-user audit, then NDCG@10 (sampled protocol, "
+        f"test users); seed {seed}. Backbone NDCG@10 {backbone_metrics['ndcg@10']:.3f}.",
         "",
         header,
         "|" + "---|" * (len(methods) + 2),
     ]
     for r, name in enumerate(names):
         sensitive = [split.attribute_names[i] for i in np.flatnonzero(requirements[r])]
-        bb = f"{np.mean([bb_auc[a]['auc'] for a in sensitive]):.3f}" if sensitive else "-"
+        bb = (f"{np.mean([bb_auc[a]['auc'] for a in sensitive]):.3f} / "
+              f"{np.mean([bb_unseen[a]['auc'] for a in sensitive]):.3f}" if sensitive else "- / -")
         cells = []
         for m in methods.values():
             block = m[name]
-            auc = f"{block['mean_auc']:.3f}" if block["mean_auc"] is not None else "-"
+            auc = (f"{block['mean_auc']:.3f} / {block['mean_unseen_auc']:.3f}" if block["mean_auc"] is not None
+                   else "- / -")
             cells.append(f"{auc} / {block['metrics']['ndcg@10']:.3f}")
         lines.append(f"| {name} | {bb} / {backbone_metrics['ndcg@10']:.3f} | " + " | ".join(cells) + " |")
     lines += ["", "Training time (s): " + ", ".join(f"{k} {v:.1f}" for k, v in seconds.items())]
@@ -129,7 +132,8 @@ def main(argv=None):
     (out / "table.md").write_text(table)
     payload = {
         "config": args.config, "seed": seed, "seconds": seconds, "backbone_ndcg@10": backbone_metrics["ndcg@10"],
-        "methods": {k: {n: {x: v[n][x] for x in ("sensitive", "metrics", "probe_auc", "mean_auc")} for n in names}
+        "methods": {k: {n: {x: v[n][x] for x in ("sensitive", "metrics", "probe_auc", "mean_auc", "unseen_auc",
+                                                  "mean_unseen_auc")} for n in names}
                     for k, v in methods.items()},
     }
     (out / "baselines.json").write_text(json.dumps(payload, indent=2) + "\n")

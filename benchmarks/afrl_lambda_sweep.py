@@ -7,8 +7,9 @@
 For every lambda in ``--lams`` (default: the paper's {0.001, 0.01, 0.1, 1, 10, 100}) AFRL is trained on the same
 frozen backbone with everything else from the config, and every non-empty requirement is evaluated. Writes
 ``sweep.json`` (per lambda: mean validation and test NDCG@10 over the non-empty requirements, mean probe AUC of the
-sensitive attributes on the probe validation and test users, per-requirement details) and ``pareto.png`` (mean test
-probe AUC against mean test NDCG@10, one point per lambda, the backbone as reference).
+sensitive attributes on the probe validation and test users, the unseen-user audit's mean AUC
+(:mod:`jaxfair.experiments.afrl`), per-requirement details) and ``pareto.png`` (mean test probe AUC and mean audit
+AUC against mean test NDCG@10, one point per lambda, the backbone as reference).
 
 Selection uses validation data only: among the lambdas whose mean validation NDCG@10 is at least
 ``--min-accuracy`` (0.9) times the backbone's, the one whose mean *validation* probe AUC is closest to 0.5. AFRL is
@@ -79,7 +80,7 @@ def main(argv=None):
     # Without the probe-validation users' labels too: the selection AUC then scores users whose attributes AFRL
     # never saw, as the test AUC does.
     score = frozen.score
-    data = afrl_experiment.afrl_data(split, user_vecs["valid"], item_vecs, withheld=("valid", "test"))
+    data = afrl_experiment.afrl_data(split, user_vecs["valid"], item_vecs, withheld=afrl_experiment.AUDIT_STAGES)
     backbone_valid = backbone_experiment.evaluate_ranking(
         lambda u, v: backbone.score(params, u, v), user_vecs, item_vecs, split,
         dataclasses.replace(config.evaluate, protocols=("sampled",)), ("valid", "test"),
@@ -106,13 +107,15 @@ def main(argv=None):
             "test_ndcg@10": mean_over_requirements(reqs, lambda r: r["metrics"]["ndcg@10"]),
             "valid_probe_auc": mean_over_requirements(reqs, lambda r: np.mean(list(r["probe_valid_auc"].values()))),
             "test_probe_auc": mean_over_requirements(reqs, lambda r: r["mean_auc"]),
+            "unseen_audit_auc": mean_over_requirements(reqs, lambda r: r["mean_unseen_auc"]),
             "seconds": time.perf_counter() - tick,
             "requirements": reqs,
         }
         points.append(point)
         print(
             f"lambda {lam:g}: valid ndcg@10 {point['valid_ndcg@10']:.4f} test ndcg@10 {point['test_ndcg@10']:.4f} "
-            f"valid auc {point['valid_probe_auc']:.4f} test auc {point['test_probe_auc']:.4f} ({point['seconds']:.0f}s)"
+            f"valid auc {point['valid_probe_auc']:.4f} test auc {point['test_probe_auc']:.4f} "
+            f"unseen audit auc {point['unseen_audit_auc']:.4f} ({point['seconds']:.0f}s)"
         )
 
     floor = args.min_accuracy * backbone_valid["valid"]["ndcg@10"]
@@ -122,12 +125,16 @@ def main(argv=None):
     backbone_auc = mean_over_requirements(
         evaluation["requirements"], lambda r: np.mean([bb_probe[a]["auc"] for a in r["sensitive"]])
     )
+    bb_unseen = evaluation["backbone_unseen"]
+    backbone_unseen = mean_over_requirements(
+        evaluation["requirements"], lambda r: np.mean([bb_unseen[a]["auc"] for a in r["sensitive"]])
+    )
     summary = {
         "config": args.config,
         "overrides": parse_overrides(args.set),
         "seed": config.train.seed,
         "backbone": {"valid_ndcg@10": backbone_valid["valid"]["ndcg@10"], "test_ndcg@10": backbone_valid["test"]["ndcg@10"],
-                     "test_probe_auc": backbone_auc},
+                     "test_probe_auc": backbone_auc, "unseen_audit_auc": backbone_unseen},
         "selection_rule": f"valid ndcg@10 >= {args.min_accuracy} x backbone, then valid probe AUC closest to 0.5",
         "withheld_labels": ["probe valid", "probe test"],
         "chosen_lam": chosen["lam"],
@@ -147,13 +154,16 @@ def plot(points, summary, path):
     fig, ax = plt.subplots(figsize=(5.5, 4))
     xs = [p["test_probe_auc"] for p in points]
     ys = [p["test_ndcg@10"] for p in points]
-    ax.plot(xs, ys, "o-", label="AFRL (one point per lambda)")
+    ax.plot(xs, ys, "o-", label="AFRL, standard probe")
+    ax.plot([p["unseen_audit_auc"] for p in points], ys, "s--", color="tab:orange", label="AFRL, unseen-user audit")
     for p in points:
         ax.annotate(f"{p['lam']:g}", (p["test_probe_auc"], p["test_ndcg@10"]), textcoords="offset points", xytext=(4, 4))
     bb = summary["backbone"]
-    ax.scatter([bb["test_probe_auc"]], [bb["test_ndcg@10"]], marker="*", s=150, color="k", label="backbone")
+    ax.scatter([bb["test_probe_auc"]], [bb["test_ndcg@10"]], marker="*", s=150, color="k", label="backbone, standard")
+    ax.scatter([bb["unseen_audit_auc"]], [bb["test_ndcg@10"]], marker="*", s=150, color="tab:orange",
+               label="backbone, audit")
     ax.axvline(0.5, color="grey", lw=0.8, ls="--")
-    ax.set_xlabel("mean probe AUC of the sensitive attributes (test users)")
+    ax.set_xlabel("mean AUC of the sensitive attributes")
     ax.set_ylabel("mean NDCG@10, sampled protocol (test)")
     ax.set_title("AFRL fairness-accuracy front over lambda")
     ax.legend(loc="upper left")

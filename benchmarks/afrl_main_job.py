@@ -30,10 +30,14 @@ def summarize(results: list[dict]) -> tuple[dict, str]:
         blocks = [r["afrl"]["requirements"][name] for r in results]
         sensitive = blocks[0]["sensitive"]
         bb_auc = [float(np.mean([r["backbone"]["probe_auc"][a] for a in sensitive])) for r in results] if sensitive else None
+        bb_unseen = ([float(np.mean([r["backbone"]["unseen_auc"][a] for a in sensitive])) for r in results]
+                     if sensitive else None)
         entry = {
             "sensitive": sensitive,
             "afrl_mean_auc": [b["mean_auc"] for b in blocks],
             "backbone_mean_auc": bb_auc,
+            "afrl_mean_unseen_auc": [b["mean_unseen_auc"] for b in blocks],
+            "backbone_mean_unseen_auc": bb_unseen,
             "afrl_ndcg@10": [b["metrics"]["ndcg@10"] for b in blocks],
             "afrl_hr@10": [b["metrics"]["hr@10"] for b in blocks],
             "ndcg_ratio_to_backbone": [b["metrics"]["ndcg@10"] / n for b, n in zip(blocks, bb_ndcg)],
@@ -41,7 +45,8 @@ def summarize(results: list[dict]) -> tuple[dict, str]:
         summary["requirements"][name] = entry
         rows.append(
             f"| {name} | {mean_std(bb_auc) if bb_auc else '-'} | "
-            f"{mean_std(entry['afrl_mean_auc']) if sensitive else '-'} | {mean_std(entry['afrl_ndcg@10'])} | "
+            f"{mean_std(entry['afrl_mean_auc']) if sensitive else '-'} | {mean_std(bb_unseen) if bb_unseen else '-'} | "
+            f"{mean_std(entry['afrl_mean_unseen_auc']) if sensitive else '-'} | {mean_std(entry['afrl_ndcg@10'])} | "
             f"{mean_std(entry['afrl_hr@10'])} | {np.mean(entry['ndcg_ratio_to_backbone']):.3f} |"
         )
     summary["backbone"] = {"ndcg@10": bb_ndcg, "hr@10": bb_hr}
@@ -51,8 +56,9 @@ def summarize(results: list[dict]) -> tuple[dict, str]:
     header = (
         f"Backbone ({results[0]['backbone']['name']}): NDCG@10 {mean_std(bb_ndcg)}, HR@10 {mean_std(bb_hr)}; "
         f"{len(results)} seeds, mean ± std.\n\n"
-        "| requirement | backbone AUC | AFRL AUC | AFRL NDCG@10 | AFRL HR@10 | NDCG vs backbone |\n"
-        "|---|---|---|---|---|---|\n"
+        "| requirement | backbone AUC | AFRL AUC | backbone unseen AUC | AFRL unseen AUC | AFRL NDCG@10 | AFRL HR@10 "
+        "| NDCG vs backbone |\n"
+        "|---|---|---|---|---|---|---|---|\n"
     )
     timing = " · ".join(f"{k.removesuffix('_seconds')} {np.mean(v):.1f} s" for k, v in summary["timings"].items())
     table = header + "\n".join(rows) + f"\n\nWall time per run: {np.mean(summary['total_seconds']):.1f} s ({timing}).\n"

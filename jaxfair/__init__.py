@@ -20,12 +20,12 @@ from jaxfair.data.synthetic import make_synthetic
 from jaxfair.experiments.backbone import evaluate_ranking, train_backbone
 from jaxfair.experiments.config import parse_config
 from jaxfair.methods import afrl, cofair, itfr
-from jaxfair.metrics.probe import ProbeConfig, probe_all, probe_attribute
+from jaxfair.metrics.probe import ProbeConfig, cross_fitted_probe, probe_all, probe_attribute
 from jaxfair.metrics.ranking import full_protocol, ranking_metrics, sampled_protocol
 
 __all__ = [
     "BACKBONES", "ConfigError", "DataError", "PrepConfig", "ProbeConfig", "RawDataset", "Split", "afrl", "cofair",
-    "itfr",
+    "itfr", "cross_fitted_probe",
     "evaluate_ranking", "fetch", "full_protocol", "load", "load_split", "make_backbone", "make_synthetic",
     "parse_config", "prepare", "probe_all", "probe_attribute", "ranking_metrics", "read_atomic", "read_dataset",
     "read_ml100k", "read_ml1m", "sampled_protocol", "save_split", "train_backbone",

@@ -52,7 +52,7 @@ def _probe(args) -> None:
 
     from jaxfair.data.preprocess import split_probe_users
     from jaxfair.experiments.outputs import format_table, write_json
-    from jaxfair.metrics.probe import ProbeConfig, probe_all
+    from jaxfair.metrics.probe import ProbeConfig, cross_fitted_probe, probe_all
 
     embeddings_path, users_path = pathlib.Path(args.embeddings), pathlib.Path(args.users)
     for path in (embeddings_path, users_path):
@@ -85,7 +85,14 @@ def _probe(args) -> None:
             raise UsageError(f"{users_path}, line {bad[0] + 2}: probe_split must be train, valid or test")
         parts = {p: np.flatnonzero(users["probe_split"].to_numpy() == p).astype(np.int32) for p in ("train", "valid", "test")}
     else:
+        if args.unseen:
+            raise UsageError(f"{users_path}: --unseen needs a probe_split column")
         parts = split_probe_users(len(users), (0.8, 0.1, 0.1), np.random.default_rng(args.seed))
+    unseen_users = None
+    if args.unseen:
+        unseen_users = np.sort(np.concatenate([parts[stage] for stage in args.unseen]))
+        if len(unseen_users) < 5:
+            raise UsageError(f"--unseen {' '.join(args.unseen)}: {len(unseen_users)} users; the audit needs at least 5")
     codes, classes = {}, {}
     for name in attributes:
         labels = tuple(sorted(users[name].unique()))
@@ -94,14 +101,26 @@ def _probe(args) -> None:
         classes[name] = labels
         codes[name] = users[name].map({v: k for k, v in enumerate(labels)}).to_numpy().astype(np.int32)
     config = ProbeConfig(bootstrap=args.bootstrap)
-    results = probe_all(embeddings.astype(np.float32), codes, classes, parts, jax.random.key(args.seed), config)
+    key = jax.random.key(args.seed)
+    results = probe_all(embeddings.astype(np.float32), codes, classes, parts, key, config)
     rows = [
         {"attribute": n, "classes": len(classes[n]), "auc": r["auc"], "ci_low": r["auc_ci"][0], "ci_high": r["auc_ci"][1]}
         for n, r in results.items()
     ]
+    columns = ["attribute", "classes", "auc", "ci_low", "ci_high"]
+    if unseen_users is not None:
+        for i, (row, name) in enumerate(zip(rows, attributes)):
+            audit = cross_fitted_probe(embeddings.astype(np.float32), codes[name], unseen_users, len(classes[name]),
+                                       jax.random.fold_in(key, 100 + i), config)
+            results[name]["unseen"] = audit
+            row.update(unseen_auc=audit["auc"], unseen_low=audit["auc_ci"][0], unseen_high=audit["auc_ci"][1])
+        columns += ["unseen_auc", "unseen_low", "unseen_high"]
     print(f"probe: {len(parts['train'])} train / {len(parts['valid'])} valid / {len(parts['test'])} test users")
-    print(format_table(rows, ["attribute", "classes", "auc", "ci_low", "ci_high"]))
+    print(format_table(rows, columns))
     print("AUC 0.5 = the attribute cannot be predicted from the embeddings; 1.0 = it leaks completely.")
+    if unseen_users is not None:
+        print(f"unseen_*: 5-fold cross-fitted probes on the {len(unseen_users)} users of probe_split "
+              f"{', '.join(args.unseen)} only (use it when the embeddings were trained with the other users' labels).")
     if args.out:
         write_json(pathlib.Path(args.out), {"embeddings": str(embeddings_path), "users": str(users_path), "probe": results})
 
@@ -133,6 +152,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--attributes", nargs="+", help="columns to probe (default: all but user, raw_id, probe_split)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the 95%% CI")
+    p.add_argument("--unseen", nargs="+", choices=["train", "valid", "test"],
+                   help="also audit with probes fitted and scored only on these probe_split users (cross-fitted), "
+                        "e.g. the users whose labels a fairness method never saw")
     p.add_argument("--out", help="also write the results to this JSON file")
     p.set_defaults(func=_probe)
     return parser

@@ -190,6 +190,8 @@ def test_ablation_switches_remove_their_inputs(state_and_data):
     )
     with pytest.raises(ValueError, match="at least one"):
         afrl.AFRLConfig(use_attribute_embeddings=False, use_collaborative_embedding=False)
+    with pytest.raises(ValueError, match="confusion_on_all_users needs"):
+        afrl.AFRLConfig(confusion_on_all_users=True)  # the paper's adversary needs every user's label
 
 
 def test_class_prior_is_the_weighted_class_frequency():
@@ -232,6 +234,44 @@ def test_mean_gap_adversary_adds_lambda_times_each_attributes_between_class_shar
     got_f = afrl.collaborative_loss(f_params, linear_stack(head_w), u, labels, np.ones(B, np.float32), weight, mask,
                                     lam=3.0, adversary="mean_gap")
     np.testing.assert_allclose(got_f, reconstruction + 3.0 * expected, rtol=1e-5)
+
+
+def test_confusion_on_all_users_also_pushes_unlabelled_users_to_the_prior(toy):
+    # F's confusion term needs no labels, so with confusion_on_all_users it covers the users whose labels are
+    # withheld (weight 0 here: user 2) as well; D still trains on labelled users only.
+    u, labels, weight, head_w, mask = toy
+    prior = jnp.asarray(afrl.class_prior(labels, weight, np.asarray(mask)))
+    f_params = [{"w": jnp.eye(D, dtype=jnp.float32), "b": jnp.zeros(D)}]  # F(u) = u: no reconstruction error
+    everyone = np.ones(B, np.float32)
+    heads = linear_stack(head_w)
+
+    def loss(confusion_weight):
+        return afrl.collaborative_loss(f_params, heads, u, labels, everyone, weight, mask, lam=2.0, prior=prior,
+                                       adversary="confusion", confusion_weight=confusion_weight)
+
+    labelled_only = afrl.confusion_loss(heads, jnp.asarray(u), prior, weight, mask)
+    all_users = afrl.confusion_loss(heads, jnp.asarray(u), prior, everyone, mask)
+    np.testing.assert_allclose(loss(None), 2.0 * labelled_only, rtol=1e-5)  # the default: labelled users only
+    np.testing.assert_allclose(loss(everyone), 2.0 * all_users, rtol=1e-5)
+    assert abs(float(all_users - labelled_only)) > 1e-3  # user 2 counts only in the second
+
+
+def test_confusion_on_all_users_is_what_the_train_step_uses(state_and_data):
+    _, data, config, _ = state_and_data
+    import dataclasses
+
+    batch = {"user": jnp.arange(8, dtype=jnp.int32), "pos": jnp.arange(8, dtype=jnp.int32),
+             "neg": jnp.arange(8, 16, dtype=jnp.int32), "weight": jnp.ones(8)}
+    withheld = data._replace(attribute_weight=jnp.zeros_like(data.attribute_weight))  # no labels at all
+    losses = {}
+    for flag in (False, True):
+        cfg = dataclasses.replace(config, adversary="confusion", confusion_on_all_users=flag, lam=1.0)
+        state = afrl.init_state(jax.random.key(0), withheld, cfg)
+        _, metrics = jax.jit(afrl.make_train_step(withheld, lambda a, b: jnp.sum(a * b, -1), cfg))(
+            state, batch, jax.random.key(1))
+        losses[flag] = float(metrics["loss_F"])
+    # without labels F's adversarial term vanishes unless it covers every user (it is >= the prior entropy > 0)
+    assert losses[True] > losses[False] + 1e-3
 
 
 def test_vmapped_requirement_metrics_equal_a_loop_over_requirements(state_and_data):

@@ -36,15 +36,18 @@ def test_main_job_summary_aggregates_seeds():
     runs = [
         {
             "seed": s,
-            "backbone": {"name": "pmf", "metrics": {"ndcg@10": 0.4, "hr@10": 0.6}, "probe_auc": {"gender": 0.7}},
+            "backbone": {"name": "pmf", "metrics": {"ndcg@10": 0.4, "hr@10": 0.6}, "probe_auc": {"gender": 0.7},
+                         "unseen_auc": {"gender": 0.66}},
             "afrl": {"requirements": {"G": {"sensitive": ["gender"], "metrics": {"ndcg@10": 0.3 + 0.1 * s,
-                                                                                 "hr@10": 0.5}, "mean_auc": 0.55}}},
+                                                                                 "hr@10": 0.5}, "mean_auc": 0.55,
+                                            "mean_unseen_auc": 0.6 + 0.02 * s}}},
             "timings": {"afrl_seconds": 1.0 + s, "afrl_epochs": 3},
         }
         for s in (0, 1)
     ]
     summary, table = summarize(runs)
-    assert "| G | 0.700 ± 0.000 | 0.550 ± 0.000 | 0.350 ± 0.050 |" in table
+    assert "| G | 0.700 ± 0.000 | 0.550 ± 0.000 | 0.660 ± 0.000 | 0.610 ± 0.010 | 0.350 ± 0.050 |" in table
+    assert summary["requirements"]["G"]["afrl_mean_unseen_auc"] == [0.6, 0.62]
     assert summary["total_seconds"] == [1.0, 2.0]
 
 
@@ -307,3 +310,31 @@ def test_itfr_seeds_summarises_variants_and_checks_against_bpr(tmp_path):
     cv = {name: summary["variants"][name]["cv@20"] for name in ("bpr", "itfr")}
     assert abs(checks["cv_ratio"] - sum(cv["itfr"]) / sum(cv["bpr"])) < 1e-9
     assert (tmp_path / "s" / "table.md").read_text().count("\n| ") >= 4
+
+
+def test_unseen_audit_groups_embedding_files_over_runs(tmp_path):
+    import pandas as pd
+
+    runs = []
+    for seed in (0, 1):
+        rng = np.random.default_rng(seed)
+        n = 300
+        gender = rng.integers(0, 2, n)
+        run = tmp_path / f"seed{seed}"
+        run.mkdir()
+        pd.DataFrame({"user": np.arange(n), "probe_split": rng.choice(["train", "valid", "test"], n, p=[0.6, 0.2, 0.2]),
+                      "gender": np.where(gender == 1, "M", "F")}).to_csv(run / "users.csv", index=False)
+        planted = rng.normal(size=(n, 4)).astype(np.float32)
+        planted[:, 0] += 3.0 * gender
+        np.save(run / "user_embeddings_level0.npy", planted)
+        np.save(run / "user_embeddings_level1.npy", rng.normal(size=(n, 4)).astype(np.float32))
+        runs.append(str(run))
+    out = tmp_path / "audit.json"
+    load("unseen_audit").main(runs + ["--stages", "valid", "test", "--out", str(out)])
+    audit = json.loads(out.read_text())
+    assert list(audit["summary"]) == ["level0", "level1"]
+    assert all(a > 0.9 for kind in ("standard", "unseen") for a in audit["summary"]["level0"][kind])
+    assert all(abs(a - 0.5) < 0.2 for a in audit["summary"]["level1"]["unseen"])
+    users = pd.read_csv(tmp_path / "seed0" / "users.csv")
+    assert audit["runs"][runs[0]]["num_unseen"] == int(users["probe_split"].isin(["valid", "test"]).sum())
+    assert "| level0 |" in audit["table"]

@@ -97,6 +97,26 @@ def test_probe_audits_any_embedding_file(finished_run, capsys):
     assert "gender" in out and "occupation" in out and "ci_low" in out
 
 
+def test_probe_unseen_audit_uses_only_the_named_probe_split_users(finished_run, tmp_path, capsys):
+    out_json = tmp_path / "probe.json"
+    code = main(["probe", str(finished_run / "user_embeddings.npy"), str(finished_run / "users.csv"),
+                 "--attributes", "gender", "--bootstrap", "50", "--unseen", "valid", "test", "--out", str(out_json)])
+    assert code == 0
+    assert "unseen_auc" in capsys.readouterr().out
+    users = pd.read_csv(finished_run / "users.csv")
+    audit = json.loads(out_json.read_text())["probe"]["gender"]["unseen"]
+    assert audit["num_users"] == int(users["probe_split"].isin(["valid", "test"]).sum())
+    assert 0.0 <= audit["auc"] <= 1.0
+
+
+def test_probe_unseen_audit_needs_a_probe_split_column(finished_run, tmp_path, capsys):
+    users = pd.read_csv(finished_run / "users.csv").drop(columns=["probe_split"])
+    users.to_csv(tmp_path / "no_split.csv", index=False)
+    assert main(["probe", str(finished_run / "user_embeddings.npy"), str(tmp_path / "no_split.csv"),
+                 "--unseen", "test"]) == 2
+    assert "--unseen needs a probe_split column" in capsys.readouterr().err
+
+
 def test_probe_rejects_mismatched_rows_with_a_clear_message(finished_run, tmp_path, capsys):
     users = pd.read_csv(finished_run / "users.csv").iloc[:-1]
     users.to_csv(tmp_path / "short.csv", index=False)

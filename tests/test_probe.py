@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from jaxfair.metrics.auc import binary_auc, multiclass_auc, resampled_auc
-from jaxfair.metrics.probe import ProbeConfig, probe_all, probe_attribute
+from jaxfair.metrics.probe import ProbeConfig, cross_fitted_probe, probe_all, probe_attribute
 
 FAST = ProbeConfig(steps=100, eval_every=20, bootstrap=200)
 
@@ -164,3 +164,59 @@ def test_hidden_layer_probe_and_probe_all():
     assert abs(out["age"]["auc"] - 0.5) < 0.15
     # Attribute i is probed with fold_in(key, i).
     assert out["age"] == probe_attribute(emb, attrs["age"], users, 3, jax.random.fold_in(key, 1), config)
+
+
+# ---------------------------------------------------------------- cross-fitted probe
+
+
+def test_cross_fitted_probe_scores_every_user_once_by_a_probe_that_never_saw_them(monkeypatch):
+    from jaxfair.metrics import probe as probe_module
+
+    emb, labels, _ = _weak_signal(seed=6, n=300)
+    users = np.arange(40, 290)
+    calls = []
+    real = probe_module.probe_attribute
+
+    def recording(embeddings, y, split, *args, **kwargs):
+        calls.append({k: np.asarray(v) for k, v in split.items()})
+        return real(embeddings, y, split, *args, **kwargs)
+
+    monkeypatch.setattr(probe_module, "probe_attribute", recording)
+    out = cross_fitted_probe(emb, labels, users, 2, jax.random.key(0), FAST, folds=5)
+    assert len(calls) == 5 and out["num_users"] == len(users)
+    tested = np.concatenate([c["test"] for c in calls])
+    np.testing.assert_array_equal(np.sort(tested), users)  # each user scored exactly once
+    for c in calls:
+        parts = [set(c[s].tolist()) for s in ("train", "valid", "test")]
+        assert not (parts[0] & parts[1] or parts[0] & parts[2] or parts[1] & parts[2])
+        assert set().union(*parts) == set(users.tolist())  # only the given users are used
+    assert len(out["fold_auc"]) == 5
+    assert out["auc_ci"][0] <= out["auc"] <= out["auc_ci"][1]
+    again = cross_fitted_probe(emb, labels, users, 2, jax.random.key(0), FAST, folds=5)
+    assert again["auc"] == out["auc"]
+
+
+def test_cross_fitted_probe_sees_leakage_a_label_scrambling_method_hides_from_the_standard_probe():
+    # A "method" that knows the labels of its training users and flips the attribute's encoding for them only,
+    # leaving everyone else as they were: the standard probe, fitted on those users, reads the flip as the rule and
+    # scores the unseen test users below 0.5; the cross-fitted probe, fitted on unseen users only, sees the leak.
+    rng = np.random.default_rng(7)
+    n, d = 900, 4
+    labels = rng.integers(0, 2, n)
+    emb = rng.normal(size=(n, d)).astype(np.float32)
+    emb[:, 0] += 1.5 * (2 * labels - 1)
+    users = _split(n, rng)
+    emb[users["train"], 0] *= -1.0
+    unseen = np.concatenate([users["valid"], users["test"]])
+    standard = probe_attribute(emb, labels, users, 2, jax.random.key(0), FAST)
+    crossed = cross_fitted_probe(emb, labels, unseen, 2, jax.random.key(0), FAST)
+    assert standard["auc"] < 0.2
+    assert crossed["auc"] > 0.8
+
+
+def test_cross_fitted_probe_rejects_too_few_users_or_folds():
+    emb, labels, _ = _weak_signal(seed=8, n=50)
+    with pytest.raises(ValueError, match="folds"):
+        cross_fitted_probe(emb, labels, np.arange(4), 2, jax.random.key(0), FAST, folds=5)
+    with pytest.raises(ValueError, match="folds"):
+        cross_fitted_probe(emb, labels, np.arange(50), 2, jax.random.key(0), FAST, folds=2)

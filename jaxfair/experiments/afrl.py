@@ -5,12 +5,22 @@ Run by ``jaxfair train configs/afrl_pmf_ml100k.toml --out DIR`` (any config with
 
 * ``results.json`` - per requirement (``none``, ``G``, ``A``, ``O``, ``G+A``, ``G+O``, ``A+O``, ``G+A+O``): sampled
   protocol NDCG@K and HR@K, the probe AUC of each sensitive attribute on the fair embeddings and their mean (the
-  paper's Table 2 column); the same for the backbone; per-stage timings;
+  paper's Table 2 column), the same AUC from the *unseen-user audit* (below); the same for the backbone; per-stage
+  timings;
 * ``user_embeddings_<requirement>.npy`` ``(U, d)`` - the fair test-time embeddings of every user under each
   requirement, rows aligned with ``users.csv``; ``user_embeddings_backbone.npy`` for the unfair starting point;
 * ``checkpoints/afrl`` and ``afrl_log.jsonl``.
 
 All requirements are evaluated in one ``jax.vmap`` over the requirement axis.
+
+Two leakage measures, because AFRL trains against attribute labels. AFRL never uses the labels of the probe
+validation and probe test users (``AUDIT_STAGES``). The *standard probe* (:func:`~jaxfair.metrics.probe.probe_attribute`)
+is fitted on the probe training users, whose labels AFRL did train against, selected on the validation users and
+scored on the test users. The *unseen-user audit* (:func:`~jaxfair.metrics.probe.cross_fitted_probe`) fits, selects
+and scores its probes only on the validation and test users, by 5-fold cross-fitting. When AFRL changes the
+encoding of the users whose labels it saw in a way that does not carry over to the others, the standard probe
+learns the wrong rule and reports little (or reversed) leakage while the audit still sees it; on MovieLens-100k
+the two differ (README, AFRL section).
 """
 
 from __future__ import annotations
@@ -30,19 +40,25 @@ from jaxfair.experiments.config import ExperimentConfig
 from jaxfair.experiments.outputs import format_table, run_header, write_json, write_npy
 from jaxfair.methods import afrl
 from jaxfair.methods import requirements as requirements_lib
-from jaxfair.metrics.probe import probe_attribute
+from jaxfair.metrics.probe import cross_fitted_probe, probe_attribute
 
 SECTION = "afrl"
+AUDIT_STAGES = ("valid", "test")  # probe stages whose users' labels AFRL never trains on
 
 
 def method_config(config: ExperimentConfig) -> afrl.AFRLConfig:
     return from_dict(afrl.AFRLConfig, config.sections.get(SECTION), SECTION)
 
 
+def audit_users(split: Split, withheld: tuple[str, ...] = AUDIT_STAGES) -> np.ndarray:
+    """int ``(n,)``: the probe users of the ``withheld`` stages, whose labels AFRL never saw (the audit's users)."""
+    return np.sort(np.concatenate([np.asarray(split.probe_users[stage]) for stage in withheld]))
+
+
 def afrl_data(split: Split, user_vecs: jax.Array, item_vecs: jax.Array,
-              withheld: tuple[str, ...] = ("test",)) -> afrl.AFRLData:
-    """AFRL's constant inputs; the attribute labels of the probe users in ``withheld`` (the probe test users by
-    default; ``benchmarks/afrl_lambda_sweep.py`` withholds the probe validation users too) are not used."""
+              withheld: tuple[str, ...] = AUDIT_STAGES) -> afrl.AFRLData:
+    """AFRL's constant inputs; the attribute labels of the probe users in ``withheld`` (the probe validation and
+    test users) are not used."""
     names = split.attribute_names
     labels = np.stack([split.user_attributes[n] for n in names], axis=1)
     num_classes = tuple(len(split.attribute_classes[n]) for n in names)
@@ -72,21 +88,32 @@ def train_afrl(split, data, score, method: afrl.AFRLConfig, seed: int, out_dir, 
     )
 
 
-def probe_requirements(embeddings_by_req: dict[str, np.ndarray], requirements: np.ndarray, split: Split, key, config):
-    """Probe AUC of each sensitive attribute on each requirement's fair embeddings, and their mean (Table 2)."""
+def probe_requirements(embeddings_by_req: dict[str, np.ndarray], requirements: np.ndarray, split: Split, key, config,
+                       unseen_users=None):
+    """Probe AUC of each sensitive attribute on each requirement's fair embeddings, and their mean (Table 2).
+
+    With ``unseen_users`` (int ``(n,)``), also the unseen-user audit of each attribute (``unseen_auc``, a
+    :func:`~jaxfair.metrics.probe.cross_fitted_probe` result) and their mean (``mean_unseen_auc``).
+    """
     names = split.attribute_names
     out = {}
     for r, (req_name, embeddings) in enumerate(embeddings_by_req.items()):
-        per_attr = {}
+        per_attr, unseen = {}, {}
         for i in np.flatnonzero(requirements[r]):
             name = names[i]
+            labels, num_classes = split.user_attributes[name], len(split.attribute_classes[name])
             per_attr[name] = probe_attribute(
-                embeddings, split.user_attributes[name], split.probe_users, len(split.attribute_classes[name]),
-                jax.random.fold_in(key, i), config,
+                embeddings, labels, split.probe_users, num_classes, jax.random.fold_in(key, i), config,
             )
+            if unseen_users is not None:
+                unseen[name] = cross_fitted_probe(
+                    embeddings, labels, unseen_users, num_classes, jax.random.fold_in(key, 100 + i), config
+                )
         out[req_name] = {
             "auc": per_attr,
             "mean_auc": float(np.mean([v["auc"] for v in per_attr.values()])) if per_attr else None,
+            "unseen_auc": unseen,
+            "mean_unseen_auc": float(np.mean([v["auc"] for v in unseen.values()])) if unseen else None,
         }
     return out
 
@@ -107,7 +134,9 @@ def evaluate_embeddings(fair, requirements, split: Split, user_vecs, item_vecs, 
 
     Returns:
       ``{"requirements": {name: {"sensitive", "metrics", "probe_auc", "probe_auc_ci", "probe_valid_auc",
-      "mean_auc"}}, "embeddings": {name: (U, d)}, "backbone_probe": {attribute: probe result}}``.
+      "mean_auc", "unseen_auc", "unseen_auc_ci", "mean_unseen_auc"}}, "embeddings": {name: (U, d)},
+      "backbone_probe": {attribute: probe result}, "backbone_unseen": {attribute: audit result}}``; the audit
+      (``unseen_*``) runs on :func:`audit_users`.
     """
     names = [afrl.requirement_name(r, split.attribute_names) for r in requirements]
     metrics = requirements_lib.embedding_metrics(
@@ -115,8 +144,10 @@ def evaluate_embeddings(fair, requirements, split: Split, user_vecs, item_vecs, 
         ks=tuple(ks),
     )
     everything = np.ones((1, len(split.attribute_names)), bool)
-    backbone_probe = probe_requirements({"backbone": np.asarray(user_vecs)}, everything, split, key, probe_config)
-    probes = probe_requirements(dict(zip(names, fair)), requirements, split, key, probe_config)
+    unseen_users = audit_users(split)
+    backbone_probe = probe_requirements({"backbone": np.asarray(user_vecs)}, everything, split, key, probe_config,
+                                        unseen_users)
+    probes = probe_requirements(dict(zip(names, fair)), requirements, split, key, probe_config, unseen_users)
     per_requirement = {}
     for r, name in enumerate(names):
         per_attr = probes[name]["auc"]
@@ -127,11 +158,15 @@ def evaluate_embeddings(fair, requirements, split: Split, user_vecs, item_vecs, 
             "probe_auc_ci": {a: p["auc_ci"] for a, p in per_attr.items()},
             "probe_valid_auc": {a: p["valid_auc"] for a, p in per_attr.items()},
             "mean_auc": probes[name]["mean_auc"],
+            "unseen_auc": {a: p["auc"] for a, p in probes[name]["unseen_auc"].items()},
+            "unseen_auc_ci": {a: p["auc_ci"] for a, p in probes[name]["unseen_auc"].items()},
+            "mean_unseen_auc": probes[name]["mean_unseen_auc"],
         }
     return {
         "requirements": per_requirement,
         "embeddings": dict(zip(names, fair)),
         "backbone_probe": backbone_probe["backbone"]["auc"],
+        "backbone_unseen": backbone_probe["backbone"]["unseen_auc"],
     }
 
 
@@ -175,10 +210,12 @@ def run(config: ExperimentConfig, out_dir, log: Callable[[str], None] = print) -
             "name": config.backbone_name,
             "metrics": backbone_metrics,
             "probe_auc": {a: p["auc"] for a, p in backbone_probe.items()},
+            "unseen_auc": {a: p["auc"] for a, p in evaluation["backbone_unseen"].items()},
             "best_epoch": bb_fit.best_epoch,
         },
         "afrl": {
             "config": to_dict(method),
+            "withheld_labels": [f"probe {stage}" for stage in AUDIT_STAGES],
             "best_epoch": afrl_fit.best_epoch,
             "epochs_run": afrl_fit.epochs_run,
             "requirements": per_requirement,
@@ -192,21 +229,26 @@ def run(config: ExperimentConfig, out_dir, log: Callable[[str], None] = print) -
 
 
 def results_table(results: dict, k: int = 10) -> str:
-    """The paper's Table 2 layout: per requirement, mean probe AUC of the sensitive attributes, NDCG@k, HR@k."""
+    """The paper's Table 2 layout: per requirement, mean probe AUC of the sensitive attributes (standard probe and
+    unseen-user audit), NDCG@k, HR@k."""
     backbone = results["backbone"]
     rows = []
     for name, block in results["afrl"]["requirements"].items():
         bb_auc = [backbone["probe_auc"][a] for a in block["sensitive"]]
+        bb_unseen = [backbone["unseen_auc"][a] for a in block["sensitive"]]
         rows.append(
             {
                 "requirement": name,
                 "backbone auc": float(np.mean(bb_auc)) if bb_auc else "-",
                 "afrl auc": block["mean_auc"] if block["mean_auc"] is not None else "-",
+                "backbone unseen auc": float(np.mean(bb_unseen)) if bb_unseen else "-",
+                "afrl unseen auc": block["mean_unseen_auc"] if block["mean_unseen_auc"] is not None else "-",
                 f"backbone ndcg@{k}": backbone["metrics"][f"ndcg@{k}"],
                 f"afrl ndcg@{k}": block["metrics"][f"ndcg@{k}"],
                 f"backbone hr@{k}": backbone["metrics"][f"hr@{k}"],
                 f"afrl hr@{k}": block["metrics"][f"hr@{k}"],
             }
         )
-    title = f"{results['dataset']} / {results['backbone']['name']} / sampled protocol (test users); AUC 0.5 = no leak\n"
+    title = (f"{results['dataset']} / {results['backbone']['name']} / sampled protocol (test users); AUC 0.5 = no leak; "
+             "unseen = audit probes fitted and scored only on users whose labels AFRL never saw\n")
     return title + format_table(rows, list(rows[0]))

@@ -43,6 +43,13 @@ Choices where the paper is silent (recorded here on purpose):
   attacker-free one: F minimises ``lambda * sum_i S_i(z_0)``, with ``S_i`` the share of z_0's variance that lies
   between attribute i's class means (:mod:`jaxfair.methods.class_means`), over the batch's users. D_i is trained
   as in the paper in every case (under ``mean_gap`` it only reports).
+* Whose embeddings F's adversarial term covers. The paper's term needs each user's label, so it covers the users
+  whose labels AFRL may use. On MovieLens-100k that debiasing carries over poorly to the other users: a probe fitted
+  and scored only on users whose labels AFRL never saw still finds most of the gender signal (README, AFRL section;
+  :func:`jaxfair.metrics.probe.cross_fitted_probe`). The confusion target needs no label, so
+  ``confusion_on_all_users = True`` (off by default; only with ``adversary = "confusion"``) applies it to every
+  user of the batch, labelled or not, while D_i still learns from labelled users only. No withheld label is used;
+  the unlabelled users' embeddings are, as they are at serving time.
 """
 
 from __future__ import annotations
@@ -87,6 +94,8 @@ class AFRLConfig:
         does one alternating step, Algorithm 1 line 9).
       aggregator_residual: True makes G residual on z_0, ``u* = z_0 + G(...)`` (see the module docstring); False
         is Eq. (17) as written.
+      confusion_on_all_users: with ``adversary = "confusion"``, F's confusion term covers every user of the batch
+        instead of the labelled ones only (see the module docstring).
     """
 
     beta: float = 0.1
@@ -104,6 +113,7 @@ class AFRLConfig:
     adversary: str = "paper"
     discriminator_steps: int = 1
     aggregator_residual: bool = False
+    confusion_on_all_users: bool = False
 
     def __post_init__(self):
         if self.adversary not in ADVERSARIES:
@@ -116,6 +126,8 @@ class AFRLConfig:
         ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.confusion_on_all_users and self.adversary != "confusion":
+            raise ValueError("confusion_on_all_users needs adversary = 'confusion' (the other targets need labels)")
         if not (self.use_attribute_embeddings or self.use_collaborative_embedding):
             raise ValueError("at least one of use_attribute_embeddings and use_collaborative_embedding must be true")
 
@@ -294,21 +306,24 @@ def discriminator_loss(d_params, z0, labels, weight, mask) -> jax.Array:
 
 
 def collaborative_loss(
-    f_params, d_params, u, labels, recon_weight, attr_weight, mask, lam: float, prior=None, adversary="paper"
+    f_params, d_params, u, labels, recon_weight, attr_weight, mask, lam: float, prior=None, adversary="paper",
+    confusion_weight=None,
 ) -> jax.Array:
     """Outer minimisation of Eq. (16) over F: ``E ||z_0 - u||^2`` (Eq. 15) plus the adversarial term.
 
     ``adversary="paper"``: ``- lambda sum_i [-log q(a_i | z_0; D_i)]`` (Eq. 14 as written);
     ``adversary="confusion"``: ``+ lambda sum_i CE(p(a_i), q(. | z_0; D_i))`` with ``prior`` the class priors;
     ``adversary="mean_gap"``: ``+ lambda sum_i S_i(z_0)`` (:func:`mean_gap_loss`; D is not used).
+    ``confusion_weight`` (``(B,)``, default ``attr_weight``) weights the users in the confusion term.
     """
     z0 = mlp_apply(f_params, u)
+    confusion_weight = attr_weight if confusion_weight is None else confusion_weight
     reconstruction = _weighted_mean(jnp.sum((z0 - u) ** 2, axis=-1), recon_weight)
     if adversary == "paper":
         return reconstruction - lam * discriminator_loss(d_params, z0, labels, attr_weight, mask)
     if adversary == "mean_gap":
         return reconstruction + lam * mean_gap_loss(z0, labels, attr_weight, mask)
-    return reconstruction + lam * confusion_loss(d_params, z0, prior, attr_weight, mask)
+    return reconstruction + lam * confusion_loss(d_params, z0, prior, confusion_weight, mask)
 
 
 def mean_gap_loss(z0: jax.Array, labels: jax.Array, weight: jax.Array, mask: jax.Array) -> jax.Array:
@@ -400,7 +415,7 @@ def make_train_step(data: AFRLData, score: Callable, config: AFRLConfig):
             params, opt_state, "F",
             lambda f: collaborative_loss(
                 f, params["D"], u, labels, weight, attr_weight, data.class_mask, config.lam, data.class_prior,
-                config.adversary,
+                config.adversary, weight if config.confusion_on_all_users else attr_weight,
             ),
             tx,
         )

@@ -212,6 +212,68 @@ def probe_attribute(
     }
 
 
+def cross_fitted_probe(
+    embeddings: np.ndarray,
+    labels: np.ndarray,
+    users: np.ndarray,
+    num_classes: int,
+    key: jax.Array,
+    config: ProbeConfig = ProbeConfig(),
+    folds: int = 5,
+) -> dict:
+    """Leakage measured only on ``users``: a :func:`probe_attribute` per fold, pooled out-of-fold.
+
+    ``users`` are shuffled (seeded from ``key``) into ``folds`` parts. For fold ``k`` the probe is trained on the
+    other parts except part ``k + 1`` (mod ``folds``), selected on part ``k + 1`` and scored on part ``k``; every
+    user is scored once, by a probe that never saw them, and the AUC is computed over all of them together.
+
+    Use it when the embeddings were trained with some users' attribute labels (an adversarial fairness method
+    does): pass the users whose labels were withheld, and neither the probe's training users nor its test users
+    were seen by the method. :func:`probe_attribute` on ``Split.probe_users`` instead fits the probe on the probe
+    training users, whose labels such a method may have trained against, and a method that only scrambles *those*
+    users' encoding then looks fair to it.
+
+    Args:
+      embeddings: float ``(U, d)``; labels: int ``(U,)``; users: int ``(n,)`` with ``n >= folds``;
+      num_classes: ``C >= 2``; key: JAX PRNG key; config: probe settings; folds: ``>= 3``.
+
+    Returns:
+      ``auc`` (pooled out-of-fold AUC), ``auc_ci`` (percentile bootstrap over ``users``, or ``None``),
+      ``fold_auc`` (per fold) and ``num_users``.
+    """
+    users = np.asarray(users)
+    if folds < 3 or len(users) < folds:
+        raise ValueError(f"need folds >= 3 and at least `folds` users, got folds={folds} and {len(users)} users")
+    order = np.random.default_rng(_seed_from_key(jax.random.fold_in(key, 7))).permutation(users)
+    parts = np.array_split(order, folds)
+    y = np.asarray(labels).astype(np.int32)
+    proba, scored, fold_auc = [], [], []
+    no_bootstrap = dataclasses.replace(config, bootstrap=0)
+    for k in range(folds):
+        valid_part = (k + 1) % folds
+        train = np.concatenate([parts[j] for j in range(folds) if j not in (k, valid_part)])
+        split = {"train": np.sort(train), "valid": np.sort(parts[valid_part]), "test": np.sort(parts[k])}
+        result = probe_attribute(
+            embeddings, y, split, num_classes, jax.random.fold_in(key, k), no_bootstrap, return_test_proba=True
+        )
+        proba.append(result["test_proba"])
+        scored.append(split["test"])
+        fold_auc.append(result["auc"])
+    proba, scored = np.concatenate(proba), np.concatenate(scored)
+    y_scored = y[scored]
+    auc = multiclass_auc(y_scored, proba)
+    auc_ci = None
+    if config.bootstrap:
+        rng = np.random.default_rng(_seed_from_key(key))
+        counts = rng.multinomial(len(scored), np.full(len(scored), 1.0 / len(scored)), size=config.bootstrap)
+        replicates = resampled_auc(y_scored, proba, counts)
+        replicates = replicates[~np.isnan(replicates)]
+        if replicates.size:
+            tail = (1.0 - config.ci) / 2.0
+            auc_ci = [float(v) for v in np.quantile(replicates, [tail, 1.0 - tail])]
+    return {"auc": auc, "auc_ci": auc_ci, "fold_auc": [float(a) for a in fold_auc], "num_users": int(len(scored))}
+
+
 def probe_all(
     embeddings: np.ndarray,
     user_attributes: dict[str, np.ndarray],
