@@ -14,13 +14,16 @@ Run by ``jaxfair train configs/afrl_pmf_ml100k.toml --out DIR`` (any config with
 All requirements are evaluated in one ``jax.vmap`` over the requirement axis.
 
 Two leakage measures, because AFRL trains against attribute labels. AFRL never uses the labels of the probe
-validation and probe test users (``AUDIT_STAGES``). The *standard probe* (:func:`~jaxfair.metrics.probe.probe_attribute`)
-is fitted on the probe training users, whose labels AFRL did train against, selected on the validation users and
-scored on the test users. The *unseen-user audit* (:func:`~jaxfair.metrics.probe.cross_fitted_probe`) fits, selects
-and scores its probes only on the validation and test users, by 5-fold cross-fitting. When AFRL changes the
-encoding of the users whose labels it saw in a way that does not carry over to the others, the standard probe
-learns the wrong rule and reports little (or reversed) leakage while the audit still sees it; on MovieLens-100k
-the two differ (README, AFRL section).
+validation and probe test users (``AUDIT_STAGES``).
+
+* The *standard probe* (:func:`~jaxfair.metrics.probe.probe_attribute`) is fitted on the probe training users,
+  whose labels AFRL did train against, selected on the validation users and scored on the test users.
+* The *unseen-user audit* (:func:`~jaxfair.metrics.probe.cross_fitted_probe`) fits, selects and scores its probes
+  only on the validation and test users, by 5-fold cross-fitting.
+
+When AFRL changes the encoding of the users whose labels it saw in a way that does not carry over to the others,
+the standard probe learns the wrong rule and reports little (or reversed) leakage while the audit still sees it; on
+MovieLens-100k the two differ (README, AFRL section).
 """
 
 from __future__ import annotations
@@ -249,6 +252,6 @@ def results_table(results: dict, k: int = 10) -> str:
                 f"afrl hr@{k}": block["metrics"][f"hr@{k}"],
             }
         )
-    title = (f"{results['dataset']} / {results['backbone']['name']} / sampled protocol (test users); AUC 0.5 = no leak; "
-             "unseen = audit probes fitted and scored only on users whose labels AFRL never saw\n")
+    title = (f"{results['dataset']} / {results['backbone']['name']} / sampled protocol (test users); "
+             "AUC 0.5 = no leak; unseen = audit probes fitted and scored only on users whose labels AFRL never saw\n")
     return title + format_table(rows, list(rows[0]))

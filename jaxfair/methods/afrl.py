@@ -24,8 +24,9 @@ Choices where the paper is silent (recorded here on purpose):
   are masked out of the softmax.
 * The per-user terms (Eqs. 13, 16) use the users of the BPR batch (users weighted by their number of training
   positives), so one batch feeds all five updates.
-* Users of the probe test split contribute no attribute labels to training (``attribute_weight = 0``): the probe
-  that measures leakage is then scored on users whose attributes AFRL never saw.
+* Users of the probe validation and test splits contribute no attribute labels to training
+  (``attribute_weight = 0``; :data:`jaxfair.experiments.afrl.AUDIT_STAGES`): the probe that measures leakage is then
+  selected and scored, and the unseen-user audit fitted, on users whose attributes AFRL never saw.
 * ``G`` has ``aggregator_layers`` layers of width ``hidden`` (the paper does not give its depth); the attribute
   classifiers' and discriminators' hidden width is ``hidden`` too.
 * The ablations AFRL-w/o-z_i and AFRL-w/o-z_0 zero the corresponding inputs of ``G`` (same architecture).
@@ -139,7 +140,8 @@ class AFRLData(NamedTuple):
       user_vecs: ``(U, d)`` frozen backbone user embeddings (training-time history).
       item_vecs: ``(I, d)`` frozen backbone item embeddings.
       labels: int32 ``(U, M)`` attribute classes.
-      attribute_weight: float ``(U,)``; 0 for users whose labels must not be used (the probe test users).
+      attribute_weight: float ``(U,)``; 0 for users whose labels must not be used (the probe validation
+        and test users).
       class_mask: bool ``(M, max_classes)``; True for the classes each attribute really has.
       class_prior: float ``(M, max_classes)``; each attribute's class frequencies among the training users (0 on
         masked classes), the target of the ``"confusion"`` adversary.
