@@ -236,6 +236,29 @@ def test_mean_gap_adversary_adds_lambda_times_each_attributes_between_class_shar
     np.testing.assert_allclose(got_f, reconstruction + 3.0 * expected, rtol=1e-5)
 
 
+def test_linear_share_adversary_adds_lambda_times_each_attributes_probe_share(toy):
+    u, labels, weight, head_w, mask = toy
+    z0 = 0.5 * u
+    kept = weight > 0
+    expected = 0.0
+    for i in range(M):
+        x, a = z0[kept].astype(np.float64), labels[kept, i]
+        mean = x.mean(0)
+        total = (x - mean).T @ (x - mean) / len(x)
+        between = sum(np.mean(a == k) * np.outer(x[a == k].mean(0) - mean, x[a == k].mean(0) - mean)
+                      for k in np.unique(a))
+        regularised = total + 1e-2 * np.trace(total) / D * np.eye(D)
+        expected += np.trace(np.linalg.solve(regularised, between)) / max(min(len(np.unique(a)) - 1, D), 1)
+    got = afrl.linear_share_loss(jnp.asarray(z0), labels, weight, mask)
+    np.testing.assert_allclose(got, expected, rtol=1e-4)
+    assert 0 < expected < M
+    f_params = [{"w": jnp.asarray(0.5 * np.eye(D), jnp.float32), "b": jnp.zeros(D)}]
+    reconstruction = np.mean(np.sum((z0 - u) ** 2, axis=-1))
+    got_f = afrl.collaborative_loss(f_params, linear_stack(head_w), u, labels, np.ones(B, np.float32), weight, mask,
+                                    lam=3.0, adversary="linear_share")
+    np.testing.assert_allclose(got_f, reconstruction + 3.0 * expected, rtol=1e-4)
+
+
 def test_confusion_on_all_users_also_pushes_unlabelled_users_to_the_prior(toy):
     # F's confusion term needs no labels, so with confusion_on_all_users it covers the users whose labels are
     # withheld (weight 0 here: user 2) as well; D still trains on labelled users only.

@@ -114,6 +114,20 @@ def np_between_class_share(x, labels, w):
     return between / total
 
 
+def np_linear_share(x, labels, w, ridge=1e-2):
+    """``tr((S_t + r I)^{-1} S_b) / (K' - 1)`` for one level, ``(B, d)``, in float64 (``r = ridge tr(S_t) / d``)."""
+    mean = w @ x / w.sum()
+    total = (x - mean).T @ ((x - mean) * w[:, None]) / w.sum()
+    present = np.unique(labels[w > 0])
+    between = np.zeros_like(total)
+    for k in present:
+        in_k = (labels == k) * w
+        gap = in_k @ x / in_k.sum() - mean
+        between += in_k.sum() / w.sum() * np.outer(gap, gap)
+    regularised = total + ridge * np.trace(total) / len(mean) * np.eye(len(mean))
+    return np.trace(np.linalg.solve(regularised, between)) / min(len(present) - 1, len(mean))
+
+
 def np_filter_loss(params, data, batch, config):
     """The filter objective of one batch in float64, one entry per BPR row (the paper's per-row form)."""
     user = np.asarray(batch["user"])
@@ -152,6 +166,8 @@ def np_filter_loss(params, data, batch, config):
         adversarial = confusion @ user_w / user_w.sum()
     elif config.adversary == "mean_gap":
         adversarial = np.array([np_between_class_share(levels[t], labels, user_w) for t in range(num_levels)])
+    elif config.adversary == "linear_share":
+        adversarial = np.array([np_linear_share(levels[t], labels, user_w) for t in range(num_levels)])
     else:
         adversarial = -level_losses
     loss = np.mean(bpr + lambdas * adversarial) + config.beta * reg
@@ -378,7 +394,7 @@ def test_step_updates_D_first_then_the_filter_against_the_updated_D():
 # ----------------------------------------------------------------------------------------------- per-user == per-row
 
 
-@pytest.mark.parametrize("adversary", ["paper", "capped", "confusion", "mean_gap"])
+@pytest.mark.parametrize("adversary", ["paper", "capped", "confusion", "mean_gap", "linear_share"])
 def test_per_user_and_per_row_batches_give_the_same_loss_and_gradients(adversary):
     config = small_config(adversary=adversary)
     data = make_toy_data(2, 3, withheld=(0, 5, 9, 17))
@@ -421,7 +437,7 @@ def test_batch_users_per_user_weights_are_label_weighted_row_counts():
 # ----------------------------------------------------------------------------------------------- the objective
 
 
-@pytest.mark.parametrize("adversary", ["paper", "capped", "confusion", "mean_gap"])
+@pytest.mark.parametrize("adversary", ["paper", "capped", "confusion", "mean_gap", "linear_share"])
 def test_filter_loss_matches_numpy_reference(adversary):
     config = small_config(adversary=adversary)
     data = make_toy_data(4, 3)

@@ -65,12 +65,12 @@ import numpy as np
 import optax
 
 from jaxfair.backbones.base import bpr_loss
-from jaxfair.methods.class_means import between_class_share
+from jaxfair.methods.class_means import between_class_share, linear_share
 from jaxfair.methods.mlp import mlp_apply, mlp_init, mlp_sizes, stack_apply, stack_apply_each, stack_init
 from jaxfair.training.step import TrainState
 
 PLAYERS = ("C", "E", "D", "F", "G")
-ADVERSARIES = ("confusion", "mean_gap", "paper")
+ADVERSARIES = ("confusion", "linear_share", "mean_gap", "paper")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,7 +90,8 @@ class AFRLConfig:
       use_collaborative_embedding: False gives the AFRL-w/o-z_0 ablation.
       adversary: ``"paper"`` (default; Eq. 16's ``-lambda * CE`` literally), ``"confusion"`` (F pushes D_i's
         prediction to the class prior) or ``"mean_gap"`` (F shrinks the share of z_0's variance between each
-        attribute's class means); see the module docstring.
+        attribute's class means) or ``"linear_share"`` (the same with the share a linear least-squares probe
+        explains); see the module docstring.
       discriminator_steps: D updates per batch before F's update (the inner maximisation of Eq. 16; the paper
         does one alternating step, Algorithm 1 line 9).
       aggregator_residual: True makes G residual on z_0, ``u* = z_0 + G(...)`` (see the module docstring); False
@@ -315,7 +316,8 @@ def collaborative_loss(
 
     ``adversary="paper"``: ``- lambda sum_i [-log q(a_i | z_0; D_i)]`` (Eq. 14 as written);
     ``adversary="confusion"``: ``+ lambda sum_i CE(p(a_i), q(. | z_0; D_i))`` with ``prior`` the class priors;
-    ``adversary="mean_gap"``: ``+ lambda sum_i S_i(z_0)`` (:func:`mean_gap_loss`; D is not used).
+    ``adversary="mean_gap"``: ``+ lambda sum_i S_i(z_0)`` (:func:`mean_gap_loss`; D is not used);
+    ``adversary="linear_share"``: ``+ lambda sum_i V_i(z_0)`` (:func:`linear_share_loss`; D is not used).
     ``confusion_weight`` (``(B,)``, default ``attr_weight``) weights the users in the confusion term.
     """
     z0 = mlp_apply(f_params, u)
@@ -325,6 +327,8 @@ def collaborative_loss(
         return reconstruction - lam * discriminator_loss(d_params, z0, labels, attr_weight, mask)
     if adversary == "mean_gap":
         return reconstruction + lam * mean_gap_loss(z0, labels, attr_weight, mask)
+    if adversary == "linear_share":
+        return reconstruction + lam * linear_share_loss(z0, labels, attr_weight, mask)
     return reconstruction + lam * confusion_loss(d_params, z0, prior, confusion_weight, mask)
 
 
@@ -336,9 +340,18 @@ def mean_gap_loss(z0: jax.Array, labels: jax.Array, weight: jax.Array, mask: jax
       mask: bool ``(M, max_classes)`` (its width is the number of classes every attribute is counted over; absent
         classes have no weight and drop out).
     """
-    return sum(
-        between_class_share(z0[None], labels[:, i], weight, mask.shape[1])[0] for i in range(labels.shape[1])
-    )
+    return _sum_over_attributes(between_class_share, z0, labels, weight, mask)
+
+
+def linear_share_loss(z0: jax.Array, labels: jax.Array, weight: jax.Array, mask: jax.Array) -> jax.Array:
+    """``sum_i V_i(z_0)``: for each attribute, the share of its class indicator a linear least-squares probe on z_0
+    explains (:func:`~jaxfair.methods.class_means.linear_share`, Pillai's trace scaled to ``[0, 1]``). Arguments as
+    :func:`mean_gap_loss`."""
+    return _sum_over_attributes(linear_share, z0, labels, weight, mask)
+
+
+def _sum_over_attributes(statistic, z0, labels, weight, mask):
+    return sum(statistic(z0[None], labels[:, i], weight, mask.shape[1])[0] for i in range(labels.shape[1]))
 
 
 def aggregator_loss(g_params, params, u, pos_vecs, neg_vecs, sensitive, weight, score, config) -> jax.Array:

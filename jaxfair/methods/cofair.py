@@ -54,6 +54,10 @@ Choices where the paper is silent or its public code (WeixinChen98/Cofair) diffe
   no encoding to flip. It is not Fisher's ratio, so variance added in directions without the attribute lowers it too.
   ``D`` is still trained, and Eq. (10) and ``R`` still use its losses ``l_t``. On MovieLens-100k its order over the
   levels held for the labelled users but not for unseen users' probe AUC (README, Cofair).
+  ``adversary = "linear_share"`` uses Fisher's form instead, ``V_t = tr(S_t^{-1} S_b)`` with ``S_t`` the total
+  *covariance* (:func:`~jaxfair.methods.class_means.linear_share`, a small ridge on ``S_t``): for two classes the
+  R^2 of the best linear least-squares probe, unchanged by any invertible linear map of ``e_t``, so variance added
+  elsewhere buys nothing. ``D``, Eq. (10) and ``R`` as for ``mean_gap``.
 * ``D`` is one multi-class softmax head for any ``K >= 2`` (binary gender is ``K = 2``), without dropout. The public
   code takes one ``D`` step per level *before* the filter's backward pass that reuses ``D`` (an in-place update
   current PyTorch rejects); here ``D`` takes its steps on all levels at once, then the filter is differentiated
@@ -76,12 +80,12 @@ import optax
 
 from jaxfair.backbones.base import bpr_loss
 from jaxfair.methods.afrl import update_player
-from jaxfair.methods.class_means import between_class_share
+from jaxfair.methods.class_means import between_class_share, linear_share
 from jaxfair.methods.mlp import mlp_apply, mlp_init, mlp_sizes
 from jaxfair.training.step import TrainState
 
 PLAYERS = ("filter", "D")
-ADVERSARIES = ("paper", "capped", "confusion", "mean_gap")
+ADVERSARIES = ("paper", "capped", "confusion", "mean_gap", "linear_share")
 LOG2 = float(np.log(2.0))
 
 
@@ -104,8 +108,9 @@ class CofairConfig:
         each user's ``l_t(u)`` capped at ``-log prior[a_u]``, the loss of guessing from the prior) or ``"confusion"`` (the
         filter minimises ``lambda_t C_t``, the cross-entropy between the attribute's class prior and D's prediction,
         smallest exactly when D can do no better than the prior) or ``"mean_gap"`` (the filter minimises
-        ``lambda_t S_t``, the share of the level's variance between the class means, no attacker); see the module
-        docstring.
+        ``lambda_t S_t``, the share of the level's variance between the class means, no attacker) or
+        ``"linear_share"`` (``lambda_t V_t``, the share a linear least-squares probe explains, no attacker); see the
+        module docstring.
       residual: add the input embedding to every level's output (``e_t = e + W_o ...``) so an adapter starts from
         the original embedding; False is the paper's architecture.
       learning_rate: Adam step size of the filter and of ``D``.
@@ -297,8 +302,8 @@ def filter_loss(filter_params, disc_params, users: dict, rows: dict, score: Call
                 prior: jax.Array | None = None, levels_fn: Callable | None = None):
     """The filter's objective ``(1/T) sum_t [BPR_t - lambda_t L_t] + beta R`` of one batch (with the ``confusion``
     adversary, ``+ lambda_t C_t`` in place of ``- lambda_t L_t``; with ``mean_gap``, ``+ lambda_t S_t``
-    (:func:`between_class_share`); with ``capped``, ``l_t`` capped at ``-log prior[a_u]``; ``prior`` is required by
-    all three).
+    (:func:`between_class_share`); with ``linear_share``, ``+ lambda_t V_t`` (:func:`linear_share`); with
+    ``capped``, ``l_t`` capped at ``-log prior[a_u]``; ``prior`` is required by all four).
 
     The adversarial terms are over ``N`` distinct user rows with weights, the BPR term over the ``B`` batch rows,
     which index into the ``N`` users. With ``N = B`` (each row its own user) this is the per-row form of the paper;
@@ -330,6 +335,8 @@ def filter_loss(filter_params, disc_params, users: dict, rows: dict, score: Call
         adversarial = weighted_mean(confusion_losses(disc_params, adapted, prior), users["weight"])
     elif config.adversary == "mean_gap":
         adversarial = between_class_share(adapted, users["labels"], users["weight"], prior.shape[0])
+    elif config.adversary == "linear_share":
+        adversarial = linear_share(adapted, users["labels"], users["weight"], prior.shape[0])
     else:
         adversarial = -level_losses
     loss = jnp.mean(bpr + lambdas * adversarial) + config.beta * reg
