@@ -216,47 +216,44 @@ def test_confusion_adversary_is_cross_entropy_to_the_prior_and_bounded(toy):
     assert got >= entropy - 1e-5  # never below the prior's entropy: F cannot win by making D confidently wrong
 
 
-def test_mean_gap_adversary_adds_lambda_times_each_attributes_between_class_share(toy):
+def np_between_class_share(x, a):
+    """mean_gap's statistic of one attribute, unweighted users, float64."""
+    mean = x.mean(0)
+    between = sum(np.mean(a == k) * np.sum((x[a == k].mean(0) - mean) ** 2) for k in np.unique(a))
+    return between / np.mean(np.sum((x - mean) ** 2, axis=-1))
+
+
+def np_linear_share(x, a):
+    """linear_share's statistic of one attribute (ridge 1e-2), unweighted users, float64."""
+    mean = x.mean(0)
+    total = (x - mean).T @ (x - mean) / len(x)
+    between = sum(np.mean(a == k) * np.outer(x[a == k].mean(0) - mean, x[a == k].mean(0) - mean)
+                  for k in np.unique(a))
+    regularised = total + 1e-2 * np.trace(total) / D * np.eye(D)
+    return np.trace(np.linalg.solve(regularised, between)) / max(min(len(np.unique(a)) - 1, D), 1)
+
+
+@pytest.mark.parametrize(
+    "adversary, loss_fn, reference, rtol",
+    [
+        ("mean_gap", afrl.mean_gap_loss, np_between_class_share, 1e-5),
+        ("linear_share", afrl.linear_share_loss, np_linear_share, 1e-4),
+    ],
+)
+def test_attacker_free_adversaries_add_lambda_times_each_attributes_statistic(toy, adversary, loss_fn, reference,
+                                                                               rtol):
     u, labels, weight, head_w, mask = toy
     z0 = 0.5 * u  # F(u) = u / 2
     kept = weight > 0
-    expected = 0.0
-    for i in range(M):
-        x, a = z0[kept], labels[kept, i]
-        mean = x.mean(0)
-        between = sum(np.mean(a == k) * np.sum((x[a == k].mean(0) - mean) ** 2) for k in np.unique(a))
-        expected += between / np.mean(np.sum((x - mean) ** 2, axis=-1))
-    got = afrl.mean_gap_loss(jnp.asarray(z0), labels, weight, mask)
-    np.testing.assert_allclose(got, expected, rtol=1e-5)
+    expected = sum(reference(z0[kept].astype(np.float64), labels[kept, i]) for i in range(M))
+    got = loss_fn(jnp.asarray(z0), labels, weight, mask)
+    np.testing.assert_allclose(got, expected, rtol=rtol)
     assert 0 < expected < M
     f_params = [{"w": jnp.asarray(0.5 * np.eye(D), jnp.float32), "b": jnp.zeros(D)}]
     reconstruction = np.mean(np.sum((z0 - u) ** 2, axis=-1))
     got_f = afrl.collaborative_loss(f_params, linear_stack(head_w), u, labels, np.ones(B, np.float32), weight, mask,
-                                    lam=3.0, adversary="mean_gap")
-    np.testing.assert_allclose(got_f, reconstruction + 3.0 * expected, rtol=1e-5)
-
-
-def test_linear_share_adversary_adds_lambda_times_each_attributes_probe_share(toy):
-    u, labels, weight, head_w, mask = toy
-    z0 = 0.5 * u
-    kept = weight > 0
-    expected = 0.0
-    for i in range(M):
-        x, a = z0[kept].astype(np.float64), labels[kept, i]
-        mean = x.mean(0)
-        total = (x - mean).T @ (x - mean) / len(x)
-        between = sum(np.mean(a == k) * np.outer(x[a == k].mean(0) - mean, x[a == k].mean(0) - mean)
-                      for k in np.unique(a))
-        regularised = total + 1e-2 * np.trace(total) / D * np.eye(D)
-        expected += np.trace(np.linalg.solve(regularised, between)) / max(min(len(np.unique(a)) - 1, D), 1)
-    got = afrl.linear_share_loss(jnp.asarray(z0), labels, weight, mask)
-    np.testing.assert_allclose(got, expected, rtol=1e-4)
-    assert 0 < expected < M
-    f_params = [{"w": jnp.asarray(0.5 * np.eye(D), jnp.float32), "b": jnp.zeros(D)}]
-    reconstruction = np.mean(np.sum((z0 - u) ** 2, axis=-1))
-    got_f = afrl.collaborative_loss(f_params, linear_stack(head_w), u, labels, np.ones(B, np.float32), weight, mask,
-                                    lam=3.0, adversary="linear_share")
-    np.testing.assert_allclose(got_f, reconstruction + 3.0 * expected, rtol=1e-4)
+                                    lam=3.0, adversary=adversary)
+    np.testing.assert_allclose(got_f, reconstruction + 3.0 * expected, rtol=rtol)
 
 
 def test_confusion_on_all_users_also_pushes_unlabelled_users_to_the_prior(toy):

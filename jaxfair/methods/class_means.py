@@ -22,6 +22,19 @@ import jax
 import jax.numpy as jnp
 
 
+def _class_moments(embeddings, labels, weight, num_classes):
+    """Weighted class statistics of ``(T, N, d)`` embeddings: ``counts (K,)`` (class weights), ``total_weight``,
+    ``share (K,)`` (``p_k``), ``class_means (T, K, d)`` (``mu_k``; 0 for a class without weight) and ``mean (T, d)``
+    (``mu = sum_k p_k mu_k``)."""
+    onehot = jax.nn.one_hot(labels, num_classes, dtype=embeddings.dtype) * weight[:, None]  # (N, K)
+    counts = jnp.sum(onehot, axis=0)
+    total_weight = jnp.maximum(jnp.sum(counts), 1e-12)
+    share = counts / total_weight
+    class_means = jnp.einsum("nk,tnd->tkd", onehot, embeddings) / jnp.maximum(counts, 1e-12)[None, :, None]
+    mean = jnp.einsum("k,tkd->td", share, class_means)
+    return counts, total_weight, share, class_means, mean
+
+
 def between_class_share(embeddings: jax.Array, labels: jax.Array, weight: jax.Array, num_classes: int) -> jax.Array:
     """The share of the (weighted) variance between the class means, per leading slice: ``(T, N, d) -> (T,)``
     (``T`` is Cofair's levels; AFRL passes one slice).
@@ -30,12 +43,7 @@ def between_class_share(embeddings: jax.Array, labels: jax.Array, weight: jax.Ar
     class ``k``, ``mu_k`` its weighted mean and ``mu = sum_k p_k mu_k`` the overall weighted mean; classes without
     weight drop out. 0 when every class has the same mean, 1 when every user sits on their class mean.
     """
-    onehot = jax.nn.one_hot(labels, num_classes, dtype=embeddings.dtype) * weight[:, None]  # (N, K)
-    counts = jnp.sum(onehot, axis=0)  # (K,)
-    total_weight = jnp.maximum(jnp.sum(counts), 1e-12)
-    share = counts / total_weight
-    class_means = jnp.einsum("nk,tnd->tkd", onehot, embeddings) / jnp.maximum(counts, 1e-12)[None, :, None]
-    mean = jnp.einsum("k,tkd->td", share, class_means)
+    counts, total_weight, share, class_means, mean = _class_moments(embeddings, labels, weight, num_classes)
     between = jnp.einsum("k,tk->t", share, jnp.sum((class_means - mean[:, None]) ** 2, axis=-1))
     total = jnp.einsum("n,tn->t", weight, jnp.sum((embeddings - mean[:, None]) ** 2, axis=-1)) / total_weight
     return between / jnp.maximum(total, 1e-12)
@@ -55,12 +63,7 @@ def linear_share(
     divided by their number: 0 when every class has the same mean, 1 when the classes are linearly separable with
     no spread along the separating directions.
     """
-    onehot = jax.nn.one_hot(labels, num_classes, dtype=embeddings.dtype) * weight[:, None]  # (N, K)
-    counts = jnp.sum(onehot, axis=0)  # (K,)
-    total_weight = jnp.maximum(jnp.sum(counts), 1e-12)
-    share = counts / total_weight
-    class_means = jnp.einsum("nk,tnd->tkd", onehot, embeddings) / jnp.maximum(counts, 1e-12)[None, :, None]
-    mean = jnp.einsum("k,tkd->td", share, class_means)
+    counts, total_weight, share, class_means, mean = _class_moments(embeddings, labels, weight, num_classes)
     centred = embeddings - mean[:, None]  # (T, N, d)
     total = jnp.einsum("n,tni,tnj->tij", weight, centred, centred) / total_weight  # (T, d, d)
     gaps = class_means - mean[:, None]  # (T, K, d)
