@@ -10,6 +10,8 @@ import pytest
 from jaxfair.methods import afrl
 from jaxfair.training.trainer import tree_equal
 
+from references import np_between_class_share, np_linear_share
+
 M, D, B = 3, 4, 5
 CLASSES = (2, 3, 4)
 
@@ -214,23 +216,6 @@ def test_confusion_adversary_is_cross_entropy_to_the_prior_and_bounded(toy):
     np.testing.assert_allclose(got, expected, rtol=1e-5)
     entropy = -sum(np.sum(p[p > 0] * np.log(p[p > 0])) for p in prior)
     assert got >= entropy - 1e-5  # never below the prior's entropy: F cannot win by making D confidently wrong
-
-
-def np_between_class_share(x, a):
-    """mean_gap's statistic of one attribute, unweighted users, float64."""
-    mean = x.mean(0)
-    between = sum(np.mean(a == k) * np.sum((x[a == k].mean(0) - mean) ** 2) for k in np.unique(a))
-    return between / np.mean(np.sum((x - mean) ** 2, axis=-1))
-
-
-def np_linear_share(x, a):
-    """linear_share's statistic of one attribute (ridge 1e-2), unweighted users, float64."""
-    mean = x.mean(0)
-    total = (x - mean).T @ (x - mean) / len(x)
-    between = sum(np.mean(a == k) * np.outer(x[a == k].mean(0) - mean, x[a == k].mean(0) - mean)
-                  for k in np.unique(a))
-    regularised = total + 1e-2 * np.trace(total) / D * np.eye(D)
-    return np.trace(np.linalg.solve(regularised, between)) / max(min(len(np.unique(a)) - 1, D), 1)
 
 
 @pytest.mark.parametrize(

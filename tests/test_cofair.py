@@ -14,6 +14,8 @@ import pytest
 
 from jaxfair.methods import cofair
 
+from references import np_between_class_share, np_linear_share
+
 U, I, D, T = 30, 40, 8, 3
 LOG2 = np.log(2.0)
 
@@ -101,31 +103,6 @@ def np_disc_logits(disc_params, x):
 
 def np_softplus(x):
     return np.log1p(np.exp(-np.abs(x))) + np.maximum(x, 0.0)
-
-
-def np_between_class_share(x, labels, w):
-    """``sum_k p_k ||mu_k - mu||^2 / (weighted mean ||x - mu||^2)`` for one level, ``(B, d)``, in float64."""
-    mean = w @ x / w.sum()
-    between = 0.0
-    for k in np.unique(labels[w > 0]):
-        in_k = (labels == k) * w
-        between += in_k.sum() / w.sum() * np.sum((in_k @ x / in_k.sum() - mean) ** 2)
-    total = w @ np.sum((x - mean) ** 2, axis=-1) / w.sum()
-    return between / total
-
-
-def np_linear_share(x, labels, w, ridge=1e-2):
-    """``tr((S_t + r I)^{-1} S_b) / (K' - 1)`` for one level, ``(B, d)``, in float64 (``r = ridge tr(S_t) / d``)."""
-    mean = w @ x / w.sum()
-    total = (x - mean).T @ ((x - mean) * w[:, None]) / w.sum()
-    present = np.unique(labels[w > 0])
-    between = np.zeros_like(total)
-    for k in present:
-        in_k = (labels == k) * w
-        gap = in_k @ x / in_k.sum() - mean
-        between += in_k.sum() / w.sum() * np.outer(gap, gap)
-    regularised = total + ridge * np.trace(total) / len(mean) * np.eye(len(mean))
-    return np.trace(np.linalg.solve(regularised, between)) / min(len(present) - 1, len(mean))
 
 
 def np_filter_loss(params, data, batch, config):
