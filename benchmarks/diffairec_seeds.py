@@ -10,11 +10,18 @@ not rerun. Writes ``summary.json`` and ``table.md``.
 Check (means over seeds, test split, at each reported K): for each DifFaiRec variant and each gap (absolute
 equality of Recall and of NDCG, equal opportunity), ``gap(variant) < gap(diffrec)``. Model selection used
 validation data only.
+
+Paired differences: seed ``s`` trains DiffRec and DifFaiRec with the same seed on the same split, so each gap's
+per-seed difference ``d_s = gap_s(variant) - gap_s(diffrec)`` is paired; reported are their mean and the paired t
+statistic ``mean(d) / (std(d, ddof=1) / sqrt(n))`` (``paired`` in ``summary.json``, a line per variant in the table;
+with one seed, or identical differences, the t statistic is null).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import pathlib
 
 import numpy as np
 
@@ -26,6 +33,45 @@ GAP_LABELS = {"recall_gap": "AE-Recall", "ndcg_gap": "AE-NDCG", "eo_gap": "EO"}
 
 def mean_std(values) -> str:
     return outputs.mean_std(values, digits=4)
+
+
+def paired_difference(ours, base) -> dict:
+    """Mean of the per-seed differences ``ours - base`` and their paired t statistic (None when undefined)."""
+    d = np.asarray(ours, np.float64) - np.asarray(base, np.float64)
+    spread = float(np.std(d, ddof=1)) if len(d) > 1 else 0.0
+    t = float(np.mean(d) / (spread / np.sqrt(len(d)))) if spread > 0 else None
+    return {"mean": float(np.mean(d)), "t": t}
+
+
+def paired_differences(summary: dict) -> dict:
+    """:func:`paired_difference` of every DifFaiRec variant's every gap against DiffRec's, from the per-seed lists
+    of a summary."""
+    variants, ks = summary["variants"], summary["ks"]
+    return {name: {f"{gap}@{k}": paired_difference(variants[name][f"{gap}@{k}"], variants["diffrec"][f"{gap}@{k}"])
+                   for k in ks for gap in GAPS}
+            for name in variants if name.startswith("diffairec")}
+
+
+def paired_lines(paired: dict) -> str:
+    lines = ""
+    for name, pairs in paired.items():
+        cells = ", ".join(f"{key} {p['mean']:+.4f}" + ("" if p["t"] is None else f" (t {p['t']:+.2f})")
+                          for key, p in pairs.items())
+        lines += f"\nPaired over seeds, {name} minus diffrec: {cells}.\n"
+    return lines
+
+
+def add_paired(out_dir) -> dict:
+    """Add the paired differences to a finished ``summary.json`` (and their lines to ``table.md``) from its
+    per-seed lists, without the runs themselves."""
+    out_dir = pathlib.Path(out_dir)
+    summary = json.loads((out_dir / "summary.json").read_text())
+    summary["paired"] = paired_differences(summary)
+    outputs.write_json(out_dir / "summary.json", summary)
+    table = (out_dir / "table.md").read_text().split("\nPaired over seeds")[0].rstrip("\n") + "\n"
+    (out_dir / "table.md").write_text(table + paired_lines(summary["paired"]))
+    print(paired_lines(summary["paired"]))
+    return summary
 
 
 def summarize(results: list[dict], ks=(10, 20)) -> tuple[dict, str]:
@@ -54,6 +100,7 @@ def summarize(results: list[dict], ks=(10, 20)) -> tuple[dict, str]:
                             for k in ks for gap in GAPS}
         summary["checks"] = {"gaps_below_diffrec": checks,
                              "met": bool(checks) and all(all(c.values()) for c in checks.values())}
+        summary["paired"] = paired_differences(summary)
 
     first = results[0]
     stats = first["statistics"]
@@ -78,6 +125,7 @@ def summarize(results: list[dict], ks=(10, 20)) -> tuple[dict, str]:
                     for name, c in summary["checks"]["gaps_below_diffrec"].items()]
         table += ("\nGap below DiffRec's (means): " + "; ".join(verdicts) + ". All: "
                   + ("met" if summary["checks"]["met"] else "not met") + ".\n")
+        table += paired_lines(summary["paired"])
     return summary, table
 
 
@@ -86,7 +134,11 @@ def main(argv=None):
     parser.add_argument("config")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--out", default="benchmarks/results/diffairec")
+    parser.add_argument("--paired-only", action="store_true",
+                        help="only add the paired differences to the summary.json already in --out")
     args = parser.parse_args(argv)
+    if args.paired_only:
+        return add_paired(args.out)
     summary, _ = runner.seeds_report(args.config, args.seeds, args.out, summarize)
     return summary
 

@@ -11,7 +11,9 @@ model it builds on) alongside. Every number is measured in this one run.
 Shapes default to ``configs/diffairec_ml100k.toml`` on MovieLens-100k after its preprocessing (897 users, 1,447
 items, 3% dense): batches of 128 users, denoiser hidden [300], timestep embedding 10, latent d = 64, T = 5 steps of the
 linear-variance schedule, dropout 0.5, SNR reweighting and importance-sampled timesteps, mean-pooled group tokens,
-serving ``"average"`` over G = 2 groups, Adam at 1e-3 (the config trains at 3e-4; the cost does not depend on it).
+serving ``"average"`` over G = 2 groups with the condition-only swap (``--serve factual --swap input`` times what
+the config trains and serves: the counterfactual pass also reads the group-shifted input, and users are served
+under their own latent), Adam at 1e-3 (the config trains at 3e-4; the cost does not depend on it).
 The data are synthetic (numpy, seeded): binary interaction vectors of density ``--density`` (every user has at least
 one item) and a uniformly drawn group per user; the group tokens are :func:`jaxfair.methods.diffairec.group_tokens` of them, a constant given to both frameworks.
 
@@ -294,14 +296,26 @@ class TorchDiffusion:
     def user_latent(self, x):
         return self.encoder(x / x.norm(dim=-1, keepdim=True).clamp_min(1e-12))
 
-    def conditions(self, z, own):
-        """``C(z_u, g) = z_u - o_{g_u}(z_u) + o_g(z_u)`` for every group ``g``: ``(G, B, d)``."""
+    def _attention(self, z):
         torch = self.torch
         token_latents = self.F.linear(self.tokens, self.encoder.weight)  # (G, k, d), no bias
         logits = torch.einsum("bd,gkd->bgk", z @ self.query, token_latents @ self.key) / math.sqrt(z.shape[-1])
-        readout = torch.einsum("bgk,gkd->bgd", torch.softmax(logits, dim=-1), token_latents)
+        return torch.softmax(logits, dim=-1), token_latents
+
+    def conditions(self, z, own):
+        """``C(z_u, g) = z_u - o_{g_u}(z_u) + o_g(z_u)`` for every group ``g``: ``(G, B, d)``."""
+        torch = self.torch
+        weights, token_latents = self._attention(z)
+        readout = torch.einsum("bgk,gkd->bgd", weights, token_latents)
         own_part = readout[torch.arange(z.shape[0]), own]  # (B, d)
         return (z[:, None, :] - own_part[:, None, :] + readout).transpose(0, 1)
+
+    def input_shifts(self, x, z, own):
+        """``||x_u|| (r_g - r_{g_u})`` for every group ``g``, ``r_g`` the attention-weighted tokens: ``(G, B, I)``."""
+        torch = self.torch
+        readout = torch.einsum("bgk,gki->bgi", self._attention(z)[0], self.tokens)
+        own_part = readout[torch.arange(z.shape[0]), own]
+        return (x.norm(dim=-1, keepdim=True)[:, None, :] * (readout - own_part[:, None, :])).transpose(0, 1)
 
     def law(self):
         """``p(t)`` ``(T,)``: uniform until every timestep has a full loss history, then ``sqrt(E[L^2])``-shaped."""
@@ -359,8 +373,13 @@ class TorchDiffusion:
             else:
                 target_group = draws["target_group"]
             z = self.user_latent(x0)
-            z_cf = self.conditions(z, own)[target_group, torch.arange(size)]
-            outputs = self.denoise(torch.cat([dropped, dropped]), torch.cat([t, t]), torch.cat([z, z_cf]))
+            rows = torch.arange(size)
+            z_cf = self.conditions(z, own)[target_group, rows]
+            dropped_cf = dropped
+            if method.swap == "input":
+                x_t_cf = x_t + abar.sqrt() * self.input_shifts(x0, z, own)[target_group, rows]
+                dropped_cf = torch.where(keep, x_t_cf / (1.0 - dc.dropout), 0.0)
+            outputs = self.denoise(torch.cat([dropped, dropped_cf]), torch.cat([t, t]), torch.cat([z, z_cf]))
             factual, counter = outputs.chunk(2)
             mse, mse_cf = ((x0 - factual) ** 2).mean(dim=-1), ((x0 - counter) ** 2).mean(dim=-1)
             loss = (scale * (mse + method.counterfactual_weight * mse_cf) * weight).sum() / total
@@ -387,17 +406,23 @@ class TorchDiffusion:
             for start in range(0, self.x.shape[0], eval_batch):
                 x = self.x[start:start + eval_batch]
                 size = x.shape[0]
+                shifts = None
                 if method is None:
                     cond, copies = None, 1
                 else:
                     z = self.user_latent(x)
-                    cond = z[None] if method.serve == "factual" else self.conditions(z, self.groups[start:start + size])
+                    own = self.groups[start:start + size]
+                    cond = z[None] if method.serve == "factual" else self.conditions(z, own)
                     copies = cond.shape[0]
                     cond = cond.reshape(copies * size, -1)
+                    if method.serve == "average" and method.swap == "input":
+                        shifts = self.input_shifts(x, z, own).reshape(copies * size, -1)
                 x_t = x
                 for step in range(dc.reverse_steps - 1, -1, -1):
                     t = torch.full((copies * size,), step, dtype=torch.long)
                     inputs = x_t if copies == 1 else x_t.repeat(copies, 1)
+                    if shifts is not None:
+                        inputs = inputs + self.schedule["abar"][step].sqrt() * shifts
                     x0_hat = self.denoise(inputs, t, cond).view(copies, size, -1).mean(dim=0)
                     x_t = coef_x0[step] * x0_hat + coef_xt[step] * x_t
                 out.append(x_t)
@@ -518,6 +543,8 @@ def parse_args(argv):
     parser.add_argument("--group-vectors", choices=diffairec.GROUP_VECTORS, default="mean")
     parser.add_argument("--components", type=int, default=1, help="PCA tokens per group")
     parser.add_argument("--serve", choices=diffairec.SERVE, default="average")
+    parser.add_argument("--swap", choices=diffairec.SWAPS, default="condition",
+                        help="what the group swap changes (the ML-100k config: input, with --serve factual)")
     parser.add_argument("--batch", type=int, default=128, help="users per training step")
     parser.add_argument("--eval-batch", type=int, default=256, help="users per inference batch")
     parser.add_argument("--hidden", type=int, nargs="+", default=[300], help="denoiser hidden widths")
@@ -562,7 +589,7 @@ def main(argv=None):
     out = args.out if args.out or args.quick else str(DEFAULT_OUT)
     dc = diffusion.Config(steps=args.steps, hidden=tuple(args.hidden), time_dim=args.time_dim)
     method = diffairec.DifFaiRecConfig(group_vectors=args.group_vectors, components=args.components,
-                                       latent_dim=args.latent_dim, serve=args.serve)
+                                       latent_dim=args.latent_dim, serve=args.serve, swap=args.swap)
     interactions, groups = make_inputs(args.users, args.items, args.density, args.groups, args.seed)
     tokens = np.asarray(diffairec.group_tokens(interactions, groups, args.groups, method))
     batches = diffusion.user_batches(args.users, np.random.default_rng(args.seed), args.batch)
@@ -643,7 +670,7 @@ def report(results, args):
     q, ms, shapes = results["quartiles_ms"], results["median_ms"], results["shapes"]
     device = results["device"]
     print(f"DifFaiRec / DiffRec, U={args.users} I={args.items} (density {shapes['density']:.3f}) G={args.groups} "
-          f"({args.group_vectors} tokens, serve {args.serve}), B={args.batch} users, {shapes['batches_per_epoch']} "
+          f"({args.group_vectors} tokens, serve {args.serve}, swap {args.swap}), B={args.batch} users, {shapes['batches_per_epoch']} "
           f"batches/epoch, hidden {args.hidden}, d={args.latent_dim}, T={args.steps}; median of {args.repeats} steps "
           f"/ {args.epoch_repeats} epochs / {args.infer_repeats} inference passes ({device['jax_backend']}, "
           f"{device['cpu_count']} cpus, load average {device['load_average_at_start'][0]:.2f} -> "

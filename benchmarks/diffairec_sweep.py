@@ -72,8 +72,10 @@ def choose(scores: dict[float, dict], min_accuracy: float) -> float | None:
     return min(admissible, key=lambda w: admissible[w]["gap_difference"]) if admissible else None
 
 
-def sweep(config_path, seeds, out: pathlib.Path, reference: str, variants, field: str, values, log=print) -> dict:
-    """Train ``reference`` once per seed and ``variants`` once per value of ``[diffairec] field``; score each value."""
+def sweep(config_path, seeds, out: pathlib.Path, reference: str, variants, field: str, values, log=print,
+          fixed: dict | None = None) -> dict:
+    """Train ``reference`` once per seed and ``variants`` once per value of ``[diffairec] field`` (with the
+    ``[diffairec]`` settings ``fixed`` on top of the config); score each value."""
     baselines, runs = [], {v: [] for v in values}
     for seed in seeds:
         config = runner.load(config_path, seed=seed)
@@ -81,7 +83,7 @@ def sweep(config_path, seeds, out: pathlib.Path, reference: str, variants, field
         base = run_once(with_section(config, variants=[reference]), out / f"seed{seed}" / reference, quiet)
         baselines.append(base["variants"][reference])
         for value in values:
-            result = run_once(with_section(config, variants=list(variants), **{field: value}),
+            result = run_once(with_section(config, variants=list(variants), **(fixed or {}), **{field: value}),
                               out / f"seed{seed}" / f"{field}{value:g}", quiet)
             runs[value].append(result)
             log(f"seed {seed} {field} {value:g}: done")
@@ -95,17 +97,22 @@ def main(argv=None):
     parser.add_argument("--gammas", type=float, nargs="*", default=[1.0, 10.0, 100.0, 1000.0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--min-accuracy", type=float, default=0.98)
+    parser.add_argument("--swap", choices=["condition", "input"], default=None,
+                        help="DifFaiRec's swap for the weight sweep (default: the config's)")
+    parser.add_argument("--serve", choices=["average", "factual"], default=None,
+                        help="DifFaiRec's serving for the weight sweep (default: the config's)")
     parser.add_argument("--out", default="benchmarks/results/diffairec_sweep")
     args = parser.parse_args(argv)
     out = pathlib.Path(args.out)
     log = lambda message: print(message, flush=True)
-    report = {"config": args.config, "seeds": args.seeds, "min_accuracy": args.min_accuracy,
+    report = {"config": args.config, "seeds": args.seeds, "min_accuracy": args.min_accuracy, "swap": args.swap, "serve": args.serve,
               "selection_rule": __doc__.split("Selection rule: ")[1].split("Writes")[0].strip()}
     for field, values, reference, variants in (("counterfactual_weight", args.weights, "diffrec", DIFFAIREC),
                                                ("gamma", args.gammas, "mf", ("fair_mf",))):
         if not values:
             continue
-        scores = sweep(args.config, args.seeds, out, reference, variants, field, values, log)
+        fixed = {k: v for k, v in (("swap", args.swap), ("serve", args.serve)) if v and reference == "diffrec"}
+        scores = sweep(args.config, args.seeds, out, reference, variants, field, values, log, fixed)
         chosen = choose(scores, args.min_accuracy)
         for v, sc in scores.items():
             log(f"{field} {v:g}: valid ndcg@20 / {reference} {sc['accuracy_ratio']:.3f}, "

@@ -3,6 +3,7 @@ combined objective against a hand computation (one step, both conditions sharing
 step compiling once, the averaged and factual scorers against hand-rolled reverse loops, and config validation."""
 
 import dataclasses
+import functools
 
 import chex
 import jax
@@ -124,6 +125,28 @@ def test_pca_counterfactual_keeps_the_own_row_and_moves_the_others():
     assert np.all(np.abs(conditions[1 - GROUPS, np.arange(U)] - np.asarray(z)).max(axis=1) > 1e-4)
 
 
+@pytest.mark.parametrize("group_vectors, components", [("mean", 1), ("pca", 2)])
+def test_input_shift_is_the_group_swap_in_interaction_space(group_vectors, components):
+    """``xn_u + delta_g / ||x_u||`` encodes to the counterfactual latent ``C(z_u, g)``; the own group's shift is 0."""
+    x = interactions(6) * 2.0  # rows of norm > 1: the shift scales with ||x_u||
+    method = diffairec.DifFaiRecConfig(group_vectors=group_vectors, components=components)
+    tokens = diffairec.group_tokens(x, GROUPS, G, method)
+    cf = cf_params(3)
+    z = diffairec.user_latent(cf, jnp.asarray(x))
+    shifts = np.asarray(diffairec.input_shifts(cf, jnp.asarray(x), z, jnp.asarray(GROUPS), tokens), np.float64)
+    conditions = np.asarray(diffairec.counterfactual_latents(cf, z, jnp.asarray(GROUPS), tokens), np.float64)
+    assert shifts.shape == (G, U, I)
+    np.testing.assert_allclose(shifts[GROUPS, np.arange(U)], 0.0, atol=1e-7)
+    assert np.all(np.abs(shifts[1 - GROUPS, np.arange(U)]).max(axis=1) > 1e-3)
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    w, b = np.asarray(cf["encoder"]["w"], np.float64), np.asarray(cf["encoder"]["b"], np.float64)
+    for g in range(G):
+        np.testing.assert_allclose((np_normalised(x) + shifts[g] / norms) @ w + b, conditions[g], atol=2e-5)
+    if group_vectors == "mean":  # the shift is ||x_u|| (y_g - y_own)
+        y = np.asarray(tokens[:, 0], np.float64)
+        np.testing.assert_allclose(shifts[1 - GROUPS, np.arange(U)], norms * (y[1 - GROUPS] - y[GROUPS]), atol=1e-5)
+
+
 def test_other_groups_never_returns_the_own_group():
     own = jnp.asarray(np.tile([0, 1], 50), jnp.int32)
     np.testing.assert_array_equal(diffairec.other_groups(jax.random.key(0), own, 2), 1 - np.asarray(own))
@@ -153,10 +176,11 @@ def setup():
     return x, tokens, params
 
 
-@jax.jit
-def hand_losses(params, x, tokens, batch, key, sampler):
+@functools.partial(jax.jit, static_argnames="swap")
+def hand_losses(params, x, tokens, batch, key, sampler, swap="condition"):
     """The step's losses written out: the key split as the step's, one shared dropout mask, the counterfactual of
-    the other group (two groups) by the mean-pooling formula ``z + W_e^T (y_other - y_own)``."""
+    the other group (two groups) by the mean-pooling formula ``z + W_e^T (y_other - y_own)``; for ``swap =
+    "input"`` the counterfactual pass also reads ``x_t + sqrt(abar_t) ||x_0|| (y_other - y_own)``."""
     schedule = diffusion.make_schedule(DC)
     users, weight = batch["users"], batch["weight"]
     x0 = x[users]
@@ -173,8 +197,13 @@ def hand_losses(params, x, tokens, batch, key, sampler):
     y = tokens[:, 0]
     own = jnp.asarray(GROUPS)[users]
     z_cf = z + (y[1 - own] - y[own]) @ w
+    if swap == "input":
+        x_t_cf = x_t + jnp.sqrt(abar) * jnp.linalg.norm(x0, axis=1, keepdims=True) * (y[1 - own] - y[own])
+        dropped_cf = jnp.where(keep, x_t_cf / 0.5, 0.0)
+    else:
+        dropped_cf = dropped
     factual = diffusion.denoise(params["denoiser"], dropped, t, z)
-    counter = diffusion.denoise(params["denoiser"], dropped, t, z_cf)
+    counter = diffusion.denoise(params["denoiser"], dropped_cf, t, z_cf)
     mse = jnp.mean((x0 - factual) ** 2, axis=1)
     mse_cf = jnp.mean((x0 - counter) ** 2, axis=1)
     scale = diffusion.timestep_weight(DC, schedule, t) / (DC.steps * p_t)
@@ -189,14 +218,14 @@ def steps(setup):
     """The jitted steps with mean-pooled tokens, without and with the counterfactual term."""
     x, tokens, _ = setup
 
-    def make(weight):
-        method = diffairec.DifFaiRecConfig(latent_dim=D, counterfactual_weight=weight)
+    def make(weight, swap="condition"):
+        method = diffairec.DifFaiRecConfig(latent_dim=D, counterfactual_weight=weight, swap=swap)
         return jax.jit(diffairec.make_train_step(DC, method, x, GROUPS, tokens, TX))
 
-    return {0.0: make(0.0), 1.0: make(1.0)}
+    return {0.0: make(0.0), 1.0: make(1.0), "input": make(1.0, "input")}
 
 
-@pytest.mark.parametrize("weight, importance", [(0.0, False), (1.0, False), (1.0, True)])
+@pytest.mark.parametrize("weight, importance", [(0.0, False), (1.0, False), (1.0, True), ("input", False)])
 def test_step_losses_equal_a_hand_computation(setup, steps, weight, importance):
     x, tokens, params = setup
     state = diffusion.init_state(params, TX, DC)
@@ -206,7 +235,10 @@ def test_step_losses_equal_a_hand_computation(setup, steps, weight, importance):
         assert not np.allclose(diffusion.timestep_law(DC, state.sampler), 1 / DC.steps)
     key = jax.random.key(7)
     _, metrics = steps[weight](state, BATCH, key)
-    expected = {k: float(v) for k, v in hand_losses(params, jnp.asarray(x), tokens, BATCH, key, state.sampler).items()}
+    swap = "input" if weight == "input" else "condition"
+    expected = {k: float(v) for k, v in
+                hand_losses(params, jnp.asarray(x), tokens, BATCH, key, state.sampler, swap).items()}
+    weight = 1.0 if weight == "input" else weight
     assert float(metrics["mse"]) == pytest.approx(expected["mse"], rel=1e-5)
     assert float(metrics["mse_cf"]) == pytest.approx(expected["mse_cf"], rel=1e-5)
     assert float(metrics["agreement"]) == pytest.approx(expected["agreement"], rel=1e-4)
@@ -247,17 +279,23 @@ def test_pca_step_compiles_once_and_trains_every_part(setup):
 
 
 @jax.jit
-def hand_serving(params, x, conditions):
+def hand_serving(params, x, conditions, shifts=None):
     """The reverse process with the denoiser's output averaged over ``conditions`` (a list of ``(B, d)``), as a
-    loop, and the first hidden layer at the first reverse step averaged the same way."""
+    loop, and the first hidden layer at the first reverse step averaged the same way; with ``shifts`` (a list of
+    ``(B, I)``, one per condition) the denoiser reads ``x_t + sqrt(abar_t) shift`` under each condition."""
     schedule = diffusion.make_schedule(DC)
+    shifts = shifts or [jnp.zeros_like(x)] * len(conditions)
+    moved = lambda x_t, d, step: x_t + jnp.sqrt(schedule.abar[step]) * d  # noqa: E731
     x_t = x
     for step in range(DC.steps - 1, -1, -1):
         t = jnp.full((x.shape[0],), step, jnp.int32)
-        out = sum(diffusion.denoise(params["denoiser"], x_t, t, c) for c in conditions) / len(conditions)
+        out = sum(diffusion.denoise(params["denoiser"], moved(x_t, d, step), t, c)
+                  for c, d in zip(conditions, shifts)) / len(conditions)
         x_t = schedule.coef_x0[step] * out + schedule.coef_xt[step] * x_t
-    first = jnp.full((x.shape[0],), DC.steps - 1, jnp.int32)
-    latent = sum(diffusion.hidden_state(params["denoiser"], x, first, c) for c in conditions) / len(conditions)
+    top = DC.steps - 1
+    first = jnp.full((x.shape[0],), top, jnp.int32)
+    latent = sum(diffusion.hidden_state(params["denoiser"], moved(x, d, top), first, c)
+                 for c, d in zip(conditions, shifts)) / len(conditions)
     return x_t, latent
 
 
@@ -267,15 +305,15 @@ def served(setup):
     x, tokens, params = setup
     users = jnp.arange(U, dtype=jnp.int32)
     out = {}
-    for serve in ("factual", "average"):
-        method = diffairec.DifFaiRecConfig(latent_dim=D, serve=serve)
+    for serve, swap in (("factual", "condition"), ("average", "condition"), ("average", "input")):
+        method = diffairec.DifFaiRecConfig(latent_dim=D, serve=serve, swap=swap)
         scores = diffairec.make_scorer(DC, method, GROUPS, tokens)(params, jnp.asarray(x), users)
         latents = diffairec.make_latent_fn(DC, method, GROUPS, tokens)(params, jnp.asarray(x), users)
-        out[serve] = np.asarray(scores), np.asarray(latents)
+        out[serve if swap == "condition" else "average_input"] = np.asarray(scores), np.asarray(latents)
     return out
 
 
-@pytest.mark.parametrize("serve", ["factual", "average"])
+@pytest.mark.parametrize("serve", ["factual", "average", "average_input"])
 def test_scorer_runs_the_reverse_process_under_the_served_conditions(setup, served, serve):
     x, tokens, params = setup
     scores, latents = served[serve]
@@ -286,18 +324,23 @@ def test_scorer_runs_the_reverse_process_under_the_served_conditions(setup, serv
     w = cf["encoder"]["w"]
     z = jnp.asarray(np_normalised(x), jnp.float32) @ w + cf["encoder"]["b"]
     y = tokens[:, 0]
+    shifts = None
     if serve == "factual":
         conditions = [z]
     else:  # the user's own latent and their counterfactual in the other group
         conditions = [z, z + (y[1 - GROUPS] - y[GROUPS]) @ w]
-    expected_scores, expected_latents = hand_serving(params, jnp.asarray(x), conditions)
+    if serve == "average_input":  # ... and the other group's input moved by ||x_u|| (y_other - y_own)
+        norms = jnp.linalg.norm(jnp.asarray(x), axis=1, keepdims=True)
+        shifts = [jnp.zeros_like(jnp.asarray(x)), norms * (y[1 - GROUPS] - y[GROUPS])]
+    expected_scores, expected_latents = hand_serving(params, jnp.asarray(x), conditions, shifts)
     np.testing.assert_allclose(scores, expected_scores, rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(latents, expected_latents, rtol=1e-5, atol=1e-6)
 
 
 def test_average_and_factual_serving_differ(served):
-    assert not np.allclose(served["factual"][0], served["average"][0], atol=1e-5)
-    assert not np.allclose(served["factual"][1], served["average"][1], atol=1e-5)
+    for a, b in (("factual", "average"), ("average", "average_input")):
+        assert not np.allclose(served[a][0], served[b][0], atol=1e-5)
+        assert not np.allclose(served[a][1], served[b][1], atol=1e-5)
 
 
 def test_scorer_reads_each_users_own_group(setup):
@@ -321,6 +364,7 @@ def test_scorer_reads_each_users_own_group(setup):
     ({"components": 0}, "components"),
     ({"latent_dim": 0}, "latent_dim"),
     ({"counterfactual_weight": -0.5}, "counterfactual_weight"),
+    ({"swap": "output"}, "swap"),
 ])
 def test_config_rejects_bad_values(overrides, message):
     with pytest.raises(ValueError, match=message):
@@ -329,6 +373,6 @@ def test_config_rejects_bad_values(overrides, message):
 
 def test_default_config_is_valid_and_frozen():
     config = diffairec.DifFaiRecConfig()
-    assert (config.group_vectors, config.serve, config.components) == ("mean", "average", 1)
+    assert (config.group_vectors, config.serve, config.components, config.swap) == ("mean", "average", 1, "condition")
     with pytest.raises(dataclasses.FrozenInstanceError):
         config.serve = "factual"

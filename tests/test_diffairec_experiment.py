@@ -93,11 +93,12 @@ def test_run_writes_the_split_config_and_a_log_per_variant(diffairec_run):
 @pytest.mark.parametrize("change, message", [
     (lambda v: v["data"].update(split="leave_one_out"), "data.split"),
     (lambda v: v["diffairec"].update(variants=["diffrec", "vae"]), "diffairec: variants"),
+    (lambda v: v["diffairec"].update(swap="output"), "diffairec: swap"),
     (lambda v: v["diffairec"].update(attribute="age"), "diffairec.attribute"),
     (lambda v: v["train"].update(monitor="ndcg@50"), "train.monitor"),
     (lambda v: v["backbone"].update(name="sasrec"), "backbone.name"),
     (lambda v: v["diffairec"]["diffusion"].update(schedule="sqrt"), "diffairec.diffusion"),
-], ids=["leave_one_out", "unknown_variant", "attribute_not_loaded", "monitor_cutoff", "sequential_backbone",
+], ids=["leave_one_out", "unknown_variant", "unknown_swap", "attribute_not_loaded", "monitor_cutoff", "sequential_backbone",
         "diffusion_schedule"])
 def test_bad_configs_fail_before_reading_data(tmp_path, change, message):
     values = copy.deepcopy(config_values(tmp_path / "no_data_here"))
@@ -107,7 +108,7 @@ def test_bad_configs_fail_before_reading_data(tmp_path, change, message):
     assert not (tmp_path / "out").exists()
 
 
-def test_seeds_harness_summarises_variants_and_checks_gaps_against_diffrec(diffairec_run):
+def test_seeds_harness_summarises_variants_and_checks_gaps_against_diffrec(diffairec_run, tmp_path):
     harness = load_benchmark("diffairec_seeds")
     _, results = diffairec_run
     second = copy.deepcopy(results)
@@ -122,6 +123,21 @@ def test_seeds_harness_summarises_variants_and_checks_gaps_against_diffrec(diffa
     assert summary["checks"]["gaps_below_diffrec"]["diffairec_mean"]["eo_gap@20"] is False
     assert summary["checks"]["met"] is False
     assert table.count("| diffrec |") == 2 and "not met" in table
+    # paired over seeds: seed 1's DiffRec gap moved to -1, so the differences are d_0 and d_0 + (b_0 + 1)
+    ours, base = results["variants"]["diffairec_mean"]["gaps"]["@20"]["eo_gap"], results["variants"]["diffrec"]["gaps"]
+    d = np.array([ours - base["@20"]["eo_gap"], ours + 1.0])
+    paired = summary["paired"]["diffairec_mean"]["eo_gap@20"]
+    assert paired["mean"] == pytest.approx(d.mean())
+    assert paired["t"] == pytest.approx(d.mean() / (d.std(ddof=1) / np.sqrt(2)))
+    assert summary["paired"]["diffairec_pca"]["ndcg_gap@10"]["t"] is None  # two identical seeds: no spread
+    assert table.count("Paired over seeds") == 2
+    # --paired-only rebuilds the same paired block from a summary's per-seed lists alone
+    bare = {k: v for k, v in summary.items() if k != "paired"}
+    (tmp_path / "summary.json").write_text(json.dumps(bare))
+    (tmp_path / "table.md").write_text(table.split("\nPaired over seeds")[0] + "\n")
+    rebuilt = harness.main(["unused.toml", "--paired-only", "--out", str(tmp_path)])
+    assert rebuilt["paired"] == json.loads(json.dumps(summary["paired"]))
+    assert (tmp_path / "table.md").read_text() == table
 
 
 def with_validation(results, gap: float, ndcg: float, names, test_gap=None):
@@ -184,7 +200,8 @@ def test_sweep_runs_both_grids_and_rereads_finished_runs(data_dir, tmp_path):
             lines += [f"{k} = {json.dumps(v)}" for k, v in sub.items()]
     path = tmp_path / "tiny.toml"
     path.write_text("\n".join(lines) + "\n")
-    args = [str(path), "--weights", "2", "--gammas", "10", "--seeds", "0", "--out", str(tmp_path / "sweep")]
+    args = [str(path), "--weights", "2", "--gammas", "10", "--seeds", "0", "--swap", "input", "--serve", "factual",
+            "--out", str(tmp_path / "sweep")]
     report = sweep.main(args)
     assert report["counterfactual_weight"]["reference"] == "diffrec"
     assert set(report["counterfactual_weight"]["scores"]) == {"2"} and set(report["gamma"]["scores"]) == {"10"}
@@ -192,6 +209,10 @@ def test_sweep_runs_both_grids_and_rereads_finished_runs(data_dir, tmp_path):
     assert saved["gamma"]["variants"] == ["fair_mf"]
     run = json.loads((tmp_path / "sweep" / "seed0" / "counterfactual_weight2" / "results.json").read_text())
     assert list(run["variants"]) == list(sweep.DIFFAIREC) and run["method"]["counterfactual_weight"] == 2.0
+    assert (run["method"]["swap"], run["method"]["serve"]) == ("input", "factual")  # --swap / --serve reach DifFaiRec
+    reference = json.loads((tmp_path / "sweep" / "seed0" / "diffrec" / "results.json").read_text())
+    assert (reference["method"]["swap"], reference["method"]["serve"]) == ("condition", "average")  # not the reference
+    assert (saved["swap"], saved["serve"]) == ("input", "factual")
     marker = tmp_path / "sweep" / "seed0" / "gamma10" / "results.json"
     stamp = marker.stat().st_mtime_ns
     assert sweep.main(args) == report  # every run is read back, none retrained

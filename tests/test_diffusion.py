@@ -147,6 +147,10 @@ def test_averaged_denoiser_equals_the_mean_of_one_pass_per_condition(denoiser):
     np.testing.assert_allclose(  # one condition: the plain pass
         diffusion.denoise_averaged(conditioned, x_t, t, conds[:1]), diffusion.denoise(conditioned, x_t, t, conds[0]),
         rtol=1e-5, atol=1e-6)
+    shifts = jax.random.normal(jax.random.key(5), (3, B, I))  # a per-condition move of the input
+    looped = np.mean([np.asarray(diffusion.denoise(conditioned, x_t + d, t, c)) for c, d in zip(conds, shifts)], axis=0)
+    np.testing.assert_allclose(diffusion.denoise_averaged(conditioned, x_t, t, conds, shifts), looped,
+                               rtol=1e-5, atol=1e-6)
 
 
 def test_dropout_changes_the_output_only_when_a_key_is_given(denoiser):

@@ -221,20 +221,24 @@ def denoise(params: dict, x_t: jax.Array, t: jax.Array, cond: jax.Array | None =
     return _output_layer(params, _hidden_layers(params, _first_layer(params, x_t, t, cond, dropout_key, rate)))
 
 
-def denoise_averaged(params: dict, x_t: jax.Array, t: jax.Array, conds: jax.Array) -> jax.Array:
-    """``mean_g denoise(params, x_t, t, conds[g])`` ``(B, I)`` for ``conds (G, B, c)``, without repeating the work
-    the conditions share.
+def denoise_averaged(params: dict, x_t: jax.Array, t: jax.Array, conds: jax.Array,
+                     input_shifts: jax.Array | None = None) -> jax.Array:
+    """``mean_g denoise(params, x_t + input_shifts[g], t, conds[g])`` ``(B, I)`` for ``conds (G, B, c)`` and
+    optional ``input_shifts (G, B, I)``, without repeating the work the conditions share.
 
     The first layer's input is ``[x_t; emb(t); cond]``, so its pre-activation is ``x_t W_x + emb W_e + b`` (once)
     plus ``cond W_c`` (per condition); the last layer is linear, so the mean of the outputs is the last layer applied
     to the mean hidden state. The big products (``x_t W_x`` and the last layer, both ``O(B I h)``) run once instead
-    of ``G`` times.
+    of ``G`` times (input shifts add ``input_shifts[g] W_x`` per condition).
     """
     first = params["layers"][0]
     num_items, cond_dim = x_t.shape[-1], conds.shape[-1]
     w = first["w"]
     shared = x_t @ w[:num_items] + _time_features(params, t) @ w[num_items : w.shape[0] - cond_dim] + first["b"]
-    h = _hidden_layers(params, jnp.tanh(shared[None] + conds @ w[w.shape[0] - cond_dim :]))  # (G, B, h)
+    per_condition = conds @ w[w.shape[0] - cond_dim :]
+    if input_shifts is not None:
+        per_condition = per_condition + input_shifts @ w[:num_items]
+    h = _hidden_layers(params, jnp.tanh(shared[None] + per_condition))  # (G, B, h)
     return _output_layer(params, jnp.mean(h, axis=0))
 
 

@@ -35,12 +35,23 @@ drawn other group per row and step for more classes.
 target, so the prediction is pushed to ignore what the group swap changes; ``agreement`` (the mean squared gap
 between the two predictions) is reported per step.
 
+**What the swap changes** (``swap``). The summary says the counterfactual user keeps the preferences and changes
+the group, and that the model is conditioned on it; it does not say whether the interaction vector the denoiser
+reads changes too. ``"condition"`` (default): only the condition does, ``f(x_t, t, C(z_u, g'))``. The denoiser still
+reads ``x_t``, which carries the group, so the objective can only teach it to ignore the condition's group part.
+``"input"``: the swap also moves the noised vector, ``f(x_t + sqrt(abar_t) delta_{g'}, t, C(z_u, g'))`` with
+``delta_g = ||x_u|| (r_g - r_{g_u})`` (:func:`input_shifts`; ``r_g`` reads group ``g``'s tokens with the latent's
+attention weights, so ``xn_u + delta_g / ||x_u||`` encodes exactly to ``C(z_u, g)``). This is the noised
+counterfactual vector ``q(x_0 + delta_{g'})`` under the same noise, and it must still denoise to the factual
+``x_0``: the denoiser is pushed to ignore the group direction of its input as well.
+
 **Serving** (``serve``): ``"average"`` (default) replaces the denoiser's output at every reverse step by its mean
 over the ``G`` conditions ``C(z_u, g)``, ``g = 0..G-1`` (``C(z_u, g_u) = z_u``): the user's prediction averaged over
-every group they could belong to. ``"factual"`` uses ``z_u`` only.
+every group they could belong to (with ``swap = "input"``, condition ``g`` reads ``x_t + sqrt(abar_t) delta_g``).
+``"factual"`` uses ``z_u`` and ``x_t`` only.
 
 The user latent probed for the attribute is the denoiser's first hidden layer on the observed vector at the first
-reverse step, under the served condition(s) (averaged for ``"average"``).
+reverse step, under the served condition(s) (averaged for ``"average"``, each condition with its input).
 """
 
 from __future__ import annotations
@@ -58,6 +69,7 @@ from jaxfair.backbones import diffusion
 
 GROUP_VECTORS = ("mean", "pca")
 SERVE = ("average", "factual")
+SWAPS = ("condition", "input")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,6 +83,8 @@ class DifFaiRecConfig:
       latent_dim: ``d``, size of the user latent and of the condition.
       counterfactual_weight: ``w_cf``.
       serve: ``"average"`` or ``"factual"``.
+      swap: what the group swap changes: ``"condition"`` (the denoiser's condition only) or ``"input"`` (the
+        condition and the noised interaction vector; see the module docstring).
     """
 
     attribute: str = "gender"
@@ -79,12 +93,15 @@ class DifFaiRecConfig:
     latent_dim: int = 64
     counterfactual_weight: float = 1.0
     serve: str = "average"
+    swap: str = "condition"
 
     def __post_init__(self):
         if self.group_vectors not in GROUP_VECTORS:
             raise ValueError(f"group_vectors must be one of {list(GROUP_VECTORS)}, got {self.group_vectors!r}")
         if self.serve not in SERVE:
             raise ValueError(f"serve must be one of {list(SERVE)}, got {self.serve!r}")
+        if self.swap not in SWAPS:
+            raise ValueError(f"swap must be one of {list(SWAPS)}, got {self.swap!r}")
         if self.components < 1 or self.latent_dim < 1:
             raise ValueError(f"components and latent_dim must be positive, got {self.components}, {self.latent_dim}")
         if self.counterfactual_weight < 0:
@@ -162,11 +179,27 @@ def user_latent(cf: dict, x: jax.Array) -> jax.Array:
     return normalize_rows(x) @ cf["encoder"]["w"] + cf["encoder"]["b"]
 
 
-def group_readout(cf: dict, z: jax.Array, tokens: jax.Array) -> jax.Array:
-    """``o_g(z)`` for every group: attention of ``z (B, d)`` over each group's tokens ``(G, k, I)`` -> ``(B, G, d)``."""
+def attention_weights(cf: dict, z: jax.Array, tokens: jax.Array) -> jax.Array:
+    """``softmax_k(<W_q z, W_k e_{g,k}> / sqrt(d))``: ``z (B, d)``, tokens ``(G, k, I)`` -> ``(B, G, k)``."""
     token_latents = tokens @ cf["encoder"]["w"]  # (G, k, d)
     logits = jnp.einsum("bd,gkd->bgk", z @ cf["query"], token_latents @ cf["key"]) / math.sqrt(z.shape[-1])
-    return jnp.einsum("bgk,gkd->bgd", jax.nn.softmax(logits, axis=-1), token_latents)
+    return jax.nn.softmax(logits, axis=-1)
+
+
+def group_readout(cf: dict, z: jax.Array, tokens: jax.Array) -> jax.Array:
+    """``o_g(z)`` for every group: attention of ``z (B, d)`` over each group's tokens ``(G, k, I)`` -> ``(B, G, d)``."""
+    return jnp.einsum("bgk,gkd->bgd", attention_weights(cf, z, tokens), tokens @ cf["encoder"]["w"])
+
+
+def input_shifts(cf: dict, x: jax.Array, z: jax.Array, own: jax.Array, tokens: jax.Array) -> jax.Array:
+    """The group swap in interaction space: ``delta_g = ||x_u|| (r_g(z_u) - r_{g_u}(z_u))`` for every ``g``, where
+    ``r_g = sum_k a_{g,k} y_{g,k}`` reads the tokens with the latent's attention weights. ``x (B, I)``, ``z (B, d)``,
+    ``own (B,)`` -> ``(G, B, I)`` (row ``g_u`` is zero). ``W_e^T (xn_u + delta_g / ||x_u||) + b_e = C(z_u, g)``: the
+    shifted vector's latent (before normalisation) is the counterfactual latent."""
+    readout = jnp.einsum("bgk,gki->bgi", attention_weights(cf, z, tokens), tokens)  # (B, G, I)
+    own_part = jnp.take_along_axis(readout, own[:, None, None], axis=1)
+    norm = jnp.linalg.norm(x, axis=-1, keepdims=True)[:, None, :]
+    return jnp.moveaxis(norm * (readout - own_part), 1, 0)
 
 
 def counterfactual_latents(cf: dict, z: jax.Array, own: jax.Array, tokens: jax.Array) -> jax.Array:
@@ -205,6 +238,7 @@ def make_train_step(diffusion_config: diffusion.Config, config: DifFaiRecConfig,
     user_groups = jnp.asarray(user_groups, jnp.int32)
     tokens = jnp.asarray(tokens, jnp.float32)
     num_groups = tokens.shape[0]
+    sqrt_abar = jnp.sqrt(diffusion.make_schedule(dc).abar)
 
     def row_losses(params, batch, x0, x_t, t, target, dropout_key, group_key):
         own, weight = user_groups[batch["users"]], batch["weight"]
@@ -213,7 +247,12 @@ def make_train_step(diffusion_config: diffusion.Config, config: DifFaiRecConfig,
         z = user_latent(cf, x0)
         conditions = counterfactual_latents(cf, z, own, tokens)  # (G, B, d)
         z_cf = jnp.take_along_axis(conditions, target_group[None, :, None], axis=0)[0]
-        outputs = _denoise_shared_mask(params["denoiser"], x_t, t, jnp.concatenate([z, z_cf]), dropout_key, dc.dropout)
+        x_t_cf = x_t
+        if config.swap == "input":
+            shift = jnp.take_along_axis(input_shifts(cf, x0, z, own, tokens), target_group[None, :, None], axis=0)[0]
+            x_t_cf = x_t + sqrt_abar[t][:, None] * shift
+        outputs = _denoise_shared_mask(params["denoiser"], x_t, x_t_cf, t, jnp.concatenate([z, z_cf]), dropout_key,
+                                       dc.dropout)
         factual, counter = jnp.split(outputs, 2)
         mse, mse_cf = diffusion.row_mse(target, factual), diffusion.row_mse(target, counter)
         aux = {"mse": mse, "mse_cf": diffusion.weighted_mean(mse_cf, weight),
@@ -223,18 +262,23 @@ def make_train_step(diffusion_config: diffusion.Config, config: DifFaiRecConfig,
     return diffusion.make_denoising_step(dc, interactions, tx, row_losses)
 
 
-def _denoise_shared_mask(params, x_t, t, conditions, key, rate):
-    """The factual and counterfactual passes with one dropout mask: they differ only by their condition."""
-    dropped = diffusion.input_dropout(key, x_t, rate)
-    return diffusion.denoise(params, jnp.concatenate([dropped, dropped]), jnp.concatenate([t, t]), conditions)
+def _denoise_shared_mask(params, x_t, x_t_cf, t, conditions, key, rate):
+    """The factual and counterfactual passes with one dropout mask: they differ only by their condition (and, for
+    ``swap = "input"``, by the input's group shift)."""
+    dropped = jnp.concatenate([diffusion.input_dropout(key, x_t, rate), diffusion.input_dropout(key, x_t_cf, rate)])
+    return diffusion.denoise(params, dropped, jnp.concatenate([t, t]), conditions)
 
 
-def serving_conditions(params: dict, x: jax.Array, own: jax.Array, tokens: jax.Array, serve: str) -> jax.Array:
-    """The conditions a user is served under: ``(G, B, d)`` for ``"average"``, ``(1, B, d)`` for ``"factual"``."""
-    z = user_latent(params["counterfactual"], x)
+def serving_conditions(params: dict, x: jax.Array, own: jax.Array, tokens: jax.Array, serve: str,
+                       swap: str = "condition") -> tuple[jax.Array, jax.Array | None]:
+    """The conditions a user is served under, ``(G, B, d)`` for ``"average"`` and ``(1, B, d)`` for ``"factual"``,
+    and, for ``swap = "input"`` with ``"average"``, the matching input shifts ``(G, B, I)`` (else None)."""
+    cf = params["counterfactual"]
+    z = user_latent(cf, x)
     if serve == "factual":
-        return z[None]
-    return counterfactual_latents(params["counterfactual"], z, own, tokens)
+        return z[None], None
+    shifts = input_shifts(cf, x, z, own, tokens) if swap == "input" else None
+    return counterfactual_latents(cf, z, own, tokens), shifts
 
 
 def make_scorer(diffusion_config: diffusion.Config, config: DifFaiRecConfig, user_groups: jax.Array,
@@ -243,15 +287,19 @@ def make_scorer(diffusion_config: diffusion.Config, config: DifFaiRecConfig, use
     averaged over the serving conditions at every step (:func:`jaxfair.backbones.diffusion.denoise_averaged`, which
     runs the condition-free part of the first layer and the linear last layer once, not once per condition)."""
     schedule = diffusion.make_schedule(diffusion_config)
+    sqrt_abar = jnp.sqrt(schedule.abar)
     user_groups = jnp.asarray(user_groups, jnp.int32)
     tokens = jnp.asarray(tokens, jnp.float32)
 
     @jax.jit
     def scores(params, x, users):
-        conditions = serving_conditions(params, x, user_groups[users], tokens, config.serve)
+        conditions, shifts = serving_conditions(params, x, user_groups[users], tokens, config.serve, config.swap)
 
-        return diffusion.reverse(diffusion_config, schedule,
-                                 lambda x_t, t: diffusion.denoise_averaged(params["denoiser"], x_t, t, conditions), x)
+        def predict(x_t, t):
+            moved = None if shifts is None else sqrt_abar[t][None, :, None] * shifts
+            return diffusion.denoise_averaged(params["denoiser"], x_t, t, conditions, moved)
+
+        return diffusion.reverse(diffusion_config, schedule, predict, x)
 
     return scores
 
@@ -262,11 +310,14 @@ def make_latent_fn(diffusion_config: diffusion.Config, config: DifFaiRecConfig, 
     user_groups = jnp.asarray(user_groups, jnp.int32)
     tokens = jnp.asarray(tokens, jnp.float32)
     first = diffusion_config.reverse_steps - 1
+    sqrt_abar = jnp.sqrt(diffusion.make_schedule(diffusion_config).abar)
 
     @jax.jit
     def latent(params, x, users):
-        conditions = serving_conditions(params, x, user_groups[users], tokens, config.serve)
+        conditions, shifts = serving_conditions(params, x, user_groups[users], tokens, config.serve, config.swap)
+        inputs = x[None] if shifts is None else x[None] + sqrt_abar[first] * shifts  # (G or 1, B, I)
         t = jnp.full((x.shape[0],), first, jnp.int32)
-        return jnp.mean(jax.vmap(lambda c: diffusion.hidden_state(params["denoiser"], x, t, c))(conditions), axis=0)
+        hidden = jax.vmap(lambda x_g, c: diffusion.hidden_state(params["denoiser"], x_g, t, c), in_axes=(0, 0))
+        return jnp.mean(hidden(jnp.broadcast_to(inputs, (conditions.shape[0], *x.shape)), conditions), axis=0)
 
     return latent
