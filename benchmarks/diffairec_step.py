@@ -377,7 +377,7 @@ class TorchDiffusion:
             z_cf = self.conditions(z, own)[target_group, rows]
             dropped_cf = dropped
             if method.swap == "input":
-                x_t_cf = x_t + abar.sqrt() * self.input_shifts(x0, z, own)[target_group, rows]
+                x_t_cf = x_t + abar.sqrt() * self.input_shifts(x0, z, own)[target_group, rows].detach()
                 dropped_cf = torch.where(keep, x_t_cf / (1.0 - dc.dropout), 0.0)
             outputs = self.denoise(torch.cat([dropped, dropped_cf]), torch.cat([t, t]), torch.cat([z, z_cf]))
             factual, counter = outputs.chunk(2)

@@ -13,7 +13,8 @@ NDCG@20 is at least ``--min-accuracy`` (0.98) times its reference's (DiffRec for
 Among the admissible settings the chosen one has the smallest *gap difference*: the mean over seeds, variants, the
 three gaps and the two Ks of ``gap(setting) - gap(reference)`` (below 0 means fairer than the reference). A
 difference, not a ratio: the reference's validation gaps can be as small as 0.001, and a ratio to them is noise.
-Writes ``sweep.json`` and prints one line per setting.
+Writes ``sweep.json`` (with, per setting and seed, each variant's validation NDCG@20, validation Recall@10 per
+group and probe AUC, for reading; the rule uses only the scores above) and prints one line per setting.
 """
 
 from __future__ import annotations
@@ -87,7 +88,19 @@ def sweep(config_path, seeds, out: pathlib.Path, reference: str, variants, field
                               out / f"seed{seed}" / f"{field}{value:g}", quiet)
             runs[value].append(result)
             log(f"seed {seed} {field} {value:g}: done")
-    return {v: score_setting(baselines, runs[v], variants) for v in values}
+    scores = {v: score_setting(baselines, runs[v], variants) for v in values}
+    for v in values:
+        scores[v]["runs"] = [run_summary(result, variants) for result in runs[v]]
+    scores["reference_runs"] = [run_summary({"variants": {reference: b}}, [reference]) for b in baselines]
+    return scores
+
+
+def run_summary(result: dict, variants) -> dict:
+    """What a reader checks a setting by, per variant of one run: validation NDCG@20, each group's validation
+    Recall@10, and the probe AUC on the variant's latents (probe-test users; not used by the rule)."""
+    return {name: {"valid_ndcg@20": result["variants"][name]["valid"]["ndcg@20"],
+                   "valid_recall@10_by_group": result["variants"][name]["valid_gaps"]["@10"]["recall_by_group"],
+                   "probe_auc": result["variants"][name]["probe_auc"]} for name in variants}
 
 
 def main(argv=None):
@@ -113,12 +126,13 @@ def main(argv=None):
             continue
         fixed = {k: v for k, v in (("swap", args.swap), ("serve", args.serve)) if v and reference == "diffrec"}
         scores = sweep(args.config, args.seeds, out, reference, variants, field, values, log, fixed)
+        reference_runs = scores.pop("reference_runs")
         chosen = choose(scores, args.min_accuracy)
         for v, sc in scores.items():
             log(f"{field} {v:g}: valid ndcg@20 / {reference} {sc['accuracy_ratio']:.3f}, "
                 f"gap difference {sc['gap_difference']:+.4f}")
         log(f"chosen {field} (validation only): {chosen}")
-        report[field] = {"reference": reference, "variants": list(variants),
+        report[field] = {"reference": reference, "variants": list(variants), "reference_runs": reference_runs,
                          "scores": {f"{v:g}": sc for v, sc in scores.items()},
                          "chosen": None if chosen is None else f"{chosen:g}"}
     out.mkdir(parents=True, exist_ok=True)

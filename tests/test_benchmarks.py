@@ -174,14 +174,15 @@ def test_itfr_step_benchmark_reports_every_ratio_and_matches_torch(tmp_path):
     assert saved["scaling"][0]["jax_step_over_base"] == 1.0
 
 
-@pytest.mark.parametrize("swap", ["condition", "input"])
-def test_diffairec_step_benchmark_reports_every_ratio_and_matches_torch(tmp_path, swap):
+@pytest.mark.parametrize("swap, serve", [("condition", "average"), ("input", "average"), ("input", "factual")])
+def test_diffairec_step_benchmark_reports_every_ratio_and_matches_torch(tmp_path, swap, serve):
     out = tmp_path / "diffairec_step.json"
-    results = load("diffairec_step").main(["--quick", "--no-diffrec", "--swap", swap, "--out", str(out)])
+    results = load("diffairec_step").main(["--quick", "--no-diffrec", "--swap", swap, "--serve", serve,
+                                           "--out", str(out)])
     saved = json.loads(out.read_text())
     assert saved == json.loads(json.dumps(results))
     assert saved["models"] == ["diffairec"] and saved["shapes"]["batches_per_epoch"] == 3
-    assert saved["diffairec_config"]["swap"] == swap and saved["diffairec_config"]["serve"] == "average"
+    assert saved["diffairec_config"]["swap"] == swap and saved["diffairec_config"]["serve"] == serve
     block = saved["diffairec"]
     times = ["jax_step_ms", "jax_epoch_ms", "jax_epoch_per_step_ms", "jax_infer_ms"]
     ratios = []

@@ -176,15 +176,16 @@ def setup():
     return x, tokens, params
 
 
-@functools.partial(jax.jit, static_argnames="swap")
-def hand_losses(params, x, tokens, batch, key, sampler, swap="condition"):
+@functools.partial(jax.jit, static_argnames=("swap", "num_groups"))
+def hand_losses(params, x, tokens, batch, key, sampler, swap="condition", groups=GROUPS, num_groups=G):
     """The step's losses written out: the key split as the step's, one shared dropout mask, the counterfactual of
-    the other group (two groups) by the mean-pooling formula ``z + W_e^T (y_other - y_own)``; for ``swap =
-    "input"`` the counterfactual pass also reads ``x_t + sqrt(abar_t) ||x_0|| (y_other - y_own)``."""
+    the drawn other group (for two groups, the other one) by the mean-pooling formula ``z + W_e^T (y_other -
+    y_own)``; for ``swap = "input"`` the counterfactual pass also reads ``x_t + sqrt(abar_t) ||x_0|| (y_other -
+    y_own)``."""
     schedule = diffusion.make_schedule(DC)
     users, weight = batch["users"], batch["weight"]
     x0 = x[users]
-    k_t, k_noise, k_drop, _ = jax.random.split(key, 4)
+    k_t, k_noise, k_drop, k_group = jax.random.split(key, 4)
     t, p_t = diffusion.sample_timesteps(DC, sampler, k_t, users.shape[0])
     noise = jax.random.normal(k_noise, x0.shape)
     abar = schedule.abar[t][:, None]
@@ -195,10 +196,11 @@ def hand_losses(params, x, tokens, batch, key, sampler, swap="condition"):
     w = cf["encoder"]["w"]
     z = x0 / jnp.linalg.norm(x0, axis=1, keepdims=True) @ w + cf["encoder"]["b"]
     y = tokens[:, 0]
-    own = jnp.asarray(GROUPS)[users]
-    z_cf = z + (y[1 - own] - y[own]) @ w
+    own = jnp.asarray(groups)[users]
+    other = diffairec.other_groups(k_group, own, num_groups)  # 1 - own for two groups (tested above)
+    z_cf = z + (y[other] - y[own]) @ w
     if swap == "input":
-        x_t_cf = x_t + jnp.sqrt(abar) * jnp.linalg.norm(x0, axis=1, keepdims=True) * (y[1 - own] - y[own])
+        x_t_cf = x_t + jnp.sqrt(abar) * jnp.linalg.norm(x0, axis=1, keepdims=True) * (y[other] - y[own])
         dropped_cf = jnp.where(keep, x_t_cf / 0.5, 0.0)
     else:
         dropped_cf = dropped
@@ -246,6 +248,31 @@ def test_step_losses_equal_a_hand_computation(setup, steps, weight, importance):
     assert float(metrics["loss"]) == pytest.approx(expected["loss_factual"] + weight * expected["loss_cf"], rel=1e-5)
 
 
+def test_input_swap_with_three_groups_shifts_towards_the_drawn_other_group(setup):
+    x, _, params = setup
+    groups = np.arange(U, dtype=np.int32) % 3
+    method = diffairec.DifFaiRecConfig(latent_dim=D, swap="input")
+    tokens = diffairec.group_tokens(x, groups, 3, method)
+    step = jax.jit(diffairec.make_train_step(DC, method, x, groups, tokens, TX))
+    state = diffusion.init_state(params, TX, DC)
+    key = jax.random.key(11)
+    _, metrics = step(state, BATCH, key)
+    expected = hand_losses(params, jnp.asarray(x), tokens, BATCH, key, state.sampler, "input", groups, 3)
+    assert float(metrics["mse_cf"]) == pytest.approx(float(expected["mse_cf"]), rel=1e-5)
+    assert float(metrics["loss"]) == pytest.approx(float(expected["loss_factual"] + expected["loss_cf"]), rel=1e-5)
+
+
+def test_input_swap_needs_the_denoiser_to_predict_x0(setup):
+    x, tokens, _ = setup
+    method = diffairec.DifFaiRecConfig(latent_dim=D, swap="input")
+    eps = dataclasses.replace(DC, mean_type="eps")
+    for make in (lambda: diffairec.make_train_step(eps, method, x, GROUPS, tokens, TX),
+                 lambda: diffairec.make_scorer(eps, method, GROUPS, tokens)):
+        with pytest.raises(ValueError, match="x0"):
+            make()
+    diffairec.make_train_step(eps, diffairec.DifFaiRecConfig(latent_dim=D), x, GROUPS, tokens, TX)  # condition: fine
+
+
 def test_mean_pooling_attends_over_a_single_token_so_query_and_key_get_no_gradient(setup, steps):
     _, _, params = setup
     state = diffusion.init_state(params, TX, DC)
@@ -255,9 +282,10 @@ def test_mean_pooling_attends_over_a_single_token_so_query_and_key_get_no_gradie
     assert not moved["counterfactual"]["query"] and not moved["counterfactual"]["key"]
 
 
-def test_pca_step_compiles_once_and_trains_every_part(setup):
+@pytest.mark.parametrize("swap", ["condition", "input"])
+def test_pca_step_compiles_once_and_trains_every_part(setup, swap):
     x, _, params = setup
-    method = diffairec.DifFaiRecConfig(latent_dim=D, group_vectors="pca", components=2)
+    method = diffairec.DifFaiRecConfig(latent_dim=D, group_vectors="pca", components=2, swap=swap)
     tokens = diffairec.group_tokens(x, GROUPS, G, method)
     chex.clear_trace_counter()
     step = jax.jit(chex.assert_max_traces(diffairec.make_train_step(DC, method, x, GROUPS, tokens, TX), n=1))
@@ -305,11 +333,12 @@ def served(setup):
     x, tokens, params = setup
     users = jnp.arange(U, dtype=jnp.int32)
     out = {}
-    for serve, swap in (("factual", "condition"), ("average", "condition"), ("average", "input")):
+    for serve, swap in (("factual", "condition"), ("average", "condition"), ("average", "input"),
+                        ("factual", "input")):
         method = diffairec.DifFaiRecConfig(latent_dim=D, serve=serve, swap=swap)
         scores = diffairec.make_scorer(DC, method, GROUPS, tokens)(params, jnp.asarray(x), users)
         latents = diffairec.make_latent_fn(DC, method, GROUPS, tokens)(params, jnp.asarray(x), users)
-        out[serve if swap == "condition" else "average_input"] = np.asarray(scores), np.asarray(latents)
+        out[serve if swap == "condition" else f"{serve}_input"] = np.asarray(scores), np.asarray(latents)
     return out
 
 
@@ -335,6 +364,12 @@ def test_scorer_runs_the_reverse_process_under_the_served_conditions(setup, serv
     expected_scores, expected_latents = hand_serving(params, jnp.asarray(x), conditions, shifts)
     np.testing.assert_allclose(scores, expected_scores, rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(latents, expected_latents, rtol=1e-5, atol=1e-6)
+
+
+def test_factual_serving_is_the_same_for_either_swap(served):
+    """The swap is a training-time choice; a user served under their own latent and vector sees no shift."""
+    np.testing.assert_array_equal(served["factual"][0], served["factual_input"][0])
+    np.testing.assert_array_equal(served["factual"][1], served["factual_input"][1])
 
 
 def test_average_and_factual_serving_differ(served):

@@ -94,11 +94,13 @@ def test_run_writes_the_split_config_and_a_log_per_variant(diffairec_run):
     (lambda v: v["data"].update(split="leave_one_out"), "data.split"),
     (lambda v: v["diffairec"].update(variants=["diffrec", "vae"]), "diffairec: variants"),
     (lambda v: v["diffairec"].update(swap="output"), "diffairec: swap"),
+    (lambda v: (v["diffairec"].update(swap="input"), v["diffairec"]["diffusion"].update(mean_type="eps")),
+     "diffairec.swap"),
     (lambda v: v["diffairec"].update(attribute="age"), "diffairec.attribute"),
     (lambda v: v["train"].update(monitor="ndcg@50"), "train.monitor"),
     (lambda v: v["backbone"].update(name="sasrec"), "backbone.name"),
     (lambda v: v["diffairec"]["diffusion"].update(schedule="sqrt"), "diffairec.diffusion"),
-], ids=["leave_one_out", "unknown_variant", "unknown_swap", "attribute_not_loaded", "monitor_cutoff", "sequential_backbone",
+], ids=["leave_one_out", "unknown_variant", "unknown_swap", "input_swap_predicting_noise", "attribute_not_loaded", "monitor_cutoff", "sequential_backbone",
         "diffusion_schedule"])
 def test_bad_configs_fail_before_reading_data(tmp_path, change, message):
     values = copy.deepcopy(config_values(tmp_path / "no_data_here"))
@@ -213,6 +215,12 @@ def test_sweep_runs_both_grids_and_rereads_finished_runs(data_dir, tmp_path):
     reference = json.loads((tmp_path / "sweep" / "seed0" / "diffrec" / "results.json").read_text())
     assert (reference["method"]["swap"], reference["method"]["serve"]) == ("condition", "average")  # not the reference
     assert (saved["swap"], saved["serve"]) == ("input", "factual")
+    runs = saved["counterfactual_weight"]["scores"]["2"]["runs"]
+    assert len(runs) == 1 and set(runs[0]) == set(sweep.DIFFAIREC)
+    assert runs[0]["diffairec_mean"]["probe_auc"] == run["variants"]["diffairec_mean"]["probe_auc"]
+    assert runs[0]["diffairec_pca"]["valid_recall@10_by_group"] == run["variants"]["diffairec_pca"]["valid_gaps"][
+        "@10"]["recall_by_group"]
+    assert set(saved["counterfactual_weight"]["reference_runs"][0]) == {"diffrec"}
     marker = tmp_path / "sweep" / "seed0" / "gamma10" / "results.json"
     stamp = marker.stat().st_mtime_ns
     assert sweep.main(args) == report  # every run is read back, none retrained

@@ -89,8 +89,13 @@ def section_configs(config: ExperimentConfig) -> tuple[DifFaiRecSection, diffusi
             from_dict(diffusion.Config, diffusion_values, f"{SECTION}.diffusion"))
 
 
-def check_config(config: ExperimentConfig, section: DifFaiRecSection) -> None:
+def check_config(config: ExperimentConfig, section: DifFaiRecSection, dc: diffusion.Config | None = None) -> None:
     """ConfigErrors, before any data is read, for settings this experiment cannot honour."""
+    if dc is not None and any(v.startswith("diffairec") for v in section.variants):
+        try:
+            diffairec.check_swap(dc, section)
+        except ValueError as error:
+            raise ConfigError(f"{SECTION}.swap: {error}") from None
     if config.data.split == "leave_one_out":
         raise ConfigError('data.split: DifFaiRec is evaluated by full ranking of a ratio split; use recipe = '
                           '"diffairec" (random_ratio 70/10/20) or split = "random_ratio"')
@@ -202,7 +207,7 @@ def evaluate_model(model: Model, split: HoldoutSplit, groups, num_groups, ks, co
 def run(config: ExperimentConfig, out_dir, log: Callable[[str], None] = print) -> dict:
     """Train and evaluate every configured variant; write ``results.json``; return its dict."""
     section, dc = section_configs(config)
-    check_config(config, section)
+    check_config(config, section, dc)
     out_dir, split, timings = backbone_experiment.start_run(config, out_dir, log)
     groups = np.asarray(split.user_attributes[section.attribute], np.int32)
     classes = list(split.attribute_classes[section.attribute])

@@ -43,7 +43,9 @@ reads ``x_t``, which carries the group, so the objective can only teach it to ig
 ``delta_g = ||x_u|| (r_g - r_{g_u})`` (:func:`input_shifts`; ``r_g`` reads group ``g``'s tokens with the latent's
 attention weights, so ``xn_u + delta_g / ||x_u||`` encodes exactly to ``C(z_u, g)``). This is the noised
 counterfactual vector ``q(x_0 + delta_{g'})`` under the same noise, and it must still denoise to the factual
-``x_0``: the denoiser is pushed to ignore the group direction of its input as well.
+``x_0``: the denoiser is pushed to ignore the group direction of its input as well. The shift is a fixed
+transformation of the data: no gradient flows through it (with ``k >= 2`` PCA tokens the attention could otherwise
+learn to shrink the swap). It needs ``mean_type = "x0"`` (:func:`check_swap`).
 
 **Serving** (``serve``): ``"average"`` (default) replaces the denoiser's output at every reverse step by its mean
 over the ``G`` conditions ``C(z_u, g)``, ``g = 0..G-1`` (``C(z_u, g_u) = z_u``): the user's prediction averaged over
@@ -235,6 +237,7 @@ def make_train_step(diffusion_config: diffusion.Config, config: DifFaiRecConfig,
     ``grad_norm``.
     """
     dc = diffusion_config
+    check_swap(dc, config)
     user_groups = jnp.asarray(user_groups, jnp.int32)
     tokens = jnp.asarray(tokens, jnp.float32)
     num_groups = tokens.shape[0]
@@ -248,8 +251,9 @@ def make_train_step(diffusion_config: diffusion.Config, config: DifFaiRecConfig,
         conditions = counterfactual_latents(cf, z, own, tokens)  # (G, B, d)
         z_cf = jnp.take_along_axis(conditions, target_group[None, :, None], axis=0)[0]
         x_t_cf = x_t
-        if config.swap == "input":
-            shift = jnp.take_along_axis(input_shifts(cf, x0, z, own, tokens), target_group[None, :, None], axis=0)[0]
+        if config.swap == "input":  # a data transformation: no gradient reaches the attention through it
+            shifts = jax.lax.stop_gradient(input_shifts(cf, x0, z, own, tokens))
+            shift = jnp.take_along_axis(shifts, target_group[None, :, None], axis=0)[0]
             x_t_cf = x_t + sqrt_abar[t][:, None] * shift
         outputs = _denoise_shared_mask(params["denoiser"], x_t, x_t_cf, t, jnp.concatenate([z, z_cf]), dropout_key,
                                        dc.dropout)
@@ -265,8 +269,16 @@ def make_train_step(diffusion_config: diffusion.Config, config: DifFaiRecConfig,
 def _denoise_shared_mask(params, x_t, x_t_cf, t, conditions, key, rate):
     """The factual and counterfactual passes with one dropout mask: they differ only by their condition (and, for
     ``swap = "input"``, by the input's group shift)."""
-    dropped = jnp.concatenate([diffusion.input_dropout(key, x_t, rate), diffusion.input_dropout(key, x_t_cf, rate)])
-    return diffusion.denoise(params, dropped, jnp.concatenate([t, t]), conditions)
+    dropped = diffusion.input_dropout(key, x_t, rate)
+    dropped_cf = dropped if x_t_cf is x_t else diffusion.input_dropout(key, x_t_cf, rate)  # same key: same mask
+    return diffusion.denoise(params, jnp.concatenate([dropped, dropped_cf]), jnp.concatenate([t, t]), conditions)
+
+
+def check_swap(diffusion_config: diffusion.Config, config: DifFaiRecConfig) -> None:
+    """``swap = "input"`` needs ``mean_type = "x0"``: its counterfactual pass must denoise a shifted vector to the
+    user's own ``x_0``, and with ``"eps"`` the shared noise target would instead imply the shifted ``x_0``."""
+    if config.swap == "input" and diffusion_config.mean_type != "x0":
+        raise ValueError(f'swap = "input" needs the diffusion mean_type "x0", got {diffusion_config.mean_type!r}')
 
 
 def serving_conditions(params: dict, x: jax.Array, own: jax.Array, tokens: jax.Array, serve: str,
@@ -286,6 +298,7 @@ def make_scorer(diffusion_config: diffusion.Config, config: DifFaiRecConfig, use
     """Jitted ``(params, x (B, I), users (B,)) -> scores (B, I)``: the reverse process with the denoiser's output
     averaged over the serving conditions at every step (:func:`jaxfair.backbones.diffusion.denoise_averaged`, which
     runs the condition-free part of the first layer and the linear last layer once, not once per condition)."""
+    check_swap(diffusion_config, config)
     schedule = diffusion.make_schedule(diffusion_config)
     sqrt_abar = jnp.sqrt(schedule.abar)
     user_groups = jnp.asarray(user_groups, jnp.int32)
