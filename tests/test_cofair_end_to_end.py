@@ -1,9 +1,12 @@
 """Cofair end to end on synthetic data whose gender is planted in the interactions: ``jaxfair train`` with a
 ``[cofair]`` section trains the backbone, Cofair and the retraining baseline, and writes every promised output.
 
-Gender dominates the synthetic users' preferences (the backbone's probe AUC is 1.0), and Cofair's adversary removes
-only part of it there: the top level (selected as the fairest validation epoch, ``monitor = "parity@10"``) leaks
-less and exposes the groups to more similar items than level 0, but stays far from 0.5."""
+Gender dominates the synthetic users' preferences (the backbone's probe AUC is 1.0). The top level (selected as the
+fairest validation epoch, ``monitor = "parity@10"``) exposes the groups to much more similar items than level 0.
+The capped attacker barely touches what a logistic probe reads: its top level's AUC stays within a few points of
+1.0, and by how much exactly depends on float rounding (it differed between two CPUs), so only "not above level 0"
+is asserted. The attacker-free ``linear_share`` adversary, which targets exactly what a linear probe reads, lowers
+the top level's AUC by more than 0.08."""
 
 import json
 
@@ -48,12 +51,26 @@ def cofair_run(data_dir, tmp_path_factory):
     return out, runner.run(config, out, log=lambda message: None)
 
 
+@pytest.fixture(scope="module")
+def linear_share_run(data_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("cofair_linear_share_out")
+    values = config_values(data_dir, adversary="linear_share", lambda0=1.0, alpha=1.0, baseline_lambdas=[1.0])
+    return runner.run(parse_config(values, tuple(runner.METHODS)), out, log=lambda message: None)
+
+
 def test_top_level_is_fairer_than_the_backbone(cofair_run):
     _, results = cofair_run
     levels = results["cofair"]["levels"]
     assert levels[0]["probe_auc"] > 0.95
-    assert levels[-1]["probe_auc"] < levels[0]["probe_auc"] - 0.03
-    assert levels[-1]["metrics"]["dp@10"] < levels[0]["metrics"]["dp@10"]
+    assert levels[-1]["probe_auc"] <= levels[0]["probe_auc"]
+    assert levels[-1]["metrics"]["dp@10"] < levels[0]["metrics"]["dp@10"] - 0.2
+
+
+def test_the_attacker_free_linear_share_adversary_lowers_the_probe_auc(linear_share_run):
+    levels = linear_share_run["cofair"]["levels"]
+    assert levels[0]["probe_auc"] > 0.95
+    assert levels[-1]["probe_auc"] < levels[0]["probe_auc"] - 0.08
+    assert levels[-1]["metrics"]["dp@10"] < levels[0]["metrics"]["dp@10"] - 0.2
 
 
 def test_every_level_and_baseline_model_is_reported_and_saved(cofair_run):
