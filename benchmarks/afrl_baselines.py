@@ -2,11 +2,18 @@
 FFVAE-style disentangling model, and the ablations AFRL-w/o-z_i and AFRL-w/o-z_0.
 
     python benchmarks/afrl_baselines.py configs/afrl_pmf_ml100k.toml --out benchmarks/results/afrl_baselines
+    python benchmarks/afrl_baselines.py configs/afrl_pmf_ml100k.toml --seed 1 --out benchmarks/results/afrl_baselines_seed1
+    python benchmarks/afrl_baselines.py --summarize benchmarks/results/afrl_baselines \
+        benchmarks/results/afrl_baselines_seed1 ... --out benchmarks/results/afrl_baselines_summary.md
 
 Every method sees the same split, the same frozen backbone embeddings, the same lambda / adversary / learning rate /
 epochs as the config's ``[afrl]`` section, and the same evaluation (sampled protocol, probes of the sensitive
 attributes on test users). Training time is wall time including compilation; SM's is the sum over its 2^M - 1
 filters. Writes ``baselines.json`` and ``table.md``.
+
+``--summarize DIR ...`` reads the ``baselines.json`` of several runs (one per seed, same config) and writes, per
+requirement and method, the mean ± std over seeds of NDCG@10, the standard probe's mean AUC and the unseen-user
+audit's, and counts in how many (seed, non-empty requirement) pairs AFRL's NDCG@10 is above each baseline's.
 """
 
 from __future__ import annotations
@@ -27,12 +34,58 @@ from jaxfair.experiments import runner
 from jaxfair.methods import afrl, ffvae, sm
 
 
+def summarize(runs: list[dict]) -> tuple[dict, str]:
+    """Mean ± std over runs (seeds) per requirement and method, and AFRL's NDCG@10 against each other method's."""
+    methods = list(runs[0]["methods"])
+    names = list(runs[0]["methods"][methods[0]])
+    if any(list(r["methods"]) != methods or r["config"] != runs[0]["config"] for r in runs):
+        raise SystemExit("--summarize needs runs of one config with the same methods")
+    columns = {"NDCG@10": lambda b: b["metrics"]["ndcg@10"], "standard probe AUC": lambda b: b["mean_auc"],
+               "unseen-user audit AUC": lambda b: b["mean_unseen_auc"]}
+    summary = {"seeds": [r["seed"] for r in runs], "config": runs[0]["config"], "methods": {}}
+    for m in methods:
+        summary["methods"][m] = {n: {c: [get(r["methods"][m][n]) for r in runs] for c, get in columns.items()}
+                                 for n in names}
+    sensitive = [n for n in names if runs[0]["methods"][methods[0]][n]["sensitive"]]
+    summary["afrl_ndcg_above"] = {
+        m: int(sum(a > b for n in sensitive for a, b in zip(summary["methods"]["AFRL"][n]["NDCG@10"],
+                                                             summary["methods"][m][n]["NDCG@10"])))
+        for m in methods if m != "AFRL"}
+    summary["pairs"] = len(sensitive) * len(runs)
+    lines = [f"{runs[0]['config']}, seeds {summary['seeds']}; mean ± std over seeds (sampled protocol, test users). "
+             f"Backbone NDCG@10 {np.mean([r['backbone_ndcg@10'] for r in runs]):.3f} ± "
+             f"{np.std([r['backbone_ndcg@10'] for r in runs]):.3f}."]
+    for c in columns:
+        lines += ["", f"{c}:", "", "| requirement | " + " | ".join(methods) + " |", "|" + "---|" * (len(methods) + 1)]
+        for n in names:
+            cells = []
+            for m in methods:
+                values = summary["methods"][m][n][c]
+                cells.append("-" if values[0] is None else f"{np.mean(values):.3f} ± {np.std(values):.3f}")
+            lines.append(f"| {n} | " + " | ".join(cells) + " |")
+    lines += ["", "AFRL's NDCG@10 above the other method's, of (seed, non-empty requirement) pairs: "
+              + ", ".join(f"{m} {k}/{summary['pairs']}" for m, k in summary["afrl_ndcg_above"].items()) + "."]
+    return summary, "\n".join(lines) + "\n"
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("config")
+    parser.add_argument("config", nargs="?")
     parser.add_argument("--seed", type=int)
     parser.add_argument("--out", default="benchmarks/results/afrl_baselines")
+    parser.add_argument("--summarize", nargs="+", metavar="DIR", help="summarise finished runs instead of training")
     args = parser.parse_args(argv)
+    if args.summarize:
+        summary, table = summarize([json.loads((pathlib.Path(d) / "baselines.json").read_text())
+                                    for d in args.summarize])
+        out = pathlib.Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(table)
+        out.with_suffix(".json").write_text(json.dumps(summary, indent=2) + "\n")
+        print(table)
+        return summary
+    if args.config is None:
+        parser.error("a config is needed unless --summarize is given")
 
     config = runner.load(args.config, seed=args.seed)
     method = afrl_experiment.method_config(config)

@@ -128,6 +128,25 @@ def test_baselines_benchmark_reports_every_method(tmp_path):
     assert set(payload["methods"]) == {"AFRL", "AFRL-w/o-z_i", "AFRL-w/o-z_0", "SM", "FFVAE"}
     assert all(seconds > 0 for seconds in payload["seconds"].values())
 
+    # --summarize: two "seeds" (the run and a copy whose AFRL NDCG@10 is zero) give means, spreads and the count
+    second = json.loads(json.dumps(payload))
+    second["seed"] = 1
+    for block in second["methods"]["AFRL"].values():
+        block["metrics"]["ndcg@10"] = 0.0
+    (tmp_path / "seed1").mkdir()
+    (tmp_path / "seed1" / "baselines.json").write_text(json.dumps(second))
+    summary = load("afrl_baselines").main(["--summarize", str(tmp_path / "base"), str(tmp_path / "seed1"),
+                                           "--out", str(tmp_path / "summary.md")])
+    ndcg = summary["methods"]["AFRL"]["G"]["NDCG@10"]
+    assert ndcg == [payload["methods"]["AFRL"]["G"]["metrics"]["ndcg@10"], 0.0]
+    assert summary["pairs"] == 2 * (len(payload["methods"]["AFRL"]) - 1)  # the non-empty requirements, both seeds
+    sm_first = sum(payload["methods"]["AFRL"][n]["metrics"]["ndcg@10"] > payload["methods"]["SM"][n]["metrics"]["ndcg@10"]
+                   for n, b in payload["methods"]["AFRL"].items() if b["sensitive"])
+    assert summary["afrl_ndcg_above"]["SM"] == sm_first  # the zeroed seed never counts
+    table = (tmp_path / "summary.md").read_text()
+    assert "NDCG@10:" in table and "unseen-user audit AUC:" in table and f"SM {sm_first}/" in table
+    assert json.loads((tmp_path / "summary.json").read_text()) == json.loads(json.dumps(summary))
+
 
 @pytest.mark.parametrize("flags", [["--adversary", "paper"], ["--adversary", "mean_gap"],
                                    ["--adversary", "capped", "--discriminator-layers", "1", "--discriminator-steps", "3",
