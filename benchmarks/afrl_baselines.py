@@ -12,8 +12,9 @@ attributes on test users). Training time is wall time including compilation; SM'
 filters. Writes ``baselines.json`` and ``table.md``.
 
 ``--summarize DIR ...`` reads the ``baselines.json`` of several runs (one per seed, same config) and writes, per
-requirement and method, the mean ± std over seeds of NDCG@10, the standard probe's mean AUC and the unseen-user
-audit's, and counts in how many (seed, non-empty requirement) pairs AFRL's NDCG@10 is above each baseline's.
+requirement and method, the mean ± std (population std, as every seed table here) over seeds of NDCG@10, the
+standard probe's mean AUC and the unseen-user audit's, and counts in how many (seed, non-empty requirement) pairs
+AFRL's NDCG@10 is strictly above each other method's (a tie does not count).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxfair.experiments import afrl as afrl_experiment
+from jaxfair.experiments import outputs
 from jaxfair.experiments import backbone as backbone_experiment
 from jaxfair.experiments import runner
 from jaxfair.methods import afrl, ffvae, sm
@@ -38,8 +40,11 @@ def summarize(runs: list[dict]) -> tuple[dict, str]:
     """Mean ± std over runs (seeds) per requirement and method, and AFRL's NDCG@10 against each other method's."""
     methods = list(runs[0]["methods"])
     names = list(runs[0]["methods"][methods[0]])
-    if any(list(r["methods"]) != methods or r["config"] != runs[0]["config"] for r in runs):
-        raise SystemExit("--summarize needs runs of one config with the same methods")
+    same = all(list(r["methods"]) == methods and all(list(r["methods"][m]) == names for m in methods)
+               and r["config"] == runs[0]["config"] for r in runs)
+    if not same or "AFRL" not in methods or len({r["seed"] for r in runs}) != len(runs):
+        raise SystemExit("--summarize needs runs of one config (with AFRL among the same methods and requirements), "
+                         "one per seed")
     columns = {"NDCG@10": lambda b: b["metrics"]["ndcg@10"], "standard probe AUC": lambda b: b["mean_auc"],
                "unseen-user audit AUC": lambda b: b["mean_unseen_auc"]}
     summary = {"seeds": [r["seed"] for r in runs], "config": runs[0]["config"], "methods": {}}
@@ -53,15 +58,14 @@ def summarize(runs: list[dict]) -> tuple[dict, str]:
         for m in methods if m != "AFRL"}
     summary["pairs"] = len(sensitive) * len(runs)
     lines = [f"{runs[0]['config']}, seeds {summary['seeds']}; mean ± std over seeds (sampled protocol, test users). "
-             f"Backbone NDCG@10 {np.mean([r['backbone_ndcg@10'] for r in runs]):.3f} ± "
-             f"{np.std([r['backbone_ndcg@10'] for r in runs]):.3f}."]
+             f"Backbone NDCG@10 {outputs.mean_std([r['backbone_ndcg@10'] for r in runs])}."]
     for c in columns:
         lines += ["", f"{c}:", "", "| requirement | " + " | ".join(methods) + " |", "|" + "---|" * (len(methods) + 1)]
         for n in names:
             cells = []
             for m in methods:
                 values = summary["methods"][m][n][c]
-                cells.append("-" if values[0] is None else f"{np.mean(values):.3f} ± {np.std(values):.3f}")
+                cells.append("-" if None in values else outputs.mean_std(values))
             lines.append(f"| {n} | " + " | ".join(cells) + " |")
     lines += ["", "AFRL's NDCG@10 above the other method's, of (seed, non-empty requirement) pairs: "
               + ", ".join(f"{m} {k}/{summary['pairs']}" for m, k in summary["afrl_ndcg_above"].items()) + "."]

@@ -145,7 +145,13 @@ def test_baselines_benchmark_reports_every_method(tmp_path):
     assert summary["afrl_ndcg_above"]["SM"] == sm_first  # the zeroed seed never counts
     table = (tmp_path / "summary.md").read_text()
     assert "NDCG@10:" in table and "unseen-user audit AUC:" in table and f"SM {sm_first}/" in table
-    assert json.loads((tmp_path / "summary.json").read_text()) == json.loads(json.dumps(summary))
+    x = ndcg[0]
+    assert f"| G | {np.mean([x, 0.0]):.3f} ± {np.std([x, 0.0]):.3f} |" in table  # AFRL's column comes first
+    with pytest.raises(SystemExit, match="one per seed"):  # the same seed twice
+        load("afrl_baselines").main(["--summarize", str(tmp_path / "base"), str(tmp_path / "base"),
+                                     "--out", str(tmp_path / "twice.md")])
+    saved = json.loads((tmp_path / "summary.json").read_text())
+    assert saved["afrl_ndcg_above"] == summary["afrl_ndcg_above"] and saved["seeds"] == [payload["seed"], 1]
 
 
 @pytest.mark.parametrize("flags", [["--adversary", "paper"], ["--adversary", "mean_gap"],
