@@ -112,6 +112,38 @@ def test_lambda_sweep_writes_front_and_picks_on_validation(tmp_path, monkeypatch
     assert [p["lam"] for p in sweep["points"]] == [0.1, 1.0] and sweep["chosen_lam"] in (0.1, 1.0)
     assert sweep["overrides"] == {"aggregator_residual": True}
     assert (tmp_path / "sweep" / "pareto.png").stat().st_size > 0
+    assert all(0.0 <= p["valid_audit_auc"] <= 1.0 for p in sweep["points"])
+    assert set(sweep["chosen_by_rule"]) == {"standard", "audit"} and sweep["select"] == "standard"
+    assert sweep["chosen_lam"] == sweep["chosen_by_rule"]["standard"]
+
+
+def test_lambda_sweep_validation_audit_reads_only_the_probe_validation_users():
+    import jax
+
+    import jaxfair
+    from jaxfair.metrics.probe import ProbeConfig, cross_fitted_probe
+
+    valid_audit = load("afrl_lambda_sweep").valid_audit
+    split = jaxfair.prepare(jaxfair.make_synthetic())
+    users = np.asarray(split.probe_users["valid"])
+    rng = np.random.default_rng(0)
+    num_users = len(split.user_attributes["gender"])
+    fair = rng.normal(size=(3, num_users, 4)).astype(np.float32)
+    requirements = np.array([[False, False, False], [True, False, False], [True, True, False]])
+    config, key = ProbeConfig(steps=50, eval_every=25, bootstrap=0), jax.random.key(0)
+
+    def audit(embeddings, i):
+        name = split.attribute_names[i]
+        return cross_fitted_probe(embeddings, split.user_attributes[name], users, len(split.attribute_classes[name]),
+                                  jax.random.fold_in(key, 200 + i), config)["auc"]
+
+    got = valid_audit(fair, requirements, split, key, config)
+    expected = np.mean([audit(fair[1], 0), np.mean([audit(fair[2], 0), audit(fair[2], 1)])])  # "none" is skipped
+    assert got == pytest.approx(expected)
+    others = np.setdiff1d(np.arange(num_users), users)
+    moved = fair.copy()
+    moved[:, others] = rng.normal(size=(3, len(others), 4))
+    assert valid_audit(moved, requirements, split, key, config) == pytest.approx(got)
 
 
 def test_lambda_sweep_overrides_parse_json_values_and_reject_a_missing_value():
