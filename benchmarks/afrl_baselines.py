@@ -2,7 +2,8 @@
 FFVAE-style disentangling model, and the ablations AFRL-w/o-z_i and AFRL-w/o-z_0.
 
     python benchmarks/afrl_baselines.py configs/afrl_pmf_ml100k.toml --out benchmarks/results/afrl_baselines
-    python benchmarks/afrl_baselines.py configs/afrl_pmf_ml100k.toml --seed 1 --out benchmarks/results/afrl_baselines_seed1
+    python benchmarks/afrl_baselines.py configs/afrl_pmf_ml100k.toml --seed 1 \
+        --out benchmarks/results/afrl_baselines_seed1
     python benchmarks/afrl_baselines.py --summarize benchmarks/results/afrl_baselines \
         benchmarks/results/afrl_baselines_seed1 ... --out benchmarks/results/afrl_baselines_summary.md
 

@@ -670,8 +670,9 @@ def report(results, args):
     q, ms, shapes = results["quartiles_ms"], results["median_ms"], results["shapes"]
     device = results["device"]
     print(f"DifFaiRec / DiffRec, U={args.users} I={args.items} (density {shapes['density']:.3f}) G={args.groups} "
-          f"({args.group_vectors} tokens, serve {args.serve}, swap {args.swap}), B={args.batch} users, {shapes['batches_per_epoch']} "
-          f"batches/epoch, hidden {args.hidden}, d={args.latent_dim}, T={args.steps}; median of {args.repeats} steps "
+          f"({args.group_vectors} tokens, serve {args.serve}, swap {args.swap}), B={args.batch} users, "
+          f"{shapes['batches_per_epoch']} batches/epoch, hidden {args.hidden}, d={args.latent_dim}, T={args.steps}; "
+          f"median of {args.repeats} steps "
           f"/ {args.epoch_repeats} epochs / {args.infer_repeats} inference passes ({device['jax_backend']}, "
           f"{device['cpu_count']} cpus, load average {device['load_average_at_start'][0]:.2f} -> "
           f"{device['load_average_at_end'][0]:.2f})")

@@ -27,6 +27,7 @@ import pathlib
 import numpy as np
 
 from jaxfair.experiments import runner
+from jaxfair.methods import diffairec
 
 GAPS = ("recall_gap", "ndcg_gap", "eo_gap")
 KS = (10, 20)
@@ -74,9 +75,10 @@ def choose(scores: dict[float, dict], min_accuracy: float) -> float | None:
 
 
 def sweep(config_path, seeds, out: pathlib.Path, reference: str, variants, field: str, values, log=print,
-          fixed: dict | None = None) -> dict:
+          fixed: dict | None = None) -> tuple[dict, list[dict]]:
     """Train ``reference`` once per seed and ``variants`` once per value of ``[diffairec] field`` (with the
-    ``[diffairec]`` settings ``fixed`` on top of the config); score each value."""
+    ``[diffairec]`` settings ``fixed`` on top of the config); score each value. Returns the scores by value (each
+    with its :func:`run_summary` per seed) and the reference's run summaries."""
     baselines, runs = [], {v: [] for v in values}
     for seed in seeds:
         config = runner.load(config_path, seed=seed)
@@ -91,8 +93,7 @@ def sweep(config_path, seeds, out: pathlib.Path, reference: str, variants, field
     scores = {v: score_setting(baselines, runs[v], variants) for v in values}
     for v in values:
         scores[v]["runs"] = [run_summary(result, variants) for result in runs[v]]
-    scores["reference_runs"] = [run_summary({"variants": {reference: b}}, [reference]) for b in baselines]
-    return scores
+    return scores, [run_summary({"variants": {reference: b}}, [reference]) for b in baselines]
 
 
 def run_summary(result: dict, variants) -> dict:
@@ -110,23 +111,23 @@ def main(argv=None):
     parser.add_argument("--gammas", type=float, nargs="*", default=[1.0, 10.0, 100.0, 1000.0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--min-accuracy", type=float, default=0.98)
-    parser.add_argument("--swap", choices=["condition", "input"], default=None,
+    parser.add_argument("--swap", choices=diffairec.SWAPS, default=None,
                         help="DifFaiRec's swap for the weight sweep (default: the config's)")
-    parser.add_argument("--serve", choices=["average", "factual"], default=None,
+    parser.add_argument("--serve", choices=diffairec.SERVE, default=None,
                         help="DifFaiRec's serving for the weight sweep (default: the config's)")
     parser.add_argument("--out", default="benchmarks/results/diffairec_sweep")
     args = parser.parse_args(argv)
     out = pathlib.Path(args.out)
     log = lambda message: print(message, flush=True)
-    report = {"config": args.config, "seeds": args.seeds, "min_accuracy": args.min_accuracy, "swap": args.swap, "serve": args.serve,
+    report = {"config": args.config, "seeds": args.seeds, "min_accuracy": args.min_accuracy, "swap": args.swap,
+              "serve": args.serve,
               "selection_rule": __doc__.split("Selection rule: ")[1].split("Writes")[0].strip()}
     for field, values, reference, variants in (("counterfactual_weight", args.weights, "diffrec", DIFFAIREC),
                                                ("gamma", args.gammas, "mf", ("fair_mf",))):
         if not values:
             continue
         fixed = {k: v for k, v in (("swap", args.swap), ("serve", args.serve)) if v and reference == "diffrec"}
-        scores = sweep(args.config, args.seeds, out, reference, variants, field, values, log, fixed)
-        reference_runs = scores.pop("reference_runs")
+        scores, reference_runs = sweep(args.config, args.seeds, out, reference, variants, field, values, log, fixed)
         chosen = choose(scores, args.min_accuracy)
         for v, sc in scores.items():
             log(f"{field} {v:g}: valid ndcg@20 / {reference} {sc['accuracy_ratio']:.3f}, "
