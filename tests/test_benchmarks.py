@@ -1,5 +1,6 @@
 """The benchmark scripts still run (tiny sizes, no timing asserted: performance is measured by running them)."""
 
+import dataclasses
 import importlib.util
 import json
 import pathlib
@@ -303,6 +304,35 @@ def test_exposure_floor_reports_real_and_shuffled_group_gaps(tmp_path):
     assert sum(result["group_sizes"]) > 0 and result["shuffles"] == 3
     with pytest.raises(SystemExit):
         load("exposure_floor").main([tiny_cofair_config(tmp_path), "--shuffles", "1", "--out", str(out)])
+
+
+def test_exposure_floor_per_level_of_finished_runs(tmp_path):
+    from jaxfair.experiments import runner
+
+    config_path = tiny_cofair_config(tmp_path)
+    config = runner.load(config_path)
+    config = dataclasses.replace(config, sections={**config.sections,
+                                                   "cofair": {**config.sections["cofair"], "retrain_baseline": False}})
+    runner.run(config, tmp_path / "run", log=lambda message: None)
+    floor = load("exposure_floor")
+    result = floor.main(["--runs", str(tmp_path / "run"), "--shuffles", "3", "--out", str(tmp_path / "levels.json")])
+    assert json.loads((tmp_path / "levels.json").read_text()) == json.loads(json.dumps(result))
+    (run,) = result["runs"]
+    assert len(run["levels"]) == 3 == len(result["mean_over_runs"])  # levels 0..T, T = 2
+    # Level 0 is the backbone's own embedding: the restored run measures exactly what the config mode measures after
+    # retraining the same backbone with the same seed, against the same random groupings.
+    from_config = floor.main([config_path, "--shuffles", "3", "--out", str(tmp_path / "floor.json")])
+    assert run["levels"][0]["real"] == from_config["real"]
+    assert run["levels"][0]["shuffled"] == from_config["shuffled"]
+    for t, level in enumerate(result["mean_over_runs"]):
+        for name, v in level.items():
+            assert v["excess"] == pytest.approx(v["real"] - v["shuffled"])
+            assert v["real"] == run["levels"][t]["real"][name]
+    with pytest.raises(SystemExit, match="no user_embeddings_level"):
+        floor.main(["--runs", str(tmp_path), "--out", str(tmp_path / "x.json")])
+    with pytest.raises(SystemExit, match="either a config or --runs"):
+        floor.main([config_path, "--runs", str(tmp_path / "run"), "--out", str(tmp_path / "x.json")])
+    assert not (tmp_path / "x.json").exists()
 
 
 def test_cofair_seeds_summarises_levels_baseline_and_monotonicity(tmp_path):

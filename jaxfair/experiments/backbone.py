@@ -189,7 +189,8 @@ class FrozenBackbone(NamedTuple):
     """A trained backbone, frozen, with everything the fairness methods read from it.
 
     Attributes:
-      backbone, context, params, fit: the backbone's functions, constants, selected parameters and training result.
+      backbone, context, params, fit: the backbone's functions, constants, selected parameters and training result
+        (None when restored from a finished run, :func:`jaxfair.experiments.runner.restore_run`).
       user_vecs: ``{"valid": (U, d), "test": (U, d)}``; item_vecs: ``(I, d)``.
       score: ``backbone.score`` bound to ``params`` as a ``jax.tree_util.Partial`` (traced, so jitted evaluation
         compiles once).

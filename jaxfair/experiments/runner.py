@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import pathlib
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import jax
 
@@ -74,27 +74,49 @@ def seeds_report(config_path, seeds, out_dir, summarize: Callable[[list[dict]], 
     return summary, table
 
 
-def evaluate_run(run_dir, protocols=None, ks=None, log: Callable[[str], None] = print) -> dict:
-    """Restore a finished backbone run's selected parameters and evaluate them again (same split and negatives).
+class RestoredRun(NamedTuple):
+    """A finished run of ``jaxfair train``: its parsed config, its split and its frozen backbone."""
 
-    Writes ``run_dir/evaluation.json`` and prints the table. Raises ConfigError when ``run_dir`` is not a finished run.
+    config: ExperimentConfig
+    split: object
+    backbone: backbone_experiment.FrozenBackbone
+
+
+def restore_run(run_dir) -> RestoredRun:
+    """Read a finished run's ``config.json`` and ``split.npz`` and restore its backbone's selected parameters.
+
+    Nothing is trained or written. Raises ConfigError when ``run_dir`` is not a finished run.
     """
     run_dir = pathlib.Path(run_dir)
     for name in ("config.json", "split.npz", "checkpoints/best"):
         if not (run_dir / name).exists():
             raise ConfigError(f"{run_dir}: not a finished run of 'jaxfair train' (missing {name})")
     config = parse_config(json.loads((run_dir / "config.json").read_text()), tuple(METHODS))
+    split = load_split(run_dir / "split.npz")
+    backbone, _ = make_backbone(config.backbone_name, dataclasses.asdict(config.backbone))
+    context = backbone.context(split)
+    params = backbone_experiment.restore_best(run_dir, backbone.init(jax.random.key(0), split))
+    user_vecs, item_vecs = backbone_experiment.embeddings_of(backbone, context, params)
+    frozen = backbone_experiment.FrozenBackbone(
+        backbone=backbone, context=context, params=params, fit=None, user_vecs=user_vecs, item_vecs=item_vecs,
+        score=jax.tree_util.Partial(backbone.score, params),
+    )
+    return RestoredRun(config, split, frozen)
+
+
+def evaluate_run(run_dir, protocols=None, ks=None, log: Callable[[str], None] = print) -> dict:
+    """Restore a finished backbone run's selected parameters and evaluate them again (same split and negatives).
+
+    Writes ``run_dir/evaluation.json`` and prints the table. Raises ConfigError when ``run_dir`` is not a finished run.
+    """
+    run_dir = pathlib.Path(run_dir)
+    config, split, frozen = restore_run(run_dir)
     evaluate = dataclasses.replace(
         config.evaluate,
         protocols=tuple(protocols) if protocols else config.evaluate.protocols,
         ks=tuple(ks) if ks else config.evaluate.ks,
     )
-    split = load_split(run_dir / "split.npz")
-    backbone, _ = make_backbone(config.backbone_name, dataclasses.asdict(config.backbone))
-    context = backbone.context(split)
-    template = backbone.init(jax.random.key(0), split)
-    params = backbone_experiment.restore_best(run_dir, template)
-    user_vecs, item_vecs = backbone_experiment.embeddings_of(backbone, context, params)
+    backbone, params, user_vecs, item_vecs = frozen.backbone, frozen.params, frozen.user_vecs, frozen.item_vecs
     metrics = backbone_experiment.evaluate_ranking(
         lambda u, v: backbone.score(params, u, v), user_vecs, item_vecs, split, evaluate
     )
