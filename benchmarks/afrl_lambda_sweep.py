@@ -41,7 +41,6 @@ from jaxfair.experiments import afrl as afrl_experiment
 from jaxfair.experiments import backbone as backbone_experiment
 from jaxfair.experiments import runner
 from jaxfair.methods import afrl
-from jaxfair.metrics.probe import cross_fitted_probe
 
 PAPER_LAMBDAS = (0.001, 0.01, 0.1, 1.0, 10.0, 100.0)
 
@@ -168,16 +167,11 @@ def main(argv=None):
 def valid_audit(fair: np.ndarray, requirements: np.ndarray, split, key, probe_config) -> float:
     """Mean over the non-empty requirements of the mean, over their sensitive attributes, of a cross-fitted probe's
     AUC on the probe-validation users only (``fair``: ``(K, U, d)`` validation-time fair embeddings)."""
-    users = np.asarray(split.probe_users["valid"])
-    means = []
-    for r, embeddings in enumerate(fair):
-        aucs = [cross_fitted_probe(embeddings, split.user_attributes[split.attribute_names[i]], users,
-                                   len(split.attribute_classes[split.attribute_names[i]]),
-                                   jax.random.fold_in(key, 200 + i), probe_config)["auc"]
-                for i in np.flatnonzero(requirements[r])]
-        if aucs:
-            means.append(np.mean(aucs))
-    return float(np.mean(means))
+    audits = afrl_experiment.probe_requirements(
+        dict(enumerate(fair)), requirements, split, key, probe_config,
+        unseen_users=np.asarray(split.probe_users["valid"]), standard=False, audit_key_offset=200,
+    )
+    return float(np.mean([a["mean_unseen_auc"] for a in audits.values() if a["mean_unseen_auc"] is not None]))
 
 
 def plot(points, summary, path):

@@ -92,11 +92,13 @@ def train_afrl(split, data, score, method: afrl.AFRLConfig, seed: int, out_dir, 
 
 
 def probe_requirements(embeddings_by_req: dict[str, np.ndarray], requirements: np.ndarray, split: Split, key, config,
-                       unseen_users=None):
+                       unseen_users=None, standard: bool = True, audit_key_offset: int = 100):
     """Probe AUC of each sensitive attribute on each requirement's fair embeddings, and their mean (Table 2).
 
     With ``unseen_users`` (int ``(n,)``), also the unseen-user audit of each attribute (``unseen_auc``, a
-    :func:`~jaxfair.metrics.probe.cross_fitted_probe` result) and their mean (``mean_unseen_auc``).
+    :func:`~jaxfair.metrics.probe.cross_fitted_probe` result) and their mean (``mean_unseen_auc``). Attribute ``i``'s
+    standard probe draws its randomness from ``fold_in(key, i)`` and its audit from ``fold_in(key,
+    audit_key_offset + i)``. ``standard=False`` runs the audit alone (``auc`` is then empty, ``mean_auc`` None).
     """
     names = split.attribute_names
     out = {}
@@ -105,12 +107,14 @@ def probe_requirements(embeddings_by_req: dict[str, np.ndarray], requirements: n
         for i in np.flatnonzero(requirements[r]):
             name = names[i]
             labels, num_classes = split.user_attributes[name], len(split.attribute_classes[name])
-            per_attr[name] = probe_attribute(
-                embeddings, labels, split.probe_users, num_classes, jax.random.fold_in(key, i), config,
-            )
+            if standard:
+                per_attr[name] = probe_attribute(
+                    embeddings, labels, split.probe_users, num_classes, jax.random.fold_in(key, i), config,
+                )
             if unseen_users is not None:
                 unseen[name] = cross_fitted_probe(
-                    embeddings, labels, unseen_users, num_classes, jax.random.fold_in(key, 100 + i), config
+                    embeddings, labels, unseen_users, num_classes, jax.random.fold_in(key, audit_key_offset + i),
+                    config,
                 )
         out[req_name] = {
             "auc": per_attr,
