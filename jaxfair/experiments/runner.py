@@ -79,7 +79,7 @@ class RestoredRun(NamedTuple):
 
     config: ExperimentConfig
     split: object
-    backbone: backbone_experiment.FrozenBackbone
+    frozen: backbone_experiment.FrozenBackbone
 
 
 def restore_run(run_dir) -> RestoredRun:
