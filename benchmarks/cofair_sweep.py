@@ -60,10 +60,10 @@ def sweep(config_path: str, grid: list[dict], seed: int = 0, log=print) -> list[
     frozen = backbone_experiment.frozen_backbone(split, config, None, log=lambda message: None)
     user_vecs, item_vecs, score = frozen.user_vecs, frozen.item_vecs, frozen.score
     section = cofair_experiment.section_config(config)
-    # The probe-validation users' labels are withheld too, so the selection AUC is measured on users whose
-    # attribute Cofair never saw (as the test AUC is); otherwise it rewards fitting the labelled users.
+    # The probe-validation users' labels are withheld too (cofair_experiment.WITHHELD, as in every run), so the
+    # selection AUC is measured on users whose attribute Cofair never saw; otherwise it rewards fitting the labelled users.
     data = cofair_experiment.cofair_data(split, user_vecs["valid"], item_vecs, section.attribute,
-                                         withheld=("valid", "test"))
+                                         withheld=cofair_experiment.WITHHELD)
     targets, exclude = cofair_experiment.stage_arrays(split, "valid")
     ks = tuple(config.evaluate.ks)
     out = []

@@ -73,6 +73,20 @@ def test_the_attacker_free_linear_share_adversary_lowers_the_probe_auc(linear_sh
     assert levels[-1]["metrics"]["dp@10"] < levels[0]["metrics"]["dp@10"] - 0.2
 
 
+def test_the_probe_users_labels_are_never_trained_on(cofair_run):
+    from jaxfair.data.dataset import load_split
+    from jaxfair.experiments import cofair as cofair_experiment
+
+    out, results = cofair_run
+    assert results["withheld_labels"] == ["probe valid", "probe test"]
+    split = load_split(out / "split.npz")
+    users = len(split.user_attributes["gender"])
+    data = cofair_experiment.cofair_data(split, np.zeros((users, 2), np.float32), np.zeros((3, 2), np.float32), "gender")
+    weight = np.asarray(data.label_weight)
+    assert (weight[split.probe_users["valid"]] == 0).all() and (weight[split.probe_users["test"]] == 0).all()
+    assert (weight[split.probe_users["train"]] > 0).all()
+
+
 def test_every_level_and_baseline_model_is_reported_and_saved(cofair_run):
     out, results = cofair_run
     levels = results["cofair"]["levels"]

@@ -208,7 +208,7 @@ class FrozenBackbone(NamedTuple):
 def label_weight(split, withheld: tuple[str, ...] = ("test",)) -> np.ndarray:
     """float32 ``(U,)``: 1 for users whose attribute labels a fairness method may train on, 0 for the probe users of
     the ``withheld`` probe stages (the probe test users by default, so the probe scores users the method never saw
-    labelled; the validation sweeps withhold ``("valid", "test")``)."""
+    labelled; AFRL and Cofair withhold ``("valid", "test")``, so their probes are also selected on such users)."""
     weight = np.ones(split.num_users, np.float32)
     for stage in withheld:
         weight[split.probe_users[stage]] = 0.0

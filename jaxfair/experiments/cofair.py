@@ -62,6 +62,12 @@ class CofairSection(cofair.CofairConfig):
         return cofair.CofairConfig(**{k: v for k, v in dataclasses.asdict(self).items() if k in names})
 
 
+# Probe stages whose users' labels Cofair never trains on, in every run (as AFRL's AUDIT_STAGES): the standard probe
+# is selected on the validation users and scored on the test users, so neither may have been seen labelled; and the
+# final run is then trained on the same labels as the settings sweep's runs (benchmarks/cofair_sweep.py).
+WITHHELD = ("valid", "test")
+
+
 def section_config(config: ExperimentConfig) -> CofairSection:
     return from_dict(CofairSection, config.sections.get(SECTION), SECTION)
 
@@ -75,9 +81,9 @@ def check_attribute(split, attribute: str) -> None:
 
 
 def cofair_data(split, user_vecs, item_vecs, attribute: str,
-                withheld: tuple[str, ...] = ("test",)) -> cofair.CofairData:
-    """Cofair's constant inputs for ``attribute``; the labels of the probe users in ``withheld`` (the probe test
-    users by default; ``benchmarks/cofair_sweep.py`` withholds the probe validation users too) are not used."""
+                withheld: tuple[str, ...] = WITHHELD) -> cofair.CofairData:
+    """Cofair's constant inputs for ``attribute``; the labels of the probe users in ``withheld`` (by default
+    :data:`WITHHELD`, the probe validation and test users) are not used."""
     check_attribute(split, attribute)
     return cofair.make_data(
         user_vecs, item_vecs, split.user_attributes[attribute], len(split.attribute_classes[attribute]),
@@ -238,6 +244,7 @@ def run(config: ExperimentConfig, out_dir, log: Callable[[str], None] = print) -
     results = {
         **run_header(split, config, "full", FULL_RANKING),
         "attribute": section.attribute,
+        "withheld_labels": [f"probe {stage}" for stage in WITHHELD],
         "backbone": {"name": config.backbone_name, "best_epoch": frozen.fit.best_epoch},
         "cofair": {
             "config": to_dict(section),
