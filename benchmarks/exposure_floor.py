@@ -32,9 +32,9 @@ import pathlib
 import jax.numpy as jnp
 import numpy as np
 
+from jaxfair.config import ConfigError
 from jaxfair.experiments import backbone as backbone_experiment
 from jaxfair.experiments import cofair as cofair_experiment
-from jaxfair.config import ConfigError
 from jaxfair.experiments import runner
 from jaxfair.metrics.exposure import full_ranking_report
 
@@ -59,7 +59,8 @@ def real_and_shuffled(gaps, labels: np.ndarray, shuffles: int, rng: np.random.Ge
 
 def level_files(run_dir: pathlib.Path) -> list[pathlib.Path]:
     """The run's ``user_embeddings_level<t>.npy`` in level order; SystemExit when there are none."""
-    files = sorted(run_dir.glob("user_embeddings_level*.npy"), key=lambda f: int(f.stem.removeprefix("user_embeddings_level")))
+    prefix = "user_embeddings_level"
+    files = sorted(run_dir.glob(f"{prefix}*.npy"), key=lambda f: int(f.stem.removeprefix(prefix)))
     if not files:
         raise SystemExit(f"{run_dir}: no user_embeddings_level<t>.npy (not a finished Cofair run)")
     return files
@@ -82,7 +83,8 @@ def floor_per_level(run_dirs: list[str], shuffles: int, stage: str, log=print) -
         for t, path in enumerate(files):
             user_vecs = jnp.asarray(np.load(path))
             if user_vecs.shape != frozen.user_vecs[stage].shape:
-                raise SystemExit(f"{path}: shape {user_vecs.shape}, the run's users need {frozen.user_vecs[stage].shape}")
+                raise SystemExit(f"{path}: shape {user_vecs.shape}, the run's users need "
+                                 f"{frozen.user_vecs[stage].shape}")
 
             def gaps(groups, user_vecs=user_vecs):
                 return group_gaps(frozen.score, user_vecs, frozen.item_vecs, targets, exclude, groups,

@@ -46,7 +46,7 @@ from jaxfair.methods import requirements as requirements_lib
 from jaxfair.metrics.probe import cross_fitted_probe, probe_attribute
 
 SECTION = "afrl"
-AUDIT_STAGES = ("valid", "test")  # probe stages whose users' labels AFRL never trains on
+AUDIT_STAGES = backbone_experiment.WITHHELD_STAGES  # probe stages whose users' labels AFRL never trains on
 
 
 def method_config(config: ExperimentConfig) -> afrl.AFRLConfig:

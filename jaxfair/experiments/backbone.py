@@ -205,10 +205,15 @@ class FrozenBackbone(NamedTuple):
     score: jax.tree_util.Partial
 
 
-def label_weight(split, withheld: tuple[str, ...] = ("test",)) -> np.ndarray:
+# Probe stages whose users' attribute labels the fairness methods never train on (AFRL's AUDIT_STAGES and Cofair's
+# WITHHELD): the standard probe is selected on the validation users and scored on the test users, so neither may
+# have been seen labelled.
+WITHHELD_STAGES = ("valid", "test")
+
+
+def label_weight(split, withheld: tuple[str, ...] = WITHHELD_STAGES) -> np.ndarray:
     """float32 ``(U,)``: 1 for users whose attribute labels a fairness method may train on, 0 for the probe users of
-    the ``withheld`` probe stages (the probe test users by default, so the probe scores users the method never saw
-    labelled; AFRL and Cofair withhold ``("valid", "test")``, so their probes are also selected on such users)."""
+    the ``withheld`` probe stages (:data:`WITHHELD_STAGES` by default)."""
     weight = np.ones(split.num_users, np.float32)
     for stage in withheld:
         weight[split.probe_users[stage]] = 0.0

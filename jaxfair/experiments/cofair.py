@@ -62,10 +62,9 @@ class CofairSection(cofair.CofairConfig):
         return cofair.CofairConfig(**{k: v for k, v in dataclasses.asdict(self).items() if k in names})
 
 
-# Probe stages whose users' labels Cofair never trains on, in every run (as AFRL's AUDIT_STAGES): the standard probe
-# is selected on the validation users and scored on the test users, so neither may have been seen labelled; and the
-# final run is then trained on the same labels as the settings sweep's runs (benchmarks/cofair_sweep.py).
-WITHHELD = ("valid", "test")
+# Probe stages whose users' labels Cofair never trains on, in every run (the same stages as AFRL's AUDIT_STAGES), so
+# the final run is trained on the same labels as the settings sweep's runs (benchmarks/cofair_sweep.py).
+WITHHELD = backbone_experiment.WITHHELD_STAGES
 
 
 def section_config(config: ExperimentConfig) -> CofairSection:

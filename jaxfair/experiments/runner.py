@@ -116,10 +116,7 @@ def evaluate_run(run_dir, protocols=None, ks=None, log: Callable[[str], None] = 
         protocols=tuple(protocols) if protocols else config.evaluate.protocols,
         ks=tuple(ks) if ks else config.evaluate.ks,
     )
-    backbone, params, user_vecs, item_vecs = frozen.backbone, frozen.params, frozen.user_vecs, frozen.item_vecs
-    metrics = backbone_experiment.evaluate_ranking(
-        lambda u, v: backbone.score(params, u, v), user_vecs, item_vecs, split, evaluate
-    )
+    metrics = backbone_experiment.evaluate_ranking(frozen.score, frozen.user_vecs, frozen.item_vecs, split, evaluate)
     rows = [{"protocol": p, "stage": s, **block[s]} for p, block in metrics.items() for s in ("valid", "test")]
     log(format_table(rows, list(rows[0])))
     result = {"dataset": split.name, "backbone": config.backbone_name, "seed": config.train.seed, "metrics": metrics}
