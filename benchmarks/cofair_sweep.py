@@ -16,7 +16,10 @@ Selection rule (validation only): a setting is admissible when its mean validati
 ``--min-recall`` (0.85) times level 0's. Among those, the chosen one has the most steps from level 1 to T at which
 the mean validation DP@10 curve and the mean probe selection AUC curve do not rise (at most ``2 (T - 1)``); ties go
 to the earlier grid entry, so the default grid, which lists the public code's settings first, leaves them only for a
-setting whose curves fall more often.
+setting whose curves fall more often. With ``--tie-break dp-margin``, ties go instead to the setting whose mean
+validation DP@10 curve falls by the most at its tightest step (``smallest_dp_fall``), and only exact equals to the
+earlier entry: a curve whose every step falls by a wide margin on validation is the one most likely to keep falling
+on test (two settings at the maximum count cannot otherwise be told apart).
 """
 
 from __future__ import annotations
@@ -102,6 +105,11 @@ def falling_steps(curve) -> int:
     return int(np.sum(np.diff(np.asarray(curve[1:], dtype=float)) <= 0))
 
 
+def smallest_fall(curve) -> float:
+    """The smallest fall of ``curve`` over the steps from level 1 to T (negative when some step rises)."""
+    return float(np.min(-np.diff(np.asarray(curve[1:], dtype=float))))
+
+
 def summarize_settings(runs: list[dict]) -> list[dict]:
     """Per setting (in grid order): curves averaged over its seeds and the falling-step counts of the mean curves."""
     groups: dict[str, list[dict]] = {}
@@ -118,15 +126,28 @@ def summarize_settings(runs: list[dict]) -> list[dict]:
             "recall_ratio": mean["valid_recall@10"][-1] / max(mean["valid_recall@10"][0], 1e-12),
             "falling_dp": falling_steps(mean["valid_dp@10"]),
             "falling_auc": falling_steps(mean["probe_selection_auc"]),
+            "smallest_dp_fall": smallest_fall(mean["valid_dp@10"]),
         })
     return out
 
 
-def choose(settings: list[dict], min_recall: float) -> dict | None:
-    """The selection rule of the module docstring; None when no setting keeps enough Recall@10."""
+TIE_BREAKS = ("grid-order", "dp-margin")
+
+
+def choose(settings: list[dict], min_recall: float, tie_break: str = "grid-order") -> dict | None:
+    """The selection rule of the module docstring; None when no setting keeps enough Recall@10.
+
+    ``tie_break = "dp-margin"`` ranks settings with equally many non-rising steps by the smallest fall of their mean
+    validation DP@10 curve over the steps from level 1 to T (the widest margin at the tightest step wins); the earlier
+    grid entry still wins among exact equals.
+    """
+    if tie_break not in TIE_BREAKS:
+        raise ValueError(f"tie_break must be one of {list(TIE_BREAKS)}, got {tie_break!r}")
     admissible = [s for s in settings if s["recall_ratio"] >= min_recall]
     if not admissible:
         return None
+    if tie_break == "dp-margin":
+        return max(admissible, key=lambda s: (s["falling_dp"] + s["falling_auc"], s["smallest_dp_fall"]))
     return max(admissible, key=lambda s: s["falling_dp"] + s["falling_auc"])  # the first of equals
 
 
@@ -136,17 +157,21 @@ def main(argv=None):
     parser.add_argument("--grid", help="JSON list of [cofair] overrides (default: the module's DEFAULT_GRID)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--min-recall", type=float, default=0.85)
+    parser.add_argument("--tie-break", choices=TIE_BREAKS, default="grid-order",
+                        help="among settings with equally many non-rising steps: the earlier grid entry, or the "
+                             "widest smallest fall of the mean validation DP@10 curve (default: grid-order)")
     parser.add_argument("--out", default="benchmarks/results/cofair_sweep")
     args = parser.parse_args(argv)
     grid = json.loads(args.grid) if args.grid else DEFAULT_GRID
     runs = [entry for seed in args.seeds for entry in sweep(args.config, grid, seed)]
     settings = summarize_settings(runs)
-    chosen = choose(settings, args.min_recall)
+    chosen = choose(settings, args.min_recall, args.tie_break)
     for s in settings:
         print(f"{s['setting']}: recall@10 T/0 {s['recall_ratio']:.3f}, falling steps DP {s['falling_dp']}, "
-              f"AUC {s['falling_auc']}, level-T AUC {s['mean_probe_selection_auc'][-1]:.3f}")
+              f"AUC {s['falling_auc']}, smallest DP fall {s['smallest_dp_fall']:.4f}, "
+              f"level-T AUC {s['mean_probe_selection_auc'][-1]:.3f}")
     print(f"chosen (validation only): {chosen['setting'] if chosen else None}")
-    report = {"config": args.config, "seeds": args.seeds, "min_recall": args.min_recall,
+    report = {"config": args.config, "seeds": args.seeds, "min_recall": args.min_recall, "tie_break": args.tie_break,
               "withheld_labels": ["probe valid", "probe test"],
               "runs": runs, "settings": settings, "chosen": chosen["setting"] if chosen else None}
     out = pathlib.Path(args.out)

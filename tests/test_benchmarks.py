@@ -387,6 +387,19 @@ def test_cofair_sweep_counts_falling_steps_from_level_1_and_chooses_on_them():
     assert sweep.choose(tied, 0.85) is tied[0]  # equals: the earlier grid entry (the public settings come first)
 
 
+def test_cofair_sweep_dp_margin_tie_break_prefers_the_widest_tightest_fall():
+    sweep = load("cofair_sweep")
+    assert sweep.smallest_fall([0.9, 0.5, 0.4, 0.35, 0.3]) == pytest.approx(0.05)  # level 0 -> 1 not counted
+    assert sweep.smallest_fall([0.9, 0.5, 0.4, 0.45]) == pytest.approx(-0.05)
+    entry = lambda dp, auc, fall: {"setting": {}, "recall_ratio": 0.9, "falling_dp": dp, "falling_auc": auc,
+                                   "smallest_dp_fall": fall}
+    settings = [entry(4, 4, 0.001), entry(4, 4, 0.01), entry(3, 4, 0.05), entry(4, 4, 0.01)]
+    assert sweep.choose(settings, 0.85) is settings[0]  # grid order (the default)
+    assert sweep.choose(settings, 0.85, "dp-margin") is settings[1]  # most steps first, then the margin, then order
+    with pytest.raises(ValueError):
+        sweep.choose(settings, 0.85, "coin")
+
+
 def test_itfr_seeds_summarises_variants_and_checks_against_bpr(tmp_path):
     from test_itfr_experiment import tiny_itfr_config
 

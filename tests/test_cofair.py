@@ -3,6 +3,7 @@ levels equal a loop over the adapters, the filter objective equals a numpy refer
 per-user and per-row batch forms agree, one jitted step runs, compiles once and updates D before the filter, and
 bad inputs are rejected."""
 
+import dataclasses
 import functools
 
 import chex
@@ -13,6 +14,7 @@ import optax
 import pytest
 
 from jaxfair.methods import cofair
+from jaxfair.methods.soft_exposure import soft_exposure_gap
 
 from references import np_between_class_share, np_linear_share
 
@@ -44,7 +46,7 @@ def random_params(seed, config, num_classes=2):
     return jax.tree_util.tree_unflatten(treedef, new)
 
 
-def make_toy_data(seed=0, num_classes=2, withheld=(3, 7, 11)):
+def make_toy_data(seed=0, num_classes=2, withheld=(3, 7, 11), with_exclude=False):
     rng = np.random.default_rng(seed)
     user_vecs = rng.normal(size=(U, D)).astype(np.float32)
     item_vecs = rng.normal(size=(I, D)).astype(np.float32)
@@ -52,7 +54,8 @@ def make_toy_data(seed=0, num_classes=2, withheld=(3, 7, 11)):
     rng.shuffle(labels)
     label_weight = np.ones(U, np.float32)
     label_weight[list(withheld)] = 0.0
-    return cofair.make_data(user_vecs, item_vecs, labels, num_classes, label_weight)
+    exclude = rng.random((U, I)) < 0.1 if with_exclude else None
+    return cofair.make_data(user_vecs, item_vecs, labels, num_classes, label_weight, exclude=exclude)
 
 
 def make_batch(seed, rows, num_padding=3):
@@ -155,7 +158,8 @@ def run_filter_loss(params, data, batch, config, per_user):
     users, row_user = cofair.batch_users(data, batch, per_user)
     rows = {"user": row_user, "pos": data.item_vecs[batch["pos"]], "neg": data.item_vecs[batch["neg"]],
             "weight": batch["weight"]}
-    return cofair.filter_loss(params["filter"], params["D"], users, rows, dot, config, data.prior)
+    return cofair.filter_loss(params["filter"], params["D"], users, rows, dot, config, data.prior,
+                              item_vecs=data.item_vecs)
 
 
 @functools.partial(jax.jit, static_argnames=("config", "per_user"))
@@ -579,7 +583,9 @@ def test_make_data_rejects_bad_labels(labels, num_classes):
 
 @pytest.mark.parametrize("overrides", [dict(levels=0), dict(beta=-0.1), dict(adversary="wasserstein"),
                                        dict(alpha=-1.0), dict(learning_rate=0.0), dict(discriminator_learning_rate=0.0),
-                                       dict(discriminator_layers=0)])
+                                       dict(discriminator_layers=0), dict(exposure_weight=-1.0),
+                                       dict(exposure_temperature=0.0), dict(exposure_k=0),
+                                       dict(exposure_candidates=0)])
 def test_config_rejects_invalid_values(overrides):
     with pytest.raises(ValueError):
         cofair.CofairConfig(**overrides)
@@ -620,3 +626,68 @@ def test_mean_gap_levels_remove_a_planted_attribute_in_order():
         assert share[0] > 0.2  # the attribute is planted
         assert np.all(np.diff(share) < 0), share
         assert share[-1] < 0.25 * share[0], share
+
+
+# ----------------------------------------------------------------------------------------------- exposure term
+
+
+@pytest.mark.parametrize("adversary", ["capped", "mean_gap"])
+def test_exposure_term_adds_gamma_lambda_times_the_soft_exposure_gap(adversary):
+    """Per user (U <= rows), the labelled users present in the batch each count once in the exposure gap."""
+    data = make_toy_data(31, with_exclude=True)
+    base = small_config(adversary=adversary, exposure_k=3, exposure_candidates=8, exposure_temperature=0.2)
+    params = random_params(32, base)
+    batch = make_batch(33, 40)
+    loss0, m0 = jit_filter_loss(params, data, batch, base, per_user=True)
+    assert np.all(np.asarray(m0["exposure_gap"]) == 0.0)
+    gamma = 2.5
+    loss, m = jit_filter_loss(params, data, batch, dataclasses.replace(base, exposure_weight=gamma), per_user=True)
+    rows = np.asarray(batch["user"])[np.asarray(batch["weight"]) > 0]
+    present = np.zeros(U, np.float32)
+    present[rows] = 1.0
+    present *= np.asarray(data.label_weight)
+    levels = cofair.adapted_embeddings(params["filter"], data.user_vecs, base)
+    gap = soft_exposure_gap(levels, data.item_vecs, data.exclude, data.labels, jnp.asarray(present), 2, 3, 0.2, 8)
+    np.testing.assert_allclose(np.asarray(m["exposure_gap"]), np.asarray(gap), rtol=1e-5)
+    assert np.all(np.asarray(gap) > 0)
+    expected = float(loss0) + gamma * float(np.mean(np.asarray(m["lambda"]) * np.asarray(gap)))
+    np.testing.assert_allclose(float(loss), expected, rtol=1e-5)
+
+
+def test_exposure_term_needs_the_items_to_mask_and_a_well_shaped_mask():
+    config = small_config(exposure_weight=1.0)
+    with pytest.raises(ValueError, match="exclude"):
+        cofair.make_train_step(make_toy_data(0), dot, config)
+    cofair.make_train_step(make_toy_data(0, with_exclude=True), dot, config)
+    with pytest.raises(ValueError, match="exclude"):
+        cofair.make_data(np.zeros((3, 2)), np.zeros((5, 2)), [0, 1, 0], 2, exclude=np.zeros((3, 4), bool))
+
+
+def test_exposure_term_trains_the_levels_toward_equal_exposure():
+    """Two groups that prefer different items: training with the exposure term lowers the top level's soft gap
+    more than training without it, from the same start."""
+    rng = np.random.default_rng(41)
+    num_users, num_items, dim = 128, 60, 8
+    labels = rng.integers(0, 2, num_users)
+    user_vecs = rng.normal(size=(num_users, dim)) + 1.5 * (2 * labels[:, None] - 1) * np.eye(dim)[0]
+    item_vecs = rng.normal(size=(num_items, dim))
+    exclude = rng.random((num_users, num_items)) < 0.05
+    data = cofair.make_data(user_vecs.astype(np.float32), item_vecs.astype(np.float32), labels, 2, exclude=exclude)
+    scores = user_vecs @ item_vecs.T
+    pos = np.argmax(scores + rng.gumbel(size=scores.shape), axis=1)
+    users = rng.integers(0, num_users, (150, 256))
+    batches = {"user": jnp.asarray(users, jnp.int32), "pos": jnp.asarray(pos[users], jnp.int32),
+               "neg": jnp.asarray(rng.integers(0, num_items, (150, 256)), jnp.int32), "weight": jnp.ones((150, 256))}
+    gaps = {}
+    for gamma in (0.0, 5.0):
+        config = cofair.CofairConfig(levels=2, shared_dim=16, adapter_dim=16, lambda0=0.2, alpha=0.2,
+                                     adversary="capped", discriminator_layers=1, residual=True, learning_rate=1e-2,
+                                     batch_size=256, exposure_weight=gamma, exposure_k=5, exposure_candidates=12)
+        step = cofair.make_train_step(data, dot, config)
+        state = cofair.init_state(jax.random.PRNGKey(5), data, config)
+        state, _ = jax.jit(lambda s: jax.lax.scan(lambda c, b: step(c, b, jax.random.PRNGKey(0)), s, batches))(state)
+        levels = cofair.level_embeddings(state.params["filter"], data.user_vecs, config)
+        gaps[gamma] = np.asarray(soft_exposure_gap(levels, data.item_vecs, data.exclude, data.labels,
+                                                   jnp.ones(num_users), 2, 5, 0.05, 12))
+    assert gaps[0.0][0] > 0.05  # level 0: the groups are shown different items
+    assert gaps[5.0][-1] < 0.5 * gaps[0.0][-1], gaps

@@ -82,11 +82,12 @@ def check_attribute(split, attribute: str) -> None:
 def cofair_data(split, user_vecs, item_vecs, attribute: str,
                 withheld: tuple[str, ...] = WITHHELD) -> cofair.CofairData:
     """Cofair's constant inputs for ``attribute``; the labels of the probe users in ``withheld`` (by default
-    :data:`WITHHELD`, the probe validation and test users) are not used."""
+    :data:`WITHHELD`, the probe validation and test users) are not used. The exposure term (when on) masks each
+    user's training positives, as validation ranking does."""
     check_attribute(split, attribute)
     return cofair.make_data(
         user_vecs, item_vecs, split.user_attributes[attribute], len(split.attribute_classes[attribute]),
-        backbone_experiment.label_weight(split, withheld),
+        backbone_experiment.label_weight(split, withheld), exclude=split.exclude_matrix("valid"),
     )
 
 

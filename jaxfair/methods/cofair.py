@@ -82,6 +82,7 @@ from jaxfair.backbones.base import bpr_loss
 from jaxfair.methods.afrl import update_player
 from jaxfair.methods.class_means import between_class_share, linear_share
 from jaxfair.methods.mlp import mlp_apply, mlp_init, mlp_sizes
+from jaxfair.methods.soft_exposure import soft_exposure_gap
 from jaxfair.training.step import TrainState
 
 PLAYERS = ("filter", "D")
@@ -113,6 +114,11 @@ class CofairConfig:
         module docstring.
       residual: add the input embedding to every level's output (``e_t = e + W_o ...``) so an adapter starts from
         the original embedding; False is the paper's architecture.
+      exposure_weight: ``gamma``; above 0 adds ``gamma lambda_t X_t`` to each level's objective, ``X_t`` the soft
+        top-``exposure_k`` exposure gap between the classes (not in the paper; see the module docstring).
+      exposure_k, exposure_temperature, exposure_candidates: the cut-off, the sigmoid's width (in units of each
+        user's score standard deviation) and the items per user that carry gradient, of
+        :func:`jaxfair.methods.soft_exposure.soft_exposure_gap`.
       learning_rate: Adam step size of the filter and of ``D``.
       batch_size, epochs, patience: Cofair's own loop (early stopping on validation ``monitor`` at level ``T``).
       monitor: validation metric at level T (full ranking) to maximise.
@@ -132,6 +138,10 @@ class CofairConfig:
     discriminator_steps: int = 1
     adversary: str = "paper"
     residual: bool = False
+    exposure_weight: float = 0.0
+    exposure_k: int = 10
+    exposure_temperature: float = 0.05
+    exposure_candidates: int = 20
     learning_rate: float = 1e-3
     batch_size: int = 4096
     epochs: int = 100
@@ -140,15 +150,15 @@ class CofairConfig:
 
     def __post_init__(self):
         for name in ("levels", "shared_dim", "adapter_dim", "discriminator_hidden", "discriminator_layers",
-                     "discriminator_steps",
+                     "discriminator_steps", "exposure_k", "exposure_candidates",
                      "batch_size", "epochs", "patience"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
-        for name in ("lambda0", "alpha", "beta"):
+        for name in ("lambda0", "alpha", "beta", "exposure_weight"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be non-negative, got {getattr(self, name)}")
-        if not (self.learning_rate > 0 and self.discriminator_learning_rate > 0):
-            raise ValueError("learning_rate and discriminator_learning_rate must be positive")
+        if not (self.learning_rate > 0 and self.discriminator_learning_rate > 0 and self.exposure_temperature > 0):
+            raise ValueError("learning_rate, discriminator_learning_rate and exposure_temperature must be positive")
         if self.adversary not in ADVERSARIES:
             raise ValueError(f"adversary must be one of {list(ADVERSARIES)}, got {self.adversary!r}")
 
@@ -162,6 +172,8 @@ class CofairData(NamedTuple):
         withheld from training.
       prior: float32 ``(K,)`` class frequencies among the labelled users (the ``confusion`` adversary's target).
       num_classes: ``K`` (static).
+      exclude: bool ``(U, I)`` items never recommended to a user (the training positives), masked in the exposure
+        term; None masks nothing.
     """
 
     user_vecs: jax.Array
@@ -170,9 +182,10 @@ class CofairData(NamedTuple):
     label_weight: jax.Array
     prior: jax.Array
     num_classes: int
+    exclude: jax.Array | None = None
 
 
-def make_data(user_vecs, item_vecs, labels, num_classes: int, label_weight=None) -> CofairData:
+def make_data(user_vecs, item_vecs, labels, num_classes: int, label_weight=None, exclude=None) -> CofairData:
     labels = np.asarray(labels, np.int32)
     if labels.ndim != 1 or labels.shape[0] != np.shape(user_vecs)[0]:
         raise ValueError(f"labels must be (U,) = ({np.shape(user_vecs)[0]},), got {labels.shape}")
@@ -183,8 +196,14 @@ def make_data(user_vecs, item_vecs, labels, num_classes: int, label_weight=None)
     if counts.sum() <= 0:
         raise ValueError("no user has a label weight above 0: the adversary would have nothing to learn from")
     prior = counts / max(counts.sum(), 1e-12)
+    if exclude is not None:
+        exclude = np.asarray(exclude, bool)
+        expected = (labels.shape[0], np.shape(item_vecs)[0])
+        if exclude.shape != expected:
+            raise ValueError(f"exclude must be (U, I) = {expected}, got {exclude.shape}")
+        exclude = jnp.asarray(exclude)
     return CofairData(jnp.asarray(user_vecs), jnp.asarray(item_vecs), jnp.asarray(labels), jnp.asarray(weight),
-                      jnp.asarray(prior, jnp.float32), int(num_classes))
+                      jnp.asarray(prior, jnp.float32), int(num_classes), exclude)
 
 
 def _linear_init(key: jax.Array, fan_in: int, fan_out: int) -> dict:
@@ -299,11 +318,15 @@ def discriminator_loss(disc_params, embeddings: jax.Array, labels: jax.Array, we
 
 
 def filter_loss(filter_params, disc_params, users: dict, rows: dict, score: Callable, config: CofairConfig,
-                prior: jax.Array | None = None, levels_fn: Callable | None = None):
+                prior: jax.Array | None = None, levels_fn: Callable | None = None, item_vecs: jax.Array | None = None):
     """The filter's objective ``(1/T) sum_t [BPR_t - lambda_t L_t] + beta R`` of one batch (with the ``confusion``
     adversary, ``+ lambda_t C_t`` in place of ``- lambda_t L_t``; with ``mean_gap``, ``+ lambda_t S_t``
     (:func:`between_class_share`); with ``linear_share``, ``+ lambda_t V_t`` (:func:`linear_share`); with
-    ``capped``, ``l_t`` capped at ``-log prior[a_u]``; ``prior`` is required by all four).
+    ``capped``, ``l_t`` capped at ``-log prior[a_u]``; ``prior`` is required by all four). With
+    ``config.exposure_weight = gamma > 0``, each level also gets ``+ gamma lambda_t X_t``, the soft top-K exposure
+    gap (:func:`~jaxfair.methods.soft_exposure.exposure_gap`) between the classes over the labelled users present in
+    the batch (each counted once when the filter runs once per user, see :func:`batch_users`), scored against every item (``item_vecs``, required then) with ``users["exclude"]``
+    masked.
 
     The adversarial terms are over ``N`` distinct user rows with weights, the BPR term over the ``B`` batch rows,
     which index into the ``N`` users. With ``N = B`` (each row its own user) this is the per-row form of the paper;
@@ -311,7 +334,7 @@ def filter_loss(filter_params, disc_params, users: dict, rows: dict, score: Call
 
     Args:
       users: ``{"vecs": (N, d) frozen embeddings, "labels": (N,), "weight": (N,)}`` (weight: row count times 0/1 for
-        withheld labels).
+        withheld labels), and ``"exclude"`` bool ``(N, I)`` when the exposure term is on.
       rows: ``{"user": (B,) index into users, "pos": (B, d), "neg": (B, d) frozen item embeddings,
         "weight": (B,) 0 on padding}``.
       score: the frozen backbone scorer ``(u (..., d), v (..., d)) -> (...)``.
@@ -319,7 +342,8 @@ def filter_loss(filter_params, disc_params, users: dict, rows: dict, score: Call
         adapter stack) by default. ``benchmarks/cofair_step.py`` passes a per-level loop to time the vmap against.
 
     Returns:
-      ``(loss, metrics)`` with per-level ``bpr``, ``attacker_loss`` and ``lambda`` ``(T,)`` and scalar ``reg``.
+      ``(loss, metrics)`` with per-level ``bpr``, ``attacker_loss``, ``lambda`` and ``exposure_gap`` ``(T,)`` (the
+      last 0 when the term is off) and scalar ``reg``.
     """
     adapted = (levels_fn or adapted_embeddings)(filter_params, users["vecs"], config)  # (T, N, d)
     row_vecs = adapted[:, rows["user"]]  # (T, B, d)
@@ -339,8 +363,14 @@ def filter_loss(filter_params, disc_params, users: dict, rows: dict, score: Call
         adversarial = linear_share(adapted, users["labels"], users["weight"], prior.shape[0])
     else:
         adversarial = -level_losses
+    gap = jnp.zeros_like(level_losses)
+    if config.exposure_weight > 0:
+        present = (users["weight"] > 0).astype(adapted.dtype)
+        gap = soft_exposure_gap(adapted, item_vecs, users["exclude"], users["labels"], present, prior.shape[0],
+                                config.exposure_k, config.exposure_temperature, config.exposure_candidates)
+        adversarial = adversarial + config.exposure_weight * gap
     loss = jnp.mean(bpr + lambdas * adversarial) + config.beta * reg
-    return loss, {"bpr": bpr, "attacker_loss": level_losses, "lambda": lambdas, "reg": reg}
+    return loss, {"bpr": bpr, "attacker_loss": level_losses, "lambda": lambdas, "reg": reg, "exposure_gap": gap}
 
 
 def batch_users(data: CofairData, batch: dict, per_user: bool) -> tuple[dict, jax.Array]:
@@ -353,8 +383,13 @@ def batch_users(data: CofairData, batch: dict, per_user: bool) -> tuple[dict, ja
     if per_user:
         num_users = data.user_vecs.shape[0]
         weight = jax.ops.segment_sum(label_weight, batch["user"], num_segments=num_users)
-        return {"vecs": data.user_vecs, "labels": data.labels, "weight": weight}, batch["user"]
+        users = {"vecs": data.user_vecs, "labels": data.labels, "weight": weight}
+        if data.exclude is not None:
+            users["exclude"] = data.exclude
+        return users, batch["user"]
     users = {"vecs": data.user_vecs[batch["user"]], "labels": data.labels[batch["user"]], "weight": label_weight}
+    if data.exclude is not None:
+        users["exclude"] = data.exclude[batch["user"]]
     return users, jnp.arange(batch["user"].shape[0])
 
 
@@ -379,6 +414,8 @@ def make_train_step(data: CofairData, score: Callable, config: CofairConfig, lev
     ``levels_fn`` replaces :func:`adapted_embeddings` (see :func:`filter_loss`).
     """
     levels_fn = levels_fn or adapted_embeddings
+    if config.exposure_weight > 0 and data.exclude is None:
+        raise ValueError("exposure_weight > 0 needs CofairData.exclude (the training positives to mask)")
     txs = make_optimizers(config)
 
     def step(state: TrainState, batch: dict, key: jax.Array):
@@ -401,7 +438,7 @@ def make_train_step(data: CofairData, score: Callable, config: CofairConfig, lev
             0, config.discriminator_steps, discriminator_update, (params, opt_state, jnp.zeros(()))
         )
         (loss_f, metrics), grads = jax.value_and_grad(filter_loss, has_aux=True)(
-            params["filter"], params["D"], users, rows, score, config, data.prior, levels_fn
+            params["filter"], params["D"], users, rows, score, config, data.prior, levels_fn, data.item_vecs
         )
         updates, new_opt = txs["filter"].update(grads, opt_state["filter"], params["filter"])
         params = dict(params, filter=optax.apply_updates(params["filter"], updates))
