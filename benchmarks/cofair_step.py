@@ -23,6 +23,14 @@ on):
     python benchmarks/cofair_step.py --adversary capped --discriminator-layers 1 --discriminator-steps 5 --residual \
         --out benchmarks/results/cofair_step_config.json
 
+With ``--exposure-weight G`` (> 0) every JAX variant also computes the soft top-10 exposure term (``G lambda_t X_t``,
+:mod:`jaxfair.methods.soft_exposure`; a random 5% of each user's items masked), and one more variant,
+``jax_vmap_without_exposure``, is the same step with the term off, so ``exposure_over_plain`` is the term's cost from
+the same run. The PyTorch reference has no exposure term and is not run then:
+
+    python benchmarks/cofair_step.py --adversary capped --discriminator-layers 1 --discriminator-steps 5 --residual \
+        --exposure-weight 1 --out benchmarks/results/cofair_step_exposure.json
+
 Variants:
 
 * ``jax_vmap``: ``jax.jit(cofair.make_train_step(...))``. As the dataset has no more users than a batch has rows, the
@@ -47,6 +55,7 @@ load average at the start and end is recorded: on a shared 2-core machine it bou
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import pathlib
 import statistics
 
@@ -80,14 +89,21 @@ def make_inputs(users, items, dim, batch, count, classes=2, seed=0):
     return user_vecs, item_vecs, labels, batches
 
 
-def padded_data(user_vecs, item_vecs, labels, classes, batch):
+def random_exclude(users, items, seed=1):
+    """A random 5% of each user's items masked (the exposure term's known positives)."""
+    return np.random.default_rng(seed).random((users, items)) < 0.05
+
+
+def padded_data(user_vecs, item_vecs, labels, classes, batch, exclude=None):
     """The same data with unsampled zero-weight users appended so that ``U > B``: jaxfair's per-row mode."""
     users, dim = user_vecs.shape
     extra = max(0, batch + 1 - users)
     vecs = np.concatenate([user_vecs, np.zeros((extra, dim), np.float32)])
     labs = np.concatenate([labels, np.zeros(extra, np.int32)])
     weight = np.concatenate([np.ones(users, np.float32), np.zeros(extra, np.float32)])
-    return cofair.make_data(vecs, item_vecs, labs, classes, label_weight=weight)
+    if exclude is not None:
+        exclude = np.concatenate([exclude, np.zeros((extra, exclude.shape[1]), bool)])
+    return cofair.make_data(vecs, item_vecs, labs, classes, label_weight=weight, exclude=exclude)
 
 
 # --- the loop-over-levels variant: jaxfair's own step, with levels 1..T computed one at a time -----------------------
@@ -136,11 +152,12 @@ def jax_variant(make_step, data, batches, config):
 
 
 def max_metric_diff(a: list[dict], b: list[dict]) -> float:
-    """Largest absolute difference between two runs' per-step metrics (losses, lambdas, regulariser)."""
+    """Largest absolute difference between two runs' per-step metrics (losses, lambdas, regulariser; the metrics both
+    report: the PyTorch reference has no ``exposure_gap``)."""
     return max(
         float(np.max(np.abs(np.asarray(x[k], np.float64) - np.asarray(y[k], np.float64))))
         for x, y in zip(a, b, strict=True)
-        for k in x
+        for k in sorted(x.keys() & y.keys())
     )
 
 
@@ -260,6 +277,8 @@ def main(argv=None):
     parser.add_argument("--discriminator-layers", type=int, choices=(1, 2), default=2)
     parser.add_argument("--discriminator-steps", type=int, default=1)
     parser.add_argument("--residual", action="store_true", help="e_t = e + W_o ... (the configs' filter)")
+    parser.add_argument("--exposure-weight", type=float, default=0.0,
+                        help="gamma of the soft top-10 exposure term; above 0 the PyTorch reference is not run")
     parser.add_argument("--repeats", type=int, default=50, help="timed steps per variant (median reported)")
     parser.add_argument("--batches", type=int, default=10, help="distinct random batches the timed steps cycle through")
     parser.add_argument("--torch-threads", type=int, default=2)
@@ -277,17 +296,21 @@ def main(argv=None):
                                  adversary=args.adversary,
                                  discriminator_layers=args.discriminator_layers,
                                  discriminator_steps=args.discriminator_steps, residual=args.residual,
-                                 batch_size=args.batch)
+                                 batch_size=args.batch, exposure_weight=args.exposure_weight,
+                                 exposure_candidates=min(20, args.items - 1), exposure_k=min(10, args.items - 2))
     user_vecs, item_vecs, labels, batches = make_inputs(args.users, args.items, args.dim, args.batch, args.batches,
                                                         args.classes)
-    data = cofair.make_data(user_vecs, item_vecs, labels, args.classes)
-    row_data = padded_data(user_vecs, item_vecs, labels, args.classes, args.batch)
+    exclude = random_exclude(args.users, args.items)
+    data = cofair.make_data(user_vecs, item_vecs, labels, args.classes, exclude=exclude)
+    row_data = padded_data(user_vecs, item_vecs, labels, args.classes, args.batch, exclude)
     results = {
         "shapes": {"users": args.users, "items": args.items, "dim": args.dim, "levels": args.levels,
                    "classes": args.classes, "batch": args.batch, "shared_dim": config.shared_dim,
                    "adapter_dim": config.adapter_dim, "discriminator_hidden": config.discriminator_hidden},
         "adversary": config.adversary, "discriminator_layers": config.discriminator_layers,
         "discriminator_steps": config.discriminator_steps, "residual": config.residual,
+        "exposure_weight": config.exposure_weight, "exposure_k": config.exposure_k,
+        "exposure_candidates": config.exposure_candidates,
         "repeats": args.repeats, "batches": args.batches, "quick": args.quick,
         "default_mode": "per_user" if args.users <= args.batch else "per_row",
         "device": device_info(),
@@ -302,8 +325,12 @@ def main(argv=None):
         variants[name] = (nothing, one)
         if name == "jax_vmap":
             init = state
+    if config.exposure_weight > 0:
+        plain = dataclasses.replace(config, exposure_weight=0.0)
+        variants["jax_vmap_without_exposure"] = (nothing, jax_variant(cofair.make_train_step, data, batches, plain)[0])
 
-    torch, skipped = torch_or_reason(args.no_torch)
+    torch, skipped = (None, "the PyTorch reference has no exposure term") if config.exposure_weight > 0 else \
+        torch_or_reason(args.no_torch)
     if torch is None:
         results["torch_skipped"] = skipped
     else:
@@ -326,6 +353,8 @@ def main(argv=None):
         "loop_over_vmap_per_row": ms["jax_loop_per_row"] / ms["jax_vmap_per_row"],
         "per_row_over_per_user": ms["jax_vmap_per_row"] / ms["jax_vmap"],
     })
+    if "jax_vmap_without_exposure" in ms:
+        results["exposure_over_plain"] = ms["jax_vmap"] / ms["jax_vmap_without_exposure"]
     if "torch" in ms:
         results.update({
             "torch_over_jax_vmap": ms["torch"] / ms["jax_vmap"],
@@ -356,6 +385,7 @@ def report(results, args):
             ("jax loop over levels", "jax_loop_ms"),
             ("jax vmap, per-row", "jax_vmap_per_row_ms"),
             ("jax loop, per-row", "jax_loop_per_row_ms"),
+            ("jax vmap, without the exposure term", "jax_vmap_without_exposure_ms"),
             ("torch (per-row, %s threads)" % results.get("torch_threads", "-"), "torch_ms"),
             ("torch (per-row, 1 thread)", "torch_1_thread_ms")]
     for name, key in rows:

@@ -189,7 +189,8 @@ def test_baselines_benchmark_reports_every_method(tmp_path):
 
 @pytest.mark.parametrize("flags", [["--adversary", "paper"], ["--adversary", "mean_gap"],
                                    ["--adversary", "capped", "--discriminator-layers", "1", "--discriminator-steps", "3",
-                                    "--residual"]])
+                                    "--residual"],
+                                   ["--adversary", "capped", "--exposure-weight", "1"]])
 def test_cofair_step_benchmark_reports_every_ratio(tmp_path, flags):
     out = tmp_path / "cofair_step.json"
     results = load("cofair_step").main(["--quick", *flags, "--out", str(out)])
@@ -198,6 +199,10 @@ def test_cofair_step_benchmark_reports_every_ratio(tmp_path, flags):
     assert saved["adversary"] == flags[1] and saved["residual"] == ("--residual" in flags)
     times = ["jax_vmap_ms", "jax_loop_ms", "jax_vmap_per_row_ms", "jax_loop_per_row_ms"]
     ratios = ["loop_over_vmap", "loop_over_vmap_per_row", "per_row_over_per_user"]
+    if "--exposure-weight" in flags:
+        assert saved["exposure_weight"] == 1.0 and "no exposure term" in saved["torch_skipped"]
+        times.append("jax_vmap_without_exposure_ms")
+        ratios.append("exposure_over_plain")
     if "torch_skipped" not in saved:
         times.append("torch_ms")
         ratios += ["torch_over_jax_vmap", "torch_over_jax_vmap_per_row", "torch_over_jax_loop"]

@@ -691,3 +691,19 @@ def test_exposure_term_trains_the_levels_toward_equal_exposure():
                                                    jnp.ones(num_users), 2, 5, 0.05, 12))
     assert gaps[0.0][0] > 0.05  # level 0: the groups are shown different items
     assert gaps[5.0][-1] < 0.5 * gaps[0.0][-1], gaps
+
+
+def test_per_user_and_per_row_batches_give_the_same_exposure_term():
+    """Each labelled user of the batch counts once in the exposure term, however many rows they have."""
+    config = small_config(adversary="capped", exposure_weight=1.5, exposure_k=3, exposure_candidates=8,
+                          exposure_temperature=0.2)
+    data = make_toy_data(3, 2, withheld=(0, 5, 9), with_exclude=True)
+    params = random_params(5, config)
+    batch = make_batch(31, 24, num_padding=4)
+    assert len(np.unique(np.asarray(batch["user"]))) < 24
+    (row_loss, row_metrics), row_grads = filter_value_and_grad(params, data, batch, config, per_user=False)
+    (user_loss, user_metrics), user_grads = filter_value_and_grad(params, data, batch, config, per_user=True)
+    assert np.all(np.asarray(user_metrics["exposure_gap"]) > 0)
+    np.testing.assert_allclose(float(user_loss), float(row_loss), rtol=1e-5)
+    chex.assert_trees_all_close(user_metrics, row_metrics, rtol=1e-5, atol=1e-6)
+    chex.assert_trees_all_close(user_grads, row_grads, rtol=1e-4, atol=1e-6)

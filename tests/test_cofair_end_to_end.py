@@ -135,3 +135,17 @@ def test_bad_cofair_configs_fail_before_training(data_dir, tmp_path):
     with pytest.raises(ConfigError, match="adversary"):
         runner.run(parse_config(values, tuple(runner.METHODS)), tmp_path / "c", log=lambda message: None)
     assert not (tmp_path / "c").exists()
+    values = config_values(data_dir, exposure_weight=1.0)
+    values["backbone"] = {"name": "cosine_mf", "dim": 16}
+    with pytest.raises(ConfigError, match="exposure_weight"):
+        runner.run(parse_config(values, tuple(runner.METHODS)), tmp_path / "d", log=lambda message: None)
+    assert not (tmp_path / "d").exists()
+
+
+def test_the_exposure_term_runs_end_to_end_and_narrows_the_top_levels_exposure_gap(data_dir, tmp_path):
+    values = config_values(data_dir, exposure_weight=1.0, retrain_baseline=False, epochs=15, patience=15)
+    results = runner.run(parse_config(values, tuple(runner.METHODS)), tmp_path / "e", log=lambda message: None)
+    assert results["cofair"]["config"]["exposure_weight"] == 1.0
+    dp = [level["metrics"]["dp@10"] for level in results["cofair"]["levels"]]
+    assert len(dp) == LEVELS + 1 and np.all(np.isfinite(dp))
+    assert dp[-1] < dp[0] - 0.05, dp

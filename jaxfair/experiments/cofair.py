@@ -66,6 +66,9 @@ class CofairSection(cofair.CofairConfig):
 # the final run is trained on the same labels as the settings sweep's runs (benchmarks/cofair_sweep.py).
 WITHHELD = backbone_experiment.WITHHELD_STAGES
 
+# Backbones whose scorer is the inner product <u, v>, which the exposure term (cofair.exposure_weight > 0) assumes.
+INNER_PRODUCT_BACKBONES = ("pmf", "lightgcn", "sasrec", "bert4rec")
+
 
 def section_config(config: ExperimentConfig) -> CofairSection:
     return from_dict(CofairSection, config.sections.get(SECTION), SECTION)
@@ -195,6 +198,9 @@ def run(config: ExperimentConfig, out_dir, log: Callable[[str], None] = print) -
     if config.data.split == "leave_one_out":
         raise ConfigError("data.split: Cofair is evaluated by full ranking of a ratio split; set split = "
                           "\"temporal_ratio\" (the Cofair protocol) or \"random_ratio\"")
+    if section.exposure_weight > 0 and config.backbone_name not in INNER_PRODUCT_BACKBONES:
+        raise ConfigError(f"{SECTION}.exposure_weight: the exposure term scores items by inner product, which backbone "
+                          f"{config.backbone_name!r} does not; use one of {list(INNER_PRODUCT_BACKBONES)} or set it to 0")
     out_dir, split, timings = backbone_experiment.start_run(config, out_dir, log)
     check_attribute(split, section.attribute)
 

@@ -58,6 +58,17 @@ Choices where the paper is silent or its public code (WeixinChen98/Cofair) diffe
   *covariance* (:func:`~jaxfair.methods.class_means.linear_share`, a small ridge on ``S_t``): for two classes the
   R^2 of the best linear least-squares probe, unchanged by any invertible linear map of ``e_t``, so variance added
   elsewhere buys nothing. ``D``, Eq. (10) and ``R`` as for ``mean_gap``.
+* The exposure term (not in the paper; off by default). The paper's Lemma 1 bounds DP by the adversarial objective,
+  but on MovieLens-100k the filter stops moving exposure once ``D`` is at chance: the capped attacker's term has no
+  gradient left, and test DP@10 stayed flat from level 2-3 about 0.015 above the random-group floor (README,
+  Cofair). With ``exposure_weight = gamma > 0`` each level's objective also gets ``+ gamma lambda_t X_t``, ``X_t``
+  the Jensen-Shannon divergence between the classes' *soft* top-K exposure
+  (:func:`~jaxfair.methods.soft_exposure.soft_exposure_gap`: a sigmoid around each user's own top-K cut-off,
+  training positives masked, over the labelled users of the batch), the smooth counterpart of the DP@K the paper
+  reports. It shares Eq. (10)'s ``lambda_t``, so a higher level is pushed harder on exposure too; Eq. (10) and ``R``
+  still read ``D``'s losses. It scores every item for every level and user once per step, which makes a step about
+  5x slower on MovieLens-100k (CPU). Scores are inner products (``e_t . v_i``), the scorer of both backbones Cofair
+  is configured with here (PMF, LightGCN).
 * ``D`` is one multi-class softmax head for any ``K >= 2`` (binary gender is ``K = 2``), without dropout. The public
   code takes one ``D`` step per level *before* the filter's backward pass that reuses ``D`` (an in-place update
   current PyTorch rejects); here ``D`` takes its steps on all levels at once, then the filter is differentiated
@@ -325,7 +336,7 @@ def filter_loss(filter_params, disc_params, users: dict, rows: dict, score: Call
     ``capped``, ``l_t`` capped at ``-log prior[a_u]``; ``prior`` is required by all four). With
     ``config.exposure_weight = gamma > 0``, each level also gets ``+ gamma lambda_t X_t``, the soft top-K exposure
     gap (:func:`~jaxfair.methods.soft_exposure.exposure_gap`) between the classes over the labelled users present in
-    the batch (each counted once when the filter runs once per user, see :func:`batch_users`), scored against every item (``item_vecs``, required then) with ``users["exclude"]``
+    the batch (each counted once, by ``users["present"]`` from :func:`batch_users`), scored against every item (``item_vecs``, required then) with ``users["exclude"]``
     masked.
 
     The adversarial terms are over ``N`` distinct user rows with weights, the BPR term over the ``B`` batch rows,
@@ -334,7 +345,8 @@ def filter_loss(filter_params, disc_params, users: dict, rows: dict, score: Call
 
     Args:
       users: ``{"vecs": (N, d) frozen embeddings, "labels": (N,), "weight": (N,)}`` (weight: row count times 0/1 for
-        withheld labels), and ``"exclude"`` bool ``(N, I)`` when the exposure term is on.
+        withheld labels), ``"present"`` ``(N,)`` (each labelled user of the batch weighs 1 in all, the exposure
+        term's user weights; default ``weight > 0``) and ``"exclude"`` bool ``(N, I)`` when the exposure term is on.
       rows: ``{"user": (B,) index into users, "pos": (B, d), "neg": (B, d) frozen item embeddings,
         "weight": (B,) 0 on padding}``.
       score: the frozen backbone scorer ``(u (..., d), v (..., d)) -> (...)``.
@@ -365,7 +377,7 @@ def filter_loss(filter_params, disc_params, users: dict, rows: dict, score: Call
         adversarial = -level_losses
     gap = jnp.zeros_like(level_losses)
     if config.exposure_weight > 0:
-        present = (users["weight"] > 0).astype(adapted.dtype)
+        present = users.get("present", (users["weight"] > 0).astype(adapted.dtype))
         gap = soft_exposure_gap(adapted, item_vecs, users["exclude"], users["labels"], present, prior.shape[0],
                                 config.exposure_k, config.exposure_temperature, config.exposure_candidates)
         adversarial = adversarial + config.exposure_weight * gap
@@ -383,11 +395,16 @@ def batch_users(data: CofairData, batch: dict, per_user: bool) -> tuple[dict, ja
     if per_user:
         num_users = data.user_vecs.shape[0]
         weight = jax.ops.segment_sum(label_weight, batch["user"], num_segments=num_users)
-        users = {"vecs": data.user_vecs, "labels": data.labels, "weight": weight}
+        users = {"vecs": data.user_vecs, "labels": data.labels, "weight": weight,
+                 "present": (weight > 0).astype(weight.dtype)}
         if data.exclude is not None:
             users["exclude"] = data.exclude
         return users, batch["user"]
-    users = {"vecs": data.user_vecs[batch["user"]], "labels": data.labels[batch["user"]], "weight": label_weight}
+    # Each labelled user of the batch counts once in the exposure term: a row weighs 1 / (the user's labelled rows).
+    labelled = (label_weight > 0).astype(label_weight.dtype)
+    rows_per_user = jax.ops.segment_sum(labelled, batch["user"], num_segments=data.user_vecs.shape[0])
+    users = {"vecs": data.user_vecs[batch["user"]], "labels": data.labels[batch["user"]], "weight": label_weight,
+             "present": labelled / jnp.maximum(rows_per_user[batch["user"]], 1.0)}
     if data.exclude is not None:
         users["exclude"] = data.exclude[batch["user"]]
     return users, jnp.arange(batch["user"].shape[0])
