@@ -66,8 +66,8 @@ Choices where the paper is silent or its public code (WeixinChen98/Cofair) diffe
   (:func:`~jaxfair.methods.soft_exposure.soft_exposure_gap`: a sigmoid around each user's own top-K cut-off,
   training positives masked, over the labelled users of the batch), the smooth counterpart of the DP@K the paper
   reports. It shares Eq. (10)'s ``lambda_t``, so a higher level is pushed harder on exposure too; Eq. (10) and ``R``
-  still read ``D``'s losses. It scores every item for every level and user once per step, which makes a step about
-  5x slower on MovieLens-100k (CPU). Scores are inner products (``e_t . v_i``), the scorer of both backbones Cofair
+  still read ``D``'s losses. It scores every item for every level and user once per step, which makes the configs'
+  step 4.3x slower at MovieLens-100k's shapes on a 2-core CPU (``benchmarks/cofair_step.py --exposure-weight``). Scores are inner products (``e_t . v_i``), the scorer of both backbones Cofair
   is configured with here (PMF, LightGCN).
 * ``D`` is one multi-class softmax head for any ``K >= 2`` (binary gender is ``K = 2``), without dropout. The public
   code takes one ``D`` step per level *before* the filter's backward pass that reuses ``D`` (an in-place update
