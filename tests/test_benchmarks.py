@@ -333,6 +333,14 @@ def test_exposure_floor_per_level_of_finished_runs(tmp_path):
         for name, v in level.items():
             assert v["excess"] == pytest.approx(v["real"] - v["shuffled"])
             assert v["real"] == run["levels"][t]["real"][name]
+    # Only the users whose label Cofair never trained on: the withheld probe-validation and probe-test users.
+    unseen = floor.main(["--runs", str(tmp_path / "run"), "--shuffles", "3", "--users", "unseen",
+                         "--out", str(tmp_path / "unseen.json")])
+    split = np.load(tmp_path / "run" / "split.npz")
+    expected = len(split["probe/valid"]) + len(split["probe/test"])
+    assert unseen["users"] == "unseen" and sum(unseen["runs"][0]["group_sizes"]) == expected
+    assert 0 < expected < sum(run["group_sizes"])
+    assert unseen["runs"][0]["levels"][0]["real"] != run["levels"][0]["real"]
     with pytest.raises(SystemExit, match="no user_embeddings_level"):
         floor.main(["--runs", str(tmp_path), "--out", str(tmp_path / "x.json")])
     with pytest.raises(SystemExit, match="either a config or --runs"):
