@@ -81,8 +81,8 @@ def test_the_probe_users_labels_are_never_trained_on(cofair_run):
     assert results["withheld_labels"] == ["probe valid", "probe test"]
     split = load_split(out / "split.npz")
     users = len(split.user_attributes["gender"])
-    data = cofair_experiment.cofair_data(split, np.zeros((users, 2), np.float32), np.zeros((split.num_items, 2), np.float32),
-                                         "gender")
+    data = cofair_experiment.cofair_data(split, np.zeros((users, 2), np.float32),
+                                         np.zeros((split.num_items, 2), np.float32), "gender")
     weight = np.asarray(data.label_weight)
     assert (weight[split.probe_users["valid"]] == 0).all() and (weight[split.probe_users["test"]] == 0).all()
     assert (weight[split.probe_users["train"]] > 0).all()

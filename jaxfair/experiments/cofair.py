@@ -199,8 +199,9 @@ def run(config: ExperimentConfig, out_dir, log: Callable[[str], None] = print) -
         raise ConfigError("data.split: Cofair is evaluated by full ranking of a ratio split; set split = "
                           "\"temporal_ratio\" (the Cofair protocol) or \"random_ratio\"")
     if section.exposure_weight > 0 and config.backbone_name not in INNER_PRODUCT_BACKBONES:
-        raise ConfigError(f"{SECTION}.exposure_weight: the exposure term scores items by inner product, which backbone "
-                          f"{config.backbone_name!r} does not; use one of {list(INNER_PRODUCT_BACKBONES)} or set it to 0")
+        raise ConfigError(f"{SECTION}.exposure_weight: the exposure term scores items by inner product, which "
+                          f"backbone {config.backbone_name!r} does not; use one of {list(INNER_PRODUCT_BACKBONES)} "
+                          "or set it to 0")
     out_dir, split, timings = backbone_experiment.start_run(config, out_dir, log)
     check_attribute(split, section.attribute)
 

@@ -67,8 +67,9 @@ Choices where the paper is silent or its public code (WeixinChen98/Cofair) diffe
   training positives masked, over the labelled users of the batch), the smooth counterpart of the DP@K the paper
   reports. It shares Eq. (10)'s ``lambda_t``, so a higher level is pushed harder on exposure too; Eq. (10) and ``R``
   still read ``D``'s losses. It scores every item for every level and user once per step, which makes the configs'
-  step 4.3x slower at MovieLens-100k's shapes on a 2-core CPU (``benchmarks/cofair_step.py --exposure-weight``). Scores are inner products (``e_t . v_i``), the scorer of both backbones Cofair
-  is configured with here (PMF, LightGCN).
+  step 4.3x slower at MovieLens-100k's shapes on a 2-core CPU (``benchmarks/cofair_step.py --exposure-weight``).
+  Scores are inner products (``e_t . v_i``), the scorer of both backbones Cofair is configured with here (PMF,
+  LightGCN); the experiment refuses the term for other backbones.
 * ``D`` is one multi-class softmax head for any ``K >= 2`` (binary gender is ``K = 2``), without dropout. The public
   code takes one ``D`` step per level *before* the filter's backward pass that reuses ``D`` (an in-place update
   current PyTorch rejects); here ``D`` takes its steps on all levels at once, then the filter is differentiated
@@ -335,9 +336,9 @@ def filter_loss(filter_params, disc_params, users: dict, rows: dict, score: Call
     (:func:`between_class_share`); with ``linear_share``, ``+ lambda_t V_t`` (:func:`linear_share`); with
     ``capped``, ``l_t`` capped at ``-log prior[a_u]``; ``prior`` is required by all four). With
     ``config.exposure_weight = gamma > 0``, each level also gets ``+ gamma lambda_t X_t``, the soft top-K exposure
-    gap (:func:`~jaxfair.methods.soft_exposure.exposure_gap`) between the classes over the labelled users present in
-    the batch (each counted once, by ``users["present"]`` from :func:`batch_users`), scored against every item (``item_vecs``, required then) with ``users["exclude"]``
-    masked.
+    gap (:func:`~jaxfair.methods.soft_exposure.soft_exposure_gap`) between the classes over the labelled users
+    present in the batch (each counted once, by ``users["present"]`` from :func:`batch_users`), scored against every
+    item (``item_vecs``, required then) with ``users["exclude"]`` masked.
 
     The adversarial terms are over ``N`` distinct user rows with weights, the BPR term over the ``B`` batch rows,
     which index into the ``N`` users. With ``N = B`` (each row its own user) this is the per-row form of the paper;
