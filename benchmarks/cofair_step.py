@@ -26,7 +26,8 @@ on):
 With ``--exposure-weight G`` (> 0) every JAX variant also computes the soft top-10 exposure term (``G lambda_t X_t``,
 :mod:`jaxfair.methods.soft_exposure`; a random 5% of each user's items masked), and one more variant,
 ``jax_vmap_without_exposure``, is the same step with the term off, so ``exposure_over_plain`` is the term's cost from
-the same run. The PyTorch reference has no exposure term and is not run then:
+the same run. The PyTorch reference computes the same term (top-k, gather, scatter-add per level), and its metrics,
+``exposure_gap`` included, are checked against the JAX step's like the others:
 
     python benchmarks/cofair_step.py --adversary capped --discriminator-layers 1 --discriminator-steps 5 --residual \
         --exposure-weight 1 --out benchmarks/results/cofair_step_exposure.json
@@ -164,7 +165,7 @@ def max_metric_diff(a: list[dict], b: list[dict]) -> float:
 # --- PyTorch ------------------------------------------------------------------------------------------------------
 
 
-def torch_variant(init_params, user_vecs, item_vecs, labels, batches, config, threads):
+def torch_variant(init_params, user_vecs, item_vecs, labels, batches, config, threads, exclude=None):
     """The same step in PyTorch, per-row, from the JAX initial parameters: ``(prepare, step(r), first two steps'
     metrics)``; ``prepare`` sets the thread count (``torch.set_num_threads`` is process-wide)."""
     import torch
@@ -223,6 +224,36 @@ def torch_variant(init_params, user_vecs, item_vecs, labels, batches, config, th
         total = ((emb - mean[:, None]) ** 2).sum(-1).mean(-1)
         return between / total.clamp(min=1e-12)
 
+    excl_all = None if exclude is None else torch.tensor(exclude)
+    centred = v_all - v_all.mean(0)
+    item_cov = centred.T @ centred / v_all.shape[0]
+
+    def exposure_gap(emb, users, a):  # (T, B, d) -> (T,): soft top-k exposure JS divergence, each user once
+        k, tau, m = config.exposure_k, config.exposure_temperature, max(config.exposure_candidates,
+                                                                         config.exposure_k + 1)
+        excl = excl_all[users]  # (B, I)
+        with torch.no_grad():
+            fixed = emb.detach()
+            top, items = (fixed @ v_all.T).masked_fill(excl, float("-inf")).topk(m, dim=-1)  # (T, B, M)
+            theta = 0.5 * (top[..., k - 1] + top[..., k])
+            spread = torch.einsum("tbd,de,tbe->tb", fixed, item_cov, fixed).clamp(min=0).sqrt() + 1e-6
+        chosen = (emb[:, :, None, :] * v_all[items]).sum(-1)
+        member = torch.sigmoid((chosen - theta[..., None]) / (tau * spread[..., None]))
+        member = member.masked_fill(torch.gather(excl.expand(emb.shape[0], -1, -1), 2, items), 0.0)
+        present = 1.0 / torch.bincount(users)[users].to(emb.dtype)  # every row's user once in all
+        weighted = F.one_hot(a, num_classes).to(emb.dtype) * present[:, None]  # (B, K)
+        gaps = []
+        for t in range(emb.shape[0]):
+            src = (weighted.T[:, :, None] * member[t][None]).reshape(num_classes, -1)  # (K, B * M)
+            index = items[t].reshape(1, -1).expand(num_classes, -1)
+            exposure = torch.zeros(num_classes, v_all.shape[0]).scatter_add(1, index, src) + 1e-8
+            dist = exposure / exposure.sum(-1, keepdim=True)
+            pairs = [(g, h) for g in range(num_classes) for h in range(g + 1, num_classes)]
+            js = [0.5 * (dist[g] * torch.log2(dist[g] / (0.5 * (dist[g] + dist[h])))).sum()
+                  + 0.5 * (dist[h] * torch.log2(dist[h] / (0.5 * (dist[g] + dist[h])))).sum() for g, h in pairs]
+            gaps.append(torch.stack(js).mean())
+        return torch.stack(gaps)
+
     def step(batch):
         u, a = u_all[batch["user"]], a_all[batch["user"]]
         pos, neg = v_all[batch["pos"]], v_all[batch["neg"]]
@@ -250,13 +281,18 @@ def torch_variant(init_params, user_vecs, item_vecs, labels, batches, config, th
             adversarial = between_class_share(emb, a)
         else:
             adversarial = -level_losses
+        metrics = {}
+        if config.exposure_weight > 0:
+            gap = exposure_gap(emb, batch["user"], a)
+            adversarial = adversarial + config.exposure_weight * gap
+            metrics["exposure_gap"] = gap.detach().numpy()
         loss = (bpr + lambdas * adversarial).mean() + beta * reg
         opt_f.zero_grad()
         loss.backward(inputs=filter_params)
         opt_f.step()
         return {"bpr": bpr.detach().numpy(), "attacker_loss": level_losses.detach().numpy(),
                 "lambda": lambdas.numpy(), "reg": reg.detach().numpy(), "loss": loss.detach().numpy(),
-                "discriminator_loss": loss_d.detach().numpy()}
+                "discriminator_loss": loss_d.detach().numpy(), **metrics}
 
     checked = [step(tb[i % len(tb)]) for i in range(2)]  # warm-up, from the shared initial parameters
     return (lambda: torch.set_num_threads(threads)), (lambda r: step(tb[r % len(tb)])), checked
@@ -329,8 +365,7 @@ def main(argv=None):
         plain = dataclasses.replace(config, exposure_weight=0.0)
         variants["jax_vmap_without_exposure"] = (nothing, jax_variant(cofair.make_train_step, data, batches, plain)[0])
 
-    torch, skipped = (None, "the PyTorch reference has no exposure term") if config.exposure_weight > 0 else \
-        torch_or_reason(args.no_torch)
+    torch, skipped = torch_or_reason(args.no_torch)
     if torch is None:
         results["torch_skipped"] = skipped
     else:
@@ -340,7 +375,7 @@ def main(argv=None):
             thread_counts["torch_1_thread"] = 1
         for name, threads in thread_counts.items():
             prepare, one, checked[name] = torch_variant(init.params, user_vecs, item_vecs, labels, batches, config,
-                                                        threads)
+                                                        threads, exclude)
             variants[name] = (prepare, one)
 
     times = interleaved_ms(variants, args.repeats)

@@ -200,7 +200,7 @@ def test_cofair_step_benchmark_reports_every_ratio(tmp_path, flags):
     times = ["jax_vmap_ms", "jax_loop_ms", "jax_vmap_per_row_ms", "jax_loop_per_row_ms"]
     ratios = ["loop_over_vmap", "loop_over_vmap_per_row", "per_row_over_per_user"]
     if "--exposure-weight" in flags:
-        assert saved["exposure_weight"] == 1.0 and "no exposure term" in saved["torch_skipped"]
+        assert saved["exposure_weight"] == 1.0
         times.append("jax_vmap_without_exposure_ms")
         ratios.append("exposure_over_plain")
     if "torch_skipped" not in saved:

@@ -67,7 +67,7 @@ Choices where the paper is silent or its public code (WeixinChen98/Cofair) diffe
   training positives masked, over the labelled users of the batch), the smooth counterpart of the DP@K the paper
   reports. It shares Eq. (10)'s ``lambda_t``, so a higher level is pushed harder on exposure too; Eq. (10) and ``R``
   still read ``D``'s losses. It scores every item for every level and user once per step, which makes the configs'
-  step 4.3x slower at MovieLens-100k's shapes on a 2-core CPU (``benchmarks/cofair_step.py --exposure-weight``).
+  step 4.0x slower at MovieLens-100k's shapes on a 2-core CPU (``benchmarks/cofair_step.py --exposure-weight``).
   Scores are inner products (``e_t . v_i``), the scorer of both backbones Cofair is configured with here (PMF,
   LightGCN); the experiment refuses the term for other backbones.
 * ``D`` is one multi-class softmax head for any ``K >= 2`` (binary gender is ``K = 2``), without dropout. The public
