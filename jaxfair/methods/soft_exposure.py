@@ -39,7 +39,8 @@ def _top_candidates(scores: jax.Array, exclude: jax.Array, k: int, candidates: i
     """Per user (no gradient): the top ``max(candidates, k + 1)`` unmasked items ``(..., M)`` and the cut-off
     ``theta`` halfway between the ``k``-th and ``k+1``-th score."""
     masked = jnp.where(exclude, -jnp.inf, jax.lax.stop_gradient(scores))
-    # The barrier keeps XLA on CPU from rewriting the sliced top_k into a full sort of every row (34x slower at (5, 943, 1682)).
+    # The barrier keeps XLA on CPU from rewriting the sliced top_k into a full sort of every row (34x slower at
+    # shape (5, 943, 1682)).
     top, items = jax.lax.optimization_barrier(jax.lax.top_k(masked, max(candidates, k + 1)))
     return items, 0.5 * (top[..., k - 1] + top[..., k])
 
