@@ -152,7 +152,7 @@ def main(argv=None):
                      "test_probe_auc": backbone_auc, "unseen_audit_auc": backbone_unseen},
         "selection_rule": f"valid ndcg@10 >= {args.min_accuracy} x backbone, then valid probe AUC closest to 0.5",
         "select": args.select,
-        "withheld_labels": ["probe valid", "probe test"],
+        "withheld_labels": backbone_experiment.withheld_labels(afrl_experiment.AUDIT_STAGES),
         "chosen_lam": chosen["lam"],
         "chosen_by_rule": choices,
         "points": points,

@@ -172,7 +172,7 @@ def main(argv=None):
               f"level-T AUC {s['mean_probe_selection_auc'][-1]:.3f}")
     print(f"chosen (validation only): {chosen['setting'] if chosen else None}")
     report = {"config": args.config, "seeds": args.seeds, "min_recall": args.min_recall, "tie_break": args.tie_break,
-              "withheld_labels": ["probe valid", "probe test"],
+              "withheld_labels": backbone_experiment.withheld_labels(cofair_experiment.WITHHELD),
               "runs": runs, "settings": settings, "chosen": chosen["setting"] if chosen else None}
     out = pathlib.Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

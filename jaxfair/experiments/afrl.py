@@ -222,7 +222,7 @@ def run(config: ExperimentConfig, out_dir, log: Callable[[str], None] = print) -
         },
         "afrl": {
             "config": to_dict(method),
-            "withheld_labels": [f"probe {stage}" for stage in AUDIT_STAGES],
+            "withheld_labels": backbone_experiment.withheld_labels(AUDIT_STAGES),
             "best_epoch": afrl_fit.best_epoch,
             "epochs_run": afrl_fit.epochs_run,
             "requirements": per_requirement,

@@ -211,6 +211,11 @@ class FrozenBackbone(NamedTuple):
 WITHHELD_STAGES = ("valid", "test")
 
 
+def withheld_labels(stages: tuple[str, ...] = WITHHELD_STAGES) -> list[str]:
+    """How results files name the withheld probe stages: ``["probe valid", "probe test"]`` by default."""
+    return [f"probe {stage}" for stage in stages]
+
+
 def label_weight(split, withheld: tuple[str, ...] = WITHHELD_STAGES) -> np.ndarray:
     """float32 ``(U,)``: 1 for users whose attribute labels a fairness method may train on, 0 for the probe users of
     the ``withheld`` probe stages (:data:`WITHHELD_STAGES` by default)."""

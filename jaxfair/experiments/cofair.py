@@ -251,7 +251,7 @@ def run(config: ExperimentConfig, out_dir, log: Callable[[str], None] = print) -
     results = {
         **run_header(split, config, "full", FULL_RANKING),
         "attribute": section.attribute,
-        "withheld_labels": [f"probe {stage}" for stage in WITHHELD],
+        "withheld_labels": backbone_experiment.withheld_labels(WITHHELD),
         "backbone": {"name": config.backbone_name, "best_epoch": frozen.fit.best_epoch},
         "cofair": {
             "config": to_dict(section),

@@ -346,8 +346,9 @@ def filter_loss(filter_params, disc_params, users: dict, rows: dict, score: Call
 
     Args:
       users: ``{"vecs": (N, d) frozen embeddings, "labels": (N,), "weight": (N,)}`` (weight: row count times 0/1 for
-        withheld labels), ``"present"`` ``(N,)`` (each labelled user of the batch weighs 1 in all, the exposure
-        term's user weights; default ``weight > 0``) and ``"exclude"`` bool ``(N, I)`` when the exposure term is on.
+        withheld labels); when the exposure term is on, also ``"present"`` ``(N,)`` (the exposure term's user
+        weights: each labelled user of the batch weighs 1 in all) and ``"exclude"`` bool ``(N, I)``, both as
+        :func:`batch_users` builds them.
       rows: ``{"user": (B,) index into users, "pos": (B, d), "neg": (B, d) frozen item embeddings,
         "weight": (B,) 0 on padding}``.
       score: the frozen backbone scorer ``(u (..., d), v (..., d)) -> (...)``.
@@ -378,8 +379,7 @@ def filter_loss(filter_params, disc_params, users: dict, rows: dict, score: Call
         adversarial = -level_losses
     gap = jnp.zeros_like(level_losses)
     if config.exposure_weight > 0:
-        present = users.get("present", (users["weight"] > 0).astype(adapted.dtype))
-        gap = soft_exposure_gap(adapted, item_vecs, users["exclude"], users["labels"], present, prior.shape[0],
+        gap = soft_exposure_gap(adapted, item_vecs, users["exclude"], users["labels"], users["present"], prior.shape[0],
                                 config.exposure_k, config.exposure_temperature, config.exposure_candidates)
         adversarial = adversarial + config.exposure_weight * gap
     loss = jnp.mean(bpr + lambdas * adversarial) + config.beta * reg
