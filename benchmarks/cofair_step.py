@@ -2,25 +2,25 @@
 Python loop over the levels (also jitted, so the ratio isolates vmap vs loop) and against a PyTorch implementation of
 the same step. Every number is measured in this one run.
 
-    python benchmarks/cofair_step.py [--users 943 --items 1682 --dim 64 --levels 5 --batch 4096 --repeats 50]
-    python benchmarks/cofair_step.py --quick --out /tmp/cofair_step.json     # tiny shapes, a few repeats
+    python -m benchmarks.cofair_step [--users 943 --items 1682 --dim 64 --levels 5 --batch 4096 --repeats 50]
+    python -m benchmarks.cofair_step --quick --out /tmp/cofair_step.json     # tiny shapes, a few repeats
 
 Shapes default to MovieLens-100k (943 users, 1682 items), d = 64, T = 5 levels, batches of 4096 BPR rows, a binary
-attribute, synthetic random embeddings and random batches (numpy, seeded). One step is, in order: one Adam step of
-the discriminator D (d -> 32 -> K) on the stopped level embeddings, then one Adam step of the filter (shared layer,
-T adapters, output layer) on ``mean_t (BPR_t - lambda_t L_t) + beta R`` with the adaptive lambdas (Eq. 10) and the
-monotonicity regulariser, against the updated D (:mod:`jaxfair.methods.cofair`, adversary ``"paper"``). With
-``--adversary mean_gap`` the filter's adversarial term is ``+ lambda_t S_t``, the share of the
+attribute, synthetic random embeddings and random batches (numpy, seeded); run from the repository root. One step is,
+in order: one Adam step of the discriminator D (d -> 32 -> K) on the stopped level embeddings, then one Adam step of
+the filter (shared layer, T adapters, output layer) on ``mean_t (BPR_t - lambda_t L_t) + beta R`` with the adaptive
+lambdas (Eq. 10) and the monotonicity regulariser, against the updated D (:mod:`jaxfair.methods.cofair`, adversary
+``"paper"``). With ``--adversary mean_gap`` the filter's adversarial term is ``+ lambda_t S_t``, the share of the
 level's variance between the class means, computed over the same rows in both frameworks:
 
-    python benchmarks/cofair_step.py --adversary mean_gap --out /tmp/cofair_step_mean_gap.json
+    python -m benchmarks.cofair_step --adversary mean_gap --out /tmp/cofair_step_mean_gap.json
 
 The configs' step (``configs/cofair_*_ml100k.toml``): a linear D updated 5 times per batch, a residual filter and
 the ``capped`` adversary (each user's attacker loss capped at ``-log prior[a_u]`` in the adversarial term, Eq. 10 and
 the regulariser; lambda_0, alpha and the step sizes stay at the module defaults, which the timing does not depend
 on):
 
-    python benchmarks/cofair_step.py --adversary capped --discriminator-layers 1 --discriminator-steps 5 --residual \
+    python -m benchmarks.cofair_step --adversary capped --discriminator-layers 1 --discriminator-steps 5 --residual \
         --out benchmarks/results/cofair_step_config.json
 
 With ``--exposure-weight G`` (> 0) every JAX variant also computes the soft top-10 exposure term (``G lambda_t X_t``,
@@ -29,7 +29,7 @@ With ``--exposure-weight G`` (> 0) every JAX variant also computes the soft top-
 the same run. The PyTorch reference computes the same term (top-k, gather, scatter-add per level), and its metrics,
 ``exposure_gap`` included, are checked against the JAX step's like the others:
 
-    python benchmarks/cofair_step.py --adversary capped --discriminator-layers 1 --discriminator-steps 5 --residual \
+    python -m benchmarks.cofair_step --adversary capped --discriminator-layers 1 --discriminator-steps 5 --residual \
         --exposure-weight 1 --out benchmarks/results/cofair_step_exposure.json
 
 Variants:
@@ -41,11 +41,12 @@ Variants:
   level computation.
 * ``jax_vmap_per_row`` / ``jax_loop_per_row``: both again in per-row mode (one filter row per BPR row, as the public
   Cofair code does), forced by padding the dataset with unsampled users so it has more users than a batch has rows.
-* ``torch``: PyTorch (``pip install torch==2.13.0``, the ``bench`` extra; skipped with a note if missing), per-row,
-  ``nn.Linear`` layers and a Python loop over the T adapter Linears, ``torch.set_num_threads(--torch-threads)``. It
-  starts from the JAX parameters; the metrics (BPR_t, L_t, lambda_t, R, both losses) of its first two steps are
-  compared with the JAX step's (``check_max_abs_diff_*``; the loop and per-row variants are checked the same way).
-  ``torch_1_thread`` is the same with one thread, a reference that suffers less when other processes share the cores.
+* ``torch``: PyTorch (:class:`benchmarks.references.cofair.TorchCofair`; ``pip install torch==2.13.0``, the ``bench``
+  extra; skipped with a note if missing), per-row, ``nn.Linear`` layers and a Python loop over the T adapter Linears,
+  ``torch.set_num_threads(--torch-threads)``. It starts from the JAX parameters; the metrics (BPR_t, L_t, lambda_t, R,
+  both losses) of its first two steps are compared with the JAX step's (``check_max_abs_diff_*``; the loop and per-row
+  variants are checked the same way). ``torch_1_thread`` is the same with one thread, a reference that suffers less
+  when other processes share the cores.
 
 Timings: every variant first takes two steps (compiling / warm-up, and the checks); then ``--repeats`` steps of each
 are timed one at a time, round-robin over the variants so that load from other processes falls on all of them alike
@@ -64,9 +65,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from benchmarks.references import cofair as torch_cofair
+from benchmarks.timing import device_info, finish, interleaved_ms, jaxlib_version, nothing, quartiles, torch_or_reason
 from jaxfair.backbones.base import dot_score
 from jaxfair.methods import cofair
-from timing import device_info, finish, interleaved_ms, jaxlib_version, nothing, quartiles, torch_or_reason
 
 DEFAULT_OUT = pathlib.Path(__file__).resolve().parent / "results" / "cofair_step.json"
 QUICK = {"users": 40, "items": 30, "dim": 8, "levels": 3, "batch": 64, "repeats": 3, "batches": 2}
@@ -165,135 +167,17 @@ def max_metric_diff(a: list[dict], b: list[dict]) -> float:
 
 
 def torch_variant(init_params, user_vecs, item_vecs, labels, batches, config, threads, exclude=None):
-    """The same step in PyTorch, per-row, from the JAX initial parameters: ``(prepare, step(r), first two steps'
-    metrics)``; ``prepare`` sets the thread count (``torch.set_num_threads`` is process-wide)."""
+    """The same step in PyTorch (:class:`benchmarks.references.cofair.TorchCofair`), per-row, from the JAX initial
+    parameters: ``(prepare, step(r), first two steps' metrics)``; ``prepare`` sets the thread count
+    (``torch.set_num_threads`` is process-wide)."""
     import torch
 
     torch.manual_seed(0)
     torch.set_num_threads(threads)
-    nn, F = torch.nn, torch.nn.functional
-    levels = config.levels
-
-    def linear(p, w=None, b=None):
-        layer = nn.Linear(*np.shape(p["w"] if w is None else w))
-        with torch.no_grad():  # JAX stores (in, out); torch (out, in)
-            layer.weight.copy_(torch.tensor(np.asarray(p["w"] if w is None else w)).T)
-            layer.bias.copy_(torch.tensor(np.asarray(p["b"] if b is None else b)))
-        return layer
-
-    fp, dp = init_params["filter"], init_params["D"]
-    shared = linear(fp["shared"])
-    adapters = nn.ModuleList(linear(None, fp["adapters"]["w"][t], fp["adapters"]["b"][t]) for t in range(levels))
-    out = linear(fp["out"])
-    filt = nn.ModuleList([shared, adapters, out])
-    disc_layers = []
-    for layer in dp:  # D as jaxfair's MLP: ReLU between linear layers
-        disc_layers += [linear(layer), nn.ReLU()]
-    disc = nn.Sequential(*disc_layers[:-1])
-    opt_f = torch.optim.Adam(filt.parameters(), lr=config.learning_rate)
-    opt_d = torch.optim.Adam(disc.parameters(), lr=getattr(config, "discriminator_learning_rate", config.learning_rate))
-    filter_params = list(filt.parameters())
-
-    u_all, v_all = torch.tensor(user_vecs), torch.tensor(item_vecs)
-    a_all = torch.tensor(labels, dtype=torch.long)
-    tb = [{k: torch.tensor(v).long() if k != "weight" else torch.tensor(v) for k, v in b.items()} for b in batches]
-    slope, lambda0, alpha, beta, log2 = config.negative_slope, config.lambda0, config.alpha, config.beta, cofair.LOG2
-
-    num_classes = int(np.max(labels)) + 1
-    prior = np.bincount(labels, minlength=num_classes) / len(labels)
-    chance_loss = -torch.log(torch.tensor(prior, dtype=torch.float32))  # -log prior[k]: the capped adversary's cap
-
-    def level_embeddings(u):
-        s = shared(u)
-        levels_out = torch.stack([out(F.leaky_relu(torch.cat([s, adapter(u)], dim=-1), slope)) for adapter in adapters])
-        return levels_out + u if config.residual else levels_out
-
-    def attacker(emb, a):  # (T, B, d), (B,) -> (T, B)
-        logits = disc(emb)
-        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), a.repeat(emb.shape[0]),
-                               reduction="none").reshape(emb.shape[:2])
-
-    def between_class_share(emb, a):  # (T, B, d), (B,) -> (T,); every row has weight 1
-        onehot = F.one_hot(a, num_classes).to(emb.dtype)  # (B, K)
-        counts = onehot.sum(0)
-        share = counts / counts.sum()
-        class_means = torch.einsum("bk,tbd->tkd", onehot, emb) / counts.clamp(min=1e-12)[None, :, None]
-        mean = torch.einsum("k,tkd->td", share, class_means)
-        between = torch.einsum("k,tk->t", share, ((class_means - mean[:, None]) ** 2).sum(-1))
-        total = ((emb - mean[:, None]) ** 2).sum(-1).mean(-1)
-        return between / total.clamp(min=1e-12)
-
-    excl_all = None if exclude is None else torch.tensor(exclude)
-    centred = v_all - v_all.mean(0)
-    item_cov = centred.T @ centred / v_all.shape[0]
-
-    def exposure_gap(emb, users, a):  # (T, B, d) -> (T,): soft top-k exposure JS divergence, each user once
-        k, tau, m = config.exposure_k, config.exposure_temperature, max(config.exposure_candidates,
-                                                                         config.exposure_k + 1)
-        excl = excl_all[users]  # (B, I)
-        with torch.no_grad():
-            fixed = emb.detach()
-            top, items = (fixed @ v_all.T).masked_fill(excl, float("-inf")).topk(m, dim=-1)  # (T, B, M)
-            theta = 0.5 * (top[..., k - 1] + top[..., k])
-            spread = torch.einsum("tbd,de,tbe->tb", fixed, item_cov, fixed).clamp(min=0).sqrt() + 1e-6
-        chosen = (emb[:, :, None, :] * v_all[items]).sum(-1)
-        member = torch.sigmoid((chosen - theta[..., None]) / (tau * spread[..., None]))
-        member = member.masked_fill(torch.gather(excl.expand(emb.shape[0], -1, -1), 2, items), 0.0)
-        present = 1.0 / torch.bincount(users)[users].to(emb.dtype)  # every row's user once in all
-        weighted = F.one_hot(a, num_classes).to(emb.dtype) * present[:, None]  # (B, K)
-        pairs = [(g, h) for g in range(num_classes) for h in range(g + 1, num_classes)]
-        gaps = []
-        for t in range(emb.shape[0]):
-            src = (weighted.T[:, :, None] * member[t][None]).reshape(num_classes, -1)  # (K, B * M)
-            index = items[t].reshape(1, -1).expand(num_classes, -1)
-            exposure = torch.zeros(num_classes, v_all.shape[0]).scatter_add(1, index, src) + 1e-8
-            dist = exposure / exposure.sum(-1, keepdim=True)
-            js = [0.5 * (dist[g] * torch.log2(dist[g] / (0.5 * (dist[g] + dist[h])))).sum()
-                  + 0.5 * (dist[h] * torch.log2(dist[h] / (0.5 * (dist[g] + dist[h])))).sum() for g, h in pairs]
-            gaps.append(torch.stack(js).mean())
-        return torch.stack(gaps)
-
-    def step(batch):
-        u, a = u_all[batch["user"]], a_all[batch["user"]]
-        pos, neg = v_all[batch["pos"]], v_all[batch["neg"]]
-        emb = level_embeddings(u)  # (T, B, d), one forward pass of the filter
-        for _ in range(config.discriminator_steps):  # D first, on the detached level embeddings
-            opt_d.zero_grad()
-            loss_d = attacker(emb.detach(), a).mean(-1).mean()
-            loss_d.backward()
-            opt_d.step()
-        losses = attacker(emb, a)  # against the updated D
-        if config.adversary == "capped":
-            losses = torch.minimum(losses, chance_loss[a])
-        level_losses = losses.mean(-1)
-        with torch.no_grad():
-            lambdas = torch.empty(levels)
-            lambdas[0] = lambda0
-            for t in range(1, levels):
-                lambdas[t] = lambdas[t - 1] + alpha * (1.0 - (level_losses[t] - level_losses[t - 1]))
-        bpr = -F.logsigmoid((emb * pos).sum(-1) - (emb * neg).sum(-1)).mean(-1)
-        if levels > 1:
-            reg = torch.clamp(F.softplus(losses[:-1] - losses[1:]) - log2, min=0.0).mean(-1).mean()
-        else:
-            reg = torch.zeros(())
-        if config.adversary == "mean_gap":
-            adversarial = between_class_share(emb, a)
-        else:
-            adversarial = -level_losses
-        gap = torch.zeros(levels)  # reported as 0 when the term is off, as the JAX step does
-        if config.exposure_weight > 0:
-            gap = exposure_gap(emb, batch["user"], a)
-            adversarial = adversarial + config.exposure_weight * gap
-        loss = (bpr + lambdas * adversarial).mean() + beta * reg
-        opt_f.zero_grad()
-        loss.backward(inputs=filter_params)
-        opt_f.step()
-        return {"bpr": bpr.detach().numpy(), "attacker_loss": level_losses.detach().numpy(),
-                "lambda": lambdas.numpy(), "reg": reg.detach().numpy(), "loss": loss.detach().numpy(),
-                "discriminator_loss": loss_d.detach().numpy(), "exposure_gap": gap.detach().numpy()}
-
-    checked = [step(tb[i % len(tb)]) for i in range(2)]  # warm-up, from the shared initial parameters
-    return (lambda: torch.set_num_threads(threads)), (lambda r: step(tb[r % len(tb)])), checked
+    model = torch_cofair.TorchCofair(init_params, user_vecs, item_vecs, labels, config, exclude)
+    tb = torch_cofair.torch_batches(batches)
+    checked = [model.step(tb[i % len(tb)]) for i in range(2)]  # warm-up, from the shared initial parameters
+    return (lambda: torch.set_num_threads(threads)), (lambda r: model.step(tb[r % len(tb)])), checked
 
 
 # --- main ---------------------------------------------------------------------------------------------------------
@@ -330,7 +214,8 @@ def main(argv=None):
                                  adversary=args.adversary,
                                  discriminator_layers=args.discriminator_layers,
                                  discriminator_steps=args.discriminator_steps, residual=args.residual,
-                                 batch_size=args.batch, exposure_weight=args.exposure_weight,
+                                 train=dataclasses.replace(cofair.CofairConfig().train, batch_size=args.batch),
+                                 exposure_weight=args.exposure_weight,
                                  exposure_candidates=min(20, args.items - 1), exposure_k=min(10, args.items - 2))
     user_vecs, item_vecs, labels, batches = make_inputs(args.users, args.items, args.dim, args.batch, args.batches,
                                                         args.classes)

@@ -2,20 +2,21 @@
 implementation of the same computation written for this benchmark only, with DiffRec (the unconditional diffusion
 model it builds on) alongside. Every number is measured in this one run.
 
-    python benchmarks/diffairec_step.py [--users 897 --items 1447 --density 0.03 --groups 2 --batch 128
+    python -m benchmarks.diffairec_step [--users 897 --items 1447 --density 0.03 --groups 2 --batch 128
                                          --eval-batch 256 --hidden 300 --time-dim 10 --latent-dim 64 --steps 5
                                          --repeats 20 --epoch-repeats 5 --infer-repeats 5 --torch-threads 2
                                          --settle 0.2 --out benchmarks/results/diffairec_step.json]
-    python benchmarks/diffairec_step.py --quick --out /tmp/diffairec_step.json    # tiny shapes, a few repeats
+    python -m benchmarks.diffairec_step --quick --out /tmp/diffairec_step.json    # tiny shapes, a few repeats
 
-Shapes default to ``configs/diffairec_ml100k.toml`` on MovieLens-100k after its preprocessing (897 users, 1,447
-items, 3% dense): batches of 128 users, denoiser hidden [300], timestep embedding 10, latent d = 64, T = 5 steps of the
-linear-variance schedule, dropout 0.5, SNR reweighting and importance-sampled timesteps, mean-pooled group tokens,
-serving ``"average"`` over G = 2 groups with the condition-only swap (``--serve factual --swap input`` times what
-the config trains and serves: the counterfactual pass also reads the group-shifted input, and users are served
-under their own latent), Adam at 1e-3 (the config trains at 3e-4; the cost does not depend on it).
-The data are synthetic (numpy, seeded): binary interaction vectors of density ``--density`` (every user has at least
-one item) and a uniformly drawn group per user; the group tokens are :func:`jaxfair.methods.diffairec.group_tokens` of them, a constant given to both frameworks.
+Run from the repository root. Shapes default to ``configs/diffairec_ml100k.toml`` on MovieLens-100k after its
+preprocessing (897 users, 1,447 items, 3% dense): batches of 128 users, denoiser hidden [300], timestep embedding 10,
+latent d = 64, T = 5 steps of the linear-variance schedule, dropout 0.5, SNR reweighting and importance-sampled
+timesteps, mean-pooled group tokens, serving ``"average"`` over G = 2 groups with the condition-only swap (``--serve
+factual --swap input`` times what the config trains and serves: the counterfactual pass also reads the group-shifted
+input, and users are served under their own latent), :func:`jaxfair.training.optim.make`'s Adam at 1e-3 (the config
+trains at 3e-4; the cost does not depend on it). The data are synthetic (numpy, seeded): binary interaction vectors of
+density ``--density`` (every user has at least one item) and a uniformly drawn group per user; the group tokens are
+:func:`jaxfair.methods.diffairec.group_tokens` of them, a constant given to both frameworks.
 
 What is timed (milliseconds, median of round-robin repeats):
 
@@ -32,13 +33,14 @@ What is timed (milliseconds, median of round-robin repeats):
   :func:`jaxfair.backbones.diffusion.all_scores` over the jitted ``make_scorer`` (the evaluation's code path; the
   last batch is padded to a full one so one compiled shape serves all); DifFaiRec's denoiser output averaged over the
   G serving conditions at every reverse step.
-* ``torch``: PyTorch (``pip install torch==2.13.0``, the ``bench`` extra; skipped with a note if missing): the same
-  math with ``nn.Linear`` layers (DiffRec's DNN), one batched pass over the conditions, ``torch.optim.Adam`` (same
-  lr, eps 1e-8 as optax), the loss history and importance law kept as tensors and updated vectorised as jaxfair
-  does (one batch mean per timestep, a ring of ``history``; DiffRec's own code pushes every row in a Python loop,
-  which would only be slower), its own ``torch`` random draws; the last inference batch is not padded. Timed with
-  ``torch.set_num_threads(--torch-threads)`` (``torch``) and with 1 thread (``torch_1_thread``, a reference that
-  suffers less when other processes share the cores). Inference runs under ``torch.no_grad()``.
+* ``torch``: PyTorch (:class:`benchmarks.references.diffairec.TorchDiffusion`; ``pip install torch==2.13.0``, the
+  ``bench`` extra; skipped with a note if missing): the same math with ``nn.Linear`` layers (DiffRec's DNN), one
+  batched pass over the conditions, ``torch.optim.Adam`` (same lr, eps 1e-8 as optax), the loss history and importance
+  law kept as tensors and updated vectorised as jaxfair does (one batch mean per timestep, a ring of ``history``;
+  DiffRec's own code pushes every row in a Python loop, which would only be slower), its own ``torch`` random draws;
+  the last inference batch is not padded. Timed with ``torch.set_num_threads(--torch-threads)`` (``torch``) and with 1
+  thread (``torch_1_thread``, a reference that suffers less when other processes share the cores). Inference runs
+  under ``torch.no_grad()``.
 
 State: both frameworks start the timed steps from the JAX state after the warm-up epochs that fill every timestep's
 loss history, so the importance-sampled path (not the uniform start) is the one timed; inference uses its parameters.
@@ -78,7 +80,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import functools
-import math
 import pathlib
 import sys
 import time
@@ -88,16 +89,21 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from benchmarks.references import diffairec as torch_diffairec
+from benchmarks.timing import (device_info, finish, interleaved_ms, jax_epoch_caller, jax_step_caller, jaxlib_version,
+                               median_and_quartiles, nothing, torch_or_reason)
 from jaxfair.backbones import diffusion
 from jaxfair.methods import diffairec
+from jaxfair.training import optim
 from jaxfair.training.step import make_epoch_fn
-from timing import (device_info, finish, interleaved_ms, jax_epoch_caller, jax_step_caller, jaxlib_version,
-                    median_and_quartiles, nothing, torch_or_reason)
+from jaxfair.training.trainer import TrainConfig
 
 DEFAULT_OUT = pathlib.Path(__file__).resolve().parent / "results" / "diffairec_step.json"
 QUICK = {"users": 48, "items": 40, "density": 0.1, "batch": 16, "eval_batch": 32, "hidden": [32], "latent_dim": 8,
          "repeats": 2, "epoch_repeats": 2, "infer_repeats": 2, "settle": 0.0}
 LEARNING_RATE = 1e-3
+TRAIN = TrainConfig(learning_rate=LEARNING_RATE)  # the optimizer's settings: optim.make(TRAIN), plain Adam
+GROUP_VECTORS = tuple(g for g in diffairec.GROUP_VECTORS if g != "none")  # "none" is DiffRec, timed alongside
 MODELS = ("diffairec", "diffrec")
 ADAM_B2, ADAM_EPS = 0.999, 1e-8  # optax.adam's defaults, torch.optim.Adam's too
 WELL_CONDITIONED = 100 * ADAM_EPS  # Adam's sqrt(v_hat) above this: its step does not amplify rounding (see checks)
@@ -128,7 +134,7 @@ class JaxSetup:
 
     def __init__(self, model, dc, method, interactions, groups, tokens, params, batches, max_warm_epochs=50):
         self.model, self.dc, self.method = model, dc, method
-        tx = diffairec.make_optimizer(LEARNING_RATE)
+        tx = optim.make(TRAIN)
         if model == "diffairec":
             train_step = diffairec.make_train_step(dc, method, interactions, groups, tokens, tx)
             self.scorer = diffairec.make_scorer(dc, method, groups, tokens)
@@ -181,264 +187,14 @@ class JaxSetup:
         return lambda r: self.scores(params, eval_batch)
 
 
-# --- PyTorch ------------------------------------------------------------------------------------------------------
+# --- PyTorch and timing -------------------------------------------------------------------------------------------
 
 
-def linear_var_schedule(dc: diffusion.Config) -> dict:
-    """DiffRec's ``"linear-var"`` schedule, derived here independently of jaxfair (float64 numpy): ``1 - abar_t``
-    linear, ``beta_t = 1 - abar_t / abar_{t-1}`` (capped at 0.999), the posterior-mean coefficients and the SNR."""
-    variance = np.linspace(dc.noise_scale * dc.noise_min, dc.noise_scale * dc.noise_max, dc.steps, dtype=np.float64)
-    alpha_bar = 1.0 - variance
-    betas = [1.0 - alpha_bar[0]] + [min(1.0 - alpha_bar[i] / alpha_bar[i - 1], 0.999) for i in range(1, dc.steps)]
-    betas = np.array(betas)
-    abar = np.cumprod(1.0 - betas)
-    abar_prev = np.append(1.0, abar[:-1])
-    return {"abar": abar, "coef_x0": betas * np.sqrt(abar_prev) / (1.0 - abar),
-            "coef_xt": (1.0 - abar_prev) * np.sqrt(1.0 - betas) / (1.0 - abar), "snr": abar / (1.0 - abar)}
-
-
-def tree_get(tree, path):
-    return functools.reduce(lambda node, key: node[key], path, tree)
-
-
-class TorchDiffusion:
-    """DiffRec's (``method is None``) or DifFaiRec's step and full-ranking scorer in PyTorch, loaded from a JAX
-    :class:`~jaxfair.backbones.diffusion.DiffusionState` (parameters, Adam moments and step count, loss history).
-
-    Parameters are ``nn.Linear`` layers (weights stored ``(out, in)``: JAX's transposed) plus the attention's query
-    and key matrices in JAX's layout; :attr:`paths` maps each to its place in the JAX pytree.
-    """
-
-    def __init__(self, state: diffusion.DiffusionState, dc: diffusion.Config, method, interactions, groups, tokens,
-                 threads: int):
-        import torch
-
-        if dc.schedule != "linear-var" or dc.mean_type != "x0":
-            raise ValueError("the PyTorch reference implements the linear-var schedule and x0 prediction only")
-        self.torch, self.nn, self.F = torch, torch.nn, torch.nn.functional
-        self.dc, self.method, self.threads = dc, method, threads
-        torch.set_num_threads(threads)
-        torch.manual_seed(0)
-        nn = torch.nn
-        f32 = lambda x: torch.tensor(np.asarray(x, np.float32))  # noqa: E731
-        self.schedule = {k: f32(v) for k, v in linear_var_schedule(dc).items()}
-        half = dc.time_dim // 2
-        self.freqs = torch.exp(-math.log(10000.0) * torch.arange(half, dtype=torch.float32) / half)
-        self.x, self.groups = f32(interactions), torch.tensor(np.asarray(groups)).long()
-        self.tokens = f32(tokens)
-        items = self.x.shape[1]
-        cond = 0 if method is None else method.latent_dim
-        sizes = (items + dc.time_dim + cond, *dc.hidden, items)
-        self.time = nn.Linear(dc.time_dim, dc.time_dim)
-        self.layers = nn.ModuleList(nn.Linear(m, n) for m, n in zip(sizes[:-1], sizes[1:]))
-        den = () if method is None else ("denoiser",)  # DiffRec's parameters are the denoiser's
-        self.paths = [((*den, "time", "w"), self.time.weight), ((*den, "time", "b"), self.time.bias)]
-        for i, layer in enumerate(self.layers):
-            self.paths += [((*den, "layers", i, "w"), layer.weight), ((*den, "layers", i, "b"), layer.bias)]
-        if method is not None:
-            d = method.latent_dim
-            self.encoder = nn.Linear(items, d)
-            self.query, self.key = nn.Parameter(torch.empty(d, d)), nn.Parameter(torch.empty(d, d))
-            self.paths += [(("counterfactual", "encoder", "w"), self.encoder.weight),
-                           (("counterfactual", "encoder", "b"), self.encoder.bias),
-                           (("counterfactual", "query"), self.query), (("counterfactual", "key"), self.key)]
-        self.params = [p for _, p in self.paths]
-        self.optimizer = torch.optim.Adam(self.params, lr=LEARNING_RATE, eps=1e-8)
-        self.load(state)
-
-    # conversion from / to JAX: an ``nn.Linear`` weight is the transposed JAX ``w``; everything else is as in JAX
-
-    def _transposed(self, path) -> bool:
-        return path[-1] == "w"
-
-    def _to_torch(self, value, path):
-        value = np.asarray(value, np.float32)
-        return self.torch.tensor(np.ascontiguousarray(value.T if self._transposed(path) else value))
-
-    def _to_jax_layout(self, tensor, path):
-        value = tensor.detach().numpy()
-        return value.T if self._transposed(path) else value
-
-    def load(self, state: diffusion.DiffusionState):
-        torch = self.torch
-        with torch.no_grad():
-            for path, p in self.paths:
-                p.copy_(self._to_torch(tree_get(state.params, path), path))
-        count = int(optax.tree_utils.tree_get(state.opt_state, "count"))
-        self.optimizer.state.clear()
-        if count:
-            mu = optax.tree_utils.tree_get(state.opt_state, "mu")
-            nu = optax.tree_utils.tree_get(state.opt_state, "nu")
-            for path, p in self.paths:
-                self.optimizer.state[p] = {"step": torch.tensor(float(count)),
-                                           "exp_avg": self._to_torch(tree_get(mu, path), path),
-                                           "exp_avg_sq": self._to_torch(tree_get(nu, path), path)}
-        self.history = torch.tensor(np.asarray(state.sampler.losses, np.float32))
-        self.history_counts = torch.tensor(np.asarray(state.sampler.counts)).long()
-
-    def exported(self) -> dict:
-        """Parameters and Adam first moments in JAX's layout, keyed by the JAX path; and the loss history."""
-        return {"params": {path: self._to_jax_layout(p, path) for path, p in self.paths},
-                "adam_first_moment": {path: self._to_jax_layout(self.optimizer.state[p]["exp_avg"], path)
-                                      for path, p in self.paths},
-                "loss_history": {("losses",): self.history.numpy(), ("counts",): self.history_counts.numpy()}}
-
-    # the model
-
-    def denoise(self, x_t, t, cond=None):
-        emb = self.time(self.torch.cat([self.torch.cos(t.float()[:, None] * self.freqs),
-                                        self.torch.sin(t.float()[:, None] * self.freqs)], dim=-1))
-        h = self.torch.cat([x_t, emb] if cond is None else [x_t, emb, cond], dim=-1)
-        for layer in self.layers[:-1]:
-            h = self.torch.tanh(layer(h))
-        return self.layers[-1](h)
-
-    def user_latent(self, x):
-        return self.encoder(x / x.norm(dim=-1, keepdim=True).clamp_min(1e-12))
-
-    def _attention(self, z):
-        torch = self.torch
-        token_latents = self.F.linear(self.tokens, self.encoder.weight)  # (G, k, d), no bias
-        logits = torch.einsum("bd,gkd->bgk", z @ self.query, token_latents @ self.key) / math.sqrt(z.shape[-1])
-        return torch.softmax(logits, dim=-1), token_latents
-
-    def conditions(self, z, own):
-        """``C(z_u, g) = z_u - o_{g_u}(z_u) + o_g(z_u)`` for every group ``g``: ``(G, B, d)``."""
-        torch = self.torch
-        weights, token_latents = self._attention(z)
-        readout = torch.einsum("bgk,gkd->bgd", weights, token_latents)
-        own_part = readout[torch.arange(z.shape[0]), own]  # (B, d)
-        return (z[:, None, :] - own_part[:, None, :] + readout).transpose(0, 1)
-
-    def input_shifts(self, x, z, own):
-        """``||x_u|| (r_g - r_{g_u})`` for every group ``g``, ``r_g`` the attention-weighted tokens: ``(G, B, I)``."""
-        torch = self.torch
-        readout = torch.einsum("bgk,gki->bgi", self._attention(z)[0], self.tokens)
-        own_part = readout[torch.arange(z.shape[0]), own]
-        return (x.norm(dim=-1, keepdim=True)[:, None, :] * (readout - own_part[:, None, :])).transpose(0, 1)
-
-    def law(self):
-        """``p(t)`` ``(T,)``: uniform until every timestep has a full loss history, then ``sqrt(E[L^2])``-shaped."""
-        torch, dc = self.torch, self.dc
-        uniform = torch.full((dc.steps,), 1.0 / dc.steps)
-        if not dc.importance_sampling:
-            return uniform
-        root = (self.history ** 2).mean(dim=1).sqrt()
-        if bool((self.history_counts >= dc.history).all()) and float(root.sum()) > 0:
-            return (1.0 - dc.floor) * root / root.sum().clamp_min(1e-12) + dc.floor / dc.steps
-        return uniform
-
-    def record(self, t, losses, weight):
-        """Push each present timestep's weighted batch-mean loss into its ring of ``history`` entries."""
-        torch, T = self.torch, self.dc.steps
-        sums = torch.zeros(T).index_add_(0, t, losses * weight)
-        counts = torch.zeros(T).index_add_(0, t, weight)
-        present = counts > 0
-        pushed = self.history.clone()
-        pushed[torch.arange(T), self.history_counts % self.dc.history] = sums / counts.clamp_min(1e-12)
-        self.history = torch.where(present[:, None], pushed, self.history)
-        self.history_counts = self.history_counts + present.long()
-
-    def step(self, batch, draws=None):
-        """One training step on ``batch`` (``users`` long, ``weight`` float tensors). ``draws``: the random draws
-        (``t``, ``noise``, ``keep``, ``target_group`` tensors) to use instead of drawing them here."""
-        torch, dc, method = self.torch, self.dc, self.method
-        users, weight = batch["users"], batch["weight"]
-        x0 = self.x[users]
-        size = x0.shape[0]
-        law = self.law()
-        if draws is None:
-            t = torch.multinomial(law, size, replacement=True)
-            noise = torch.randn_like(x0)
-            keep = torch.rand_like(x0) < 1.0 - dc.dropout
-        else:
-            t, noise, keep = draws["t"], draws["noise"], draws["keep"]
-        p_t = law[t]
-        abar = self.schedule["abar"][t][:, None]
-        x_t = abar.sqrt() * x0 + (1.0 - abar).sqrt() * noise
-        dropped = torch.where(keep, x_t / (1.0 - dc.dropout), 0.0)
-        snr = self.schedule["snr"]
-        reweight = torch.where(t == 0, 1.0, snr[(t - 1).clamp_min(0)] - snr[t]) if dc.reweight else torch.ones(size)
-        scale = reweight / (dc.steps * p_t)
-        total = weight.sum().clamp_min(1.0)
-        metrics = {}
-        if method is None:
-            output = self.denoise(dropped, t)
-            mse = ((x0 - output) ** 2).mean(dim=-1)
-            loss = (scale * mse * weight).sum() / total
-        else:
-            own = self.groups[users]
-            if draws is None:
-                target_group = (own + torch.randint(1, self.tokens.shape[0], (size,))) % self.tokens.shape[0]
-            else:
-                target_group = draws["target_group"]
-            z = self.user_latent(x0)
-            rows = torch.arange(size)
-            z_cf = self.conditions(z, own)[target_group, rows]
-            dropped_cf = dropped
-            if method.swap == "input":
-                x_t_cf = x_t + abar.sqrt() * self.input_shifts(x0, z, own)[target_group, rows].detach()
-                dropped_cf = torch.where(keep, x_t_cf / (1.0 - dc.dropout), 0.0)
-            outputs = self.denoise(torch.cat([dropped, dropped_cf]), torch.cat([t, t]), torch.cat([z, z_cf]))
-            factual, counter = outputs.chunk(2)
-            mse, mse_cf = ((x0 - factual) ** 2).mean(dim=-1), ((x0 - counter) ** 2).mean(dim=-1)
-            loss = (scale * (mse + method.counterfactual_weight * mse_cf) * weight).sum() / total
-            with torch.no_grad():
-                metrics["mse_cf"] = (mse_cf * weight).sum() / total
-                metrics["agreement"] = (((factual - counter) ** 2).mean(dim=-1) * weight).sum() / total
-        self.optimizer.zero_grad()
-        loss.backward()
-        with torch.no_grad():
-            metrics.update(loss=loss.detach(), mse=(mse * weight).sum() / total,
-                           grad_norm=torch.stack([p.grad.pow(2).sum() for p in self.params]).sum().sqrt())
-        self.optimizer.step()
-        with torch.no_grad():
-            self.record(t, mse.detach(), weight)
-        return metrics
-
-    def scores(self, eval_batch: int):
-        """The (U, I) scores of every user: the reverse process in batches of ``eval_batch`` users (the last one
-        short), DifFaiRec's output averaged over the serving conditions (one batched pass) at every step."""
-        torch, dc, method = self.torch, self.dc, self.method
-        coef_x0, coef_xt = self.schedule["coef_x0"], self.schedule["coef_xt"]
-        out = []
-        with torch.no_grad():
-            for start in range(0, self.x.shape[0], eval_batch):
-                x = self.x[start:start + eval_batch]
-                size = x.shape[0]
-                shifts = None
-                if method is None:
-                    cond, copies = None, 1
-                else:
-                    z = self.user_latent(x)
-                    own = self.groups[start:start + size]
-                    cond = z[None] if method.serve == "factual" else self.conditions(z, own)
-                    copies = cond.shape[0]
-                    cond = cond.reshape(copies * size, -1)
-                    if method.serve == "average" and method.swap == "input":
-                        shifts = self.input_shifts(x, z, own).reshape(copies * size, -1)
-                x_t = x
-                for step in range(dc.reverse_steps - 1, -1, -1):
-                    t = torch.full((copies * size,), step, dtype=torch.long)
-                    inputs = x_t if copies == 1 else x_t.repeat(copies, 1)
-                    if shifts is not None:
-                        inputs = inputs + self.schedule["abar"][step].sqrt() * shifts
-                    x0_hat = self.denoise(inputs, t, cond).view(copies, size, -1).mean(dim=0)
-                    x_t = coef_x0[step] * x0_hat + coef_xt[step] * x_t
-                out.append(x_t)
-        return torch.cat(out)
-
-    def prepare(self):
-        """Set this variant's thread count (``torch.set_num_threads`` is process-wide)."""
-        self.torch.set_num_threads(self.threads)
-
-    def step_variant(self, batches):
-        """``(prepare, call(r))``: one step on batch ``r`` (cycling)."""
-        return self.prepare, lambda r: self.step(batches[r % len(batches)])
-
-    def infer_variant(self, eval_batch):
-        """``(prepare, call(r))``: one full-ranking inference pass."""
-        return self.prepare, lambda r: self.scores(eval_batch)
+def torch_model(state: diffusion.DiffusionState, dc, method, interactions, groups, tokens,
+                threads: int) -> torch_diffairec.TorchDiffusion:
+    """The PyTorch reference loaded from ``state``, with the JAX step's optimizer settings (:data:`TRAIN`)."""
+    return torch_diffairec.TorchDiffusion(state, dc, method, interactions, groups, tokens, threads,
+                                          learning_rate=TRAIN.learning_rate, weight_decay=TRAIN.weight_decay)
 
 
 def settled(variants: dict, seconds: float) -> dict:
@@ -454,19 +210,6 @@ def settled(variants: dict, seconds: float) -> dict:
         return run
 
     return {name: (pause_then(prepare), call) for name, (prepare, call) in variants.items()}
-
-
-def torch_batches(batches) -> list[dict]:
-    import torch
-
-    return [{"users": torch.tensor(batches["users"][i]).long(), "weight": torch.tensor(batches["weight"][i])}
-            for i in range(len(batches["users"]))]
-
-
-def torch_draws(draws: dict) -> dict:
-    import torch
-
-    return {k: torch.tensor(v).long() if k in ("t", "target_group") else torch.tensor(v) for k, v in draws.items()}
 
 
 # --- checks -------------------------------------------------------------------------------------------------------
@@ -494,9 +237,10 @@ def passes(quantity: str, values: dict) -> bool:
     return values["max_abs_diff"] < RELATIVE_TOLERANCE * max(1.0, values["max_abs"])
 
 
-def check_same_step(setup: JaxSetup, model: TorchDiffusion, torch_batch) -> dict:
+def check_same_step(setup: JaxSetup, model: torch_diffairec.TorchDiffusion, torch_batch) -> dict:
     """One jaxfair step and one PyTorch step on batch 0 with the same random draws, from the initial and the warm
     state; parameters, Adam first moments, loss history and metrics compared."""
+    tree_get = torch_diffairec.tree_get
     out = {}
     batch = setup.batch_list[0]
     for name, state in (("initial", setup.initial), ("warm", setup.warm)):
@@ -504,7 +248,7 @@ def check_same_step(setup: JaxSetup, model: TorchDiffusion, torch_batch) -> dict
         draws = setup.draws(state, batch, key)
         new_state, jax_metrics = jax.block_until_ready(setup.step(state, batch, key))
         model.load(state)
-        torch_metrics = model.step(torch_batch, torch_draws(draws))
+        torch_metrics = model.step(torch_batch, torch_diffairec.torch_draws(draws))
         exported = model.exported()
         mu = optax.tree_utils.tree_get(new_state.opt_state, "mu")
         nu = optax.tree_utils.tree_get(new_state.opt_state, "nu")
@@ -525,7 +269,7 @@ def check_same_step(setup: JaxSetup, model: TorchDiffusion, torch_batch) -> dict
     return out
 
 
-def check_same_scores(setup: JaxSetup, model: TorchDiffusion, eval_batch: int) -> dict:
+def check_same_scores(setup: JaxSetup, model: torch_diffairec.TorchDiffusion, eval_batch: int) -> dict:
     """The (U, I) inference scores of both from the warm parameters."""
     model.load(setup.warm)
     return largest({(): setup.scores(setup.warm.params, eval_batch)}, {(): model.scores(eval_batch).numpy()})
@@ -540,7 +284,7 @@ def parse_args(argv):
     parser.add_argument("--items", type=int, default=1447)
     parser.add_argument("--density", type=float, default=0.03, help="fraction of (user, item) pairs interacted")
     parser.add_argument("--groups", type=int, default=2, help="groups of the sensitive attribute, G")
-    parser.add_argument("--group-vectors", choices=diffairec.GROUP_VECTORS, default="mean")
+    parser.add_argument("--group-vectors", choices=GROUP_VECTORS, default="mean")
     parser.add_argument("--components", type=int, default=1, help="PCA tokens per group")
     parser.add_argument("--serve", choices=diffairec.SERVE, default="average")
     parser.add_argument("--swap", choices=diffairec.SWAPS, default="condition",
@@ -589,7 +333,8 @@ def main(argv=None):
     out = args.out if args.out or args.quick else str(DEFAULT_OUT)
     dc = diffusion.Config(steps=args.steps, hidden=tuple(args.hidden), time_dim=args.time_dim)
     method = diffairec.DifFaiRecConfig(group_vectors=args.group_vectors, components=args.components,
-                                       latent_dim=args.latent_dim, serve=args.serve, swap=args.swap)
+                                       latent_dim=args.latent_dim, serve=args.serve, swap=args.swap, diffusion=dc,
+                                       train=dataclasses.replace(TRAIN, batch_size=args.batch))
     interactions, groups = make_inputs(args.users, args.items, args.density, args.groups, args.seed)
     tokens = np.asarray(diffairec.group_tokens(interactions, groups, args.groups, method))
     batches = diffusion.user_batches(args.users, np.random.default_rng(args.seed), args.batch)
@@ -618,7 +363,7 @@ def main(argv=None):
         results["torch_skipped"] = skipped
     else:
         results.update(torch_version=torch.__version__, torch_threads=args.torch_threads)
-        tbatches = torch_batches(batches)
+        tbatches = torch_diffairec.torch_batches(batches)
 
     step_variants, epoch_variants, infer_variants, checks, warm_epochs = {}, {}, {}, {}, {}
     for model in models:
@@ -630,11 +375,11 @@ def main(argv=None):
         infer_variants[f"{model}_jax_infer"] = (nothing, setup.infer_variant(setup.warm.params, args.eval_batch))
         if torch is not None:
             torch_method = None if model == "diffrec" else method
-            reference = TorchDiffusion(setup.initial, dc, torch_method, interactions, groups, tokens, threads=1)
+            reference = torch_model(setup.initial, dc, torch_method, interactions, groups, tokens, threads=1)
             checks[model] = check_same_step(setup, reference, tbatches[0])
             checks[model]["scores"] = check_same_scores(setup, reference, args.eval_batch)
             for threads in sorted({args.torch_threads, 1}):
-                timed = TorchDiffusion(setup.warm, dc, torch_method, interactions, groups, tokens, threads)
+                timed = torch_model(setup.warm, dc, torch_method, interactions, groups, tokens, threads)
                 timed.step(tbatches[0])  # warm-up
                 timed.scores(args.eval_batch)
                 step_variants[f"{model}_torch_{threads}t_step"] = timed.step_variant(tbatches)

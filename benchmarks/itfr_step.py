@@ -3,35 +3,38 @@ the G perturbed points in one ``jax.vmap``) against a PyTorch implementation of 
 over the groups, and how both grow with the number of intersectional groups G. Every number is measured in this one
 run.
 
-    python benchmarks/itfr_step.py [--users 942 --items 491 --dim 64 --batch 1024 --batches 29 --groups 4 12 24 48
+    python -m benchmarks.itfr_step [--users 942 --items 491 --dim 64 --batch 1024 --batches 29 --groups 4 12 24 48
                                     --repeats 30 --epoch-repeats 10 --torch-threads 2 --scaling-torch-threads 1]
-    python benchmarks/itfr_step.py --quick --out /tmp/itfr_step.json      # tiny shapes, a few repeats
+    python -m benchmarks.itfr_step --quick --out /tmp/itfr_step.json      # tiny shapes, a few repeats
 
+Run from the repository root.
 Shapes default to the ITFR MovieLens-100k recipe (942 users, 491 items, d = 64, batches of 1,024 BPR rows, 29
 batches an epoch; the recipe's last batch is partly padding, here every batch is full). The backbone is MF: params
 ``{"user": (U, d), "item": (I, d)}`` drawn from ``normal(0, 0.1)`` (cosine MF's initialisation), embedding map the
 identity. Users get one of 2 user groups and items one of ``G / 2`` item groups at random (numpy, seeded); a row's
 group is ``a(u) C + c(pos)`` as in training; users, positives and negatives are drawn uniformly. The step is
 :func:`jaxfair.methods.itfr.make_train_step` with ``ItfrConfig()`` (cosine score / tau, first-order SAM with radius
-rho, collaborative loss balance) and Adam at the recipe's learning rate 1e-3.
+rho, collaborative loss balance) and :func:`jaxfair.training.optim.make`'s Adam at the recipe's learning rate 1e-3
+(the config's ``train`` section with that learning rate).
 
 Variants, timed at every G of ``--groups`` (``--headline-groups``, 12 = 2 genders x 6 genres, is the recipe's):
 
 * ``jax_step``: ``jax.jit(make_train_step(...))``, one call on one batch, blocked on.
-* ``jax_epoch``: ``make_epoch_fn(step)`` (a ``lax.scan`` over the stacked epoch, then the epoch roll-over), as
-  training runs it; reported per epoch and per step (epoch / batches).
+* ``jax_epoch``: ``make_epoch_fn(step, end_epoch=itfr.end_epoch)`` (a ``lax.scan`` over the stacked epoch, then the
+  epoch roll-over), as training runs it; reported per epoch and per step (epoch / batches).
 * ``mf_epoch`` (headline G only): the same epoch with ``ItfrConfig(balance="none", sam=False)``, plain BPR on the
   cosine score: the cost of training the backbone without ITFR.
-* ``torch``: PyTorch (``pip install torch==2.13.0``, the ``bench`` extra; skipped with a note if missing) written for
-  this benchmark only, the way the authors' code is organised: a Python loop over the groups, each selecting its rows
-  by a boolean mask, ``torch.autograd.grad`` at theta, a perturbed copy ``theta + rho g / ||g||`` (the live
-  parameters are never written, so nothing needs restoring and the update starts exactly from theta), loss and
-  ``torch.autograd.grad`` there; then the collaborative weights (gradient-cosine matrix against the previous epoch's
-  group gradients, loss matrix, multiplicative update with present-group renormalisation and floor) and one
-  ``torch.optim.Adam`` step on ``sum_g q_g grad~_g``. Timed at the headline G with ``torch.set_num_threads``
-  ``--torch-threads`` (``torch``) and 1 (``torch_1_thread``, a reference that suffers less when other processes share
-  the cores: a loop of small ops waits on every descheduled OpenMP thread), and at every G of ``--groups`` up to
-  ``--torch-max-groups`` with ``--scaling-torch-threads`` (the ``scaling`` rows).
+* ``torch``: PyTorch (:class:`benchmarks.references.itfr.TorchItfr`; ``pip install torch==2.13.0``, the ``bench``
+  extra; skipped with a note if missing) written for the benchmarks only, the way the authors' code is organised: a
+  Python loop over the groups, each selecting its rows by a boolean mask, ``torch.autograd.grad`` at theta, a
+  perturbed copy ``theta + rho g / ||g||`` (the live parameters are never written, so nothing needs restoring and the
+  update starts exactly from theta), loss and ``torch.autograd.grad`` there; then the collaborative weights
+  (gradient-cosine matrix against the previous epoch's group gradients, loss matrix, multiplicative update with
+  present-group renormalisation and floor) and one ``torch.optim.Adam`` step on ``sum_g q_g grad~_g``. Timed at the
+  headline G with ``torch.set_num_threads`` ``--torch-threads`` (``torch``) and 1 (``torch_1_thread``, a reference
+  that suffers less when other processes share the cores: a loop of small ops waits on every descheduled OpenMP
+  thread), and at every G of ``--groups`` up to ``--torch-max-groups`` with ``--scaling-torch-threads`` (the
+  ``scaling`` rows).
 
 State: the timed JAX and PyTorch steps start from the JAX state after two epochs, so the previous-epoch group
 gradients exist and the gradient-similarity path of the collaborative balance is the one timed.
@@ -65,19 +68,20 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from jax.flatten_util import ravel_pytree
 
+from benchmarks.references import itfr as torch_itfr
+from benchmarks.timing import (device_info, finish, interleaved_ms, jax_epoch_caller, jax_step_caller, jaxlib_version,
+                               median_and_quartiles, nothing, torch_or_reason)
 from jaxfair.data.groups import intersectional_groups
 from jaxfair.methods import itfr
-from timing import (device_info, finish, interleaved_ms, jax_epoch_caller, jax_step_caller, jaxlib_version,
-                    median_and_quartiles, nothing, torch_or_reason)
+from jaxfair.training import optim
+from jaxfair.training.step import make_epoch_fn
 
 DEFAULT_OUT = pathlib.Path(__file__).resolve().parent / "results" / "itfr_step.json"
 QUICK = {"users": 40, "items": 30, "dim": 8, "batch": 64, "batches": 3, "groups": [4, 12], "repeats": 3,
          "epoch_repeats": 2}
 LEARNING_RATE = 1e-3
 INIT_STD = 0.1
-TABLES = ("user", "item")  # the PyTorch parameter order
 
 
 def make_inputs(users, items, dim, batch, count, seed=0):
@@ -110,16 +114,18 @@ class JaxSetup:
     """jaxfair's jitted step and epoch for one G, and the states the checks and timings start from.
 
     Attributes:
-      step: ``jax.jit`` of the train step; epoch: :func:`itfr.make_epoch_fn` of it.
+      step: ``jax.jit`` of the train step; epoch: :func:`make_epoch_fn` of it with :func:`itfr.end_epoch`.
+      train: the loop settings the optimizer is built from (``config.train`` at :data:`LEARNING_RATE`).
       batches: the stacked epoch (device arrays); batch_list: its batches one by one.
       initial: the initial state; later: the state after two epochs (the first one compiles the epoch).
     """
 
     def __init__(self, params, rows, num_groups, config):
-        tx = itfr.make_optimizer(LEARNING_RATE, config.weight_decay)
+        self.train = dataclasses.replace(config.train, learning_rate=LEARNING_RATE)
+        tx = optim.make(self.train)
         train_step = itfr.make_train_step(identity_embed, num_groups, config, tx)
         self.step = jax.jit(train_step)
-        self.epoch = itfr.make_epoch_fn(train_step)
+        self.epoch = make_epoch_fn(train_step, end_epoch=itfr.end_epoch)
         self.key = jax.random.key(0)
         self.batches = jax.tree.map(jnp.asarray, rows)
         self.batch_list = [jax.tree.map(lambda x, i=i: x[i], self.batches) for i in range(len(rows["user"]))]
@@ -136,150 +142,22 @@ class JaxSetup:
         return jax_epoch_caller(self.epoch, state, self.batches, self.key)
 
 
-def torch_order(stacked_flat, params) -> np.ndarray:
-    """JAX's flat ``(G, P)`` rows (``ravel_pytree`` order) as ``(G, P)`` rows in the PyTorch order of ``TABLES``."""
-    unravel = ravel_pytree(params)[1]
-    tables = jax.vmap(unravel)(stacked_flat)
-    return np.concatenate([np.asarray(tables[name]).reshape(len(stacked_flat), -1) for name in TABLES], axis=1)
+# --- PyTorch and the checks ----------------------------------------------------------------------------------------
 
 
-# --- PyTorch ------------------------------------------------------------------------------------------------------
-
-
-class TorchItfr:
-    """ITFR's step in PyTorch (MF tables, ``ItfrConfig()``'s cosine score, SAM and collaborative balance), started
-    from a JAX :class:`itfr.ItfrState`: its parameters, Adam moments and step count, group weights, epoch sums,
-    previous-epoch gradients and losses, and epoch counter."""
-
-    def __init__(self, state: itfr.ItfrState, config: itfr.ItfrConfig, threads: int):
-        import torch
-
-        self.torch, self.config, self.threads = torch, config, threads
-        torch.set_num_threads(threads)
-        tensor = lambda x: torch.tensor(np.array(x, np.float32))
-        self.params = [tensor(state.params[name]).requires_grad_() for name in TABLES]
-        self.sizes = [p.numel() for p in self.params]
-        self.optimizer = torch.optim.Adam(self.params, lr=LEARNING_RATE, weight_decay=config.weight_decay)
-        count = int(optax.tree_utils.tree_get(state.opt_state, "count"))
-        if count:
-            mu = optax.tree_utils.tree_get(state.opt_state, "mu")
-            nu = optax.tree_utils.tree_get(state.opt_state, "nu")
-            for p, name in zip(self.params, TABLES):
-                self.optimizer.state[p] = {"step": torch.tensor(float(count)), "exp_avg": tensor(mu[name]),
-                                           "exp_avg_sq": tensor(nu[name])}
-        self.num_groups = len(state.weights)
-        self.weights = tensor(state.weights)
-        self.grad_sum = tensor(torch_order(state.grad_sum, state.params))
-        self.prev_grads = tensor(torch_order(state.prev_grads, state.params))
-        self.loss_sum, self.count_sum = tensor(state.loss_sum), tensor(state.count_sum)
-        self.prev_loss = tensor(state.prev_loss)
-        self.epoch = int(state.epoch)
-
-    def loss(self, tables, user, pos, neg):
-        """Mean BPR of the rows on ``cos(e_u, e_i) / tau``."""
-        users, items = tables
-        normalize = lambda x: x * self.torch.rsqrt((x * x).sum(-1, keepdim=True) + 1e-12)
-        u = normalize(users[user])
-        score = lambda v: (u * normalize(v)).sum(-1) / self.config.tau
-        return -self.torch.nn.functional.logsigmoid(score(items[pos]) - score(items[neg])).mean()
-
-    def exponents(self, losses, grads):
-        """``e = eta (M * S) p`` from the SAM losses ``(G,)`` and gradients ``(G, P)``."""
-        torch, config = self.torch, self.config
-        eye = torch.eye(self.num_groups)
-        if self.epoch == 0:
-            similarity, other = eye, losses
-        else:
-            norms = grads.norm(dim=1)[:, None] * self.prev_grads.norm(dim=1)[None, :]
-            similarity = (grads @ self.prev_grads.T) / norms.clamp_min(1e-12) * (1 - eye) + eye
-            other = self.prev_loss
-        roots = losses.clamp_min(0).sqrt()[:, None] * other.clamp_min(0).sqrt()[None, :]
-        scale = roots * (1 - eye) + torch.diag(losses)
-        powered = losses.clamp_min(0) ** config.gamma
-        return config.eta * (scale * similarity) @ (powered / powered.sum().clamp_min(1e-12))
-
-    def update_weights(self, exponents, present):
-        """Multiplicative update among the present groups (their mass kept), absent groups unchanged, then the
-        floor."""
-        torch, weights = self.torch, self.weights
-        if present.any():
-            grown = torch.where(present, weights * (exponents - exponents[present].max()).exp(), 0.0)
-            mass = weights[present].sum()
-            weights = torch.where(present, mass * grown / grown.sum().clamp_min(1e-30), weights)
-        return weights.clamp_min(self.config.weight_floor)
-
-    def step(self, batch):
-        """One ITFR step on ``batch`` (``user``, ``pos``, ``neg``, ``group`` long, ``weight`` float tensors)."""
-        torch, config, num_groups = self.torch, self.config, self.num_groups
-        size = sum(self.sizes)
-        losses, counts = torch.zeros(num_groups), torch.zeros(num_groups)
-        point, sharp = torch.zeros(num_groups, size), torch.zeros(num_groups, size)
-        for g in range(num_groups):
-            rows = (batch["group"] == g) & (batch["weight"] > 0)
-            n = int(rows.sum())
-            if n == 0:
-                continue
-            user, pos, neg = batch["user"][rows], batch["pos"][rows], batch["neg"][rows]
-            grads = torch.autograd.grad(self.loss(self.params, user, pos, neg), self.params)
-            flat = torch.cat([grad.reshape(-1) for grad in grads])
-            norm = flat.norm()
-            perturbed = [(p.detach() + config.rho * grad / (norm + 1e-12)).requires_grad_()
-                         for p, grad in zip(self.params, grads)]
-            loss = self.loss(perturbed, user, pos, neg)
-            sharp_grads = torch.autograd.grad(loss, perturbed)
-            losses[g], counts[g] = loss.detach(), n
-            point[g], sharp[g] = flat, torch.cat([grad.reshape(-1) for grad in sharp_grads])
-        with torch.no_grad():
-            present = counts > 0
-            self.weights = self.update_weights(self.exponents(losses, sharp), present)
-            direction = torch.where(present, self.weights, 0.0) @ sharp
-            self.grad_sum += counts[:, None] * point
-            self.loss_sum += counts * losses
-            self.count_sum += counts
-        for p, grad in zip(self.params, direction.split(self.sizes)):
-            p.grad = grad.view_as(p)
-        self.optimizer.step()
-
-    def variant(self, batches):
-        """``(prepare, call(r))`` for :func:`interleaved_ms`: ``prepare`` sets this variant's thread count
-        (``torch.set_num_threads`` is process-wide), ``call`` steps on batch ``r`` (cycling)."""
-        return (lambda: self.torch.set_num_threads(self.threads)), (lambda r: self.step(batches[r % len(batches)]))
-
-
-def torch_batches(rows) -> list[dict]:
-    import torch
-
-    return [{key: torch.tensor(value[i]).long() if key != "weight" else torch.tensor(value[i]) for key, value in
-             rows.items()} for i in range(len(rows["user"]))]
-
-
-def compare(jax_state: itfr.ItfrState, model: TorchItfr) -> dict:
-    """Largest absolute difference (and the largest absolute JAX value) per quantity after the same step."""
-    mu = optax.tree_utils.tree_get(jax_state.opt_state, "mu")
-    pairs = {
-        "params": ([jax_state.params[name] for name in TABLES], [p.detach() for p in model.params]),
-        "weights": ([jax_state.weights], [model.weights]),
-        "adam_first_moment": ([mu[name] for name in TABLES],
-                              [model.optimizer.state[p]["exp_avg"] for p in model.params]),
-        "epoch_grad_sum": ([torch_order(jax_state.grad_sum, jax_state.params)], [model.grad_sum]),
-        "epoch_loss_sum": ([jax_state.loss_sum], [model.loss_sum]),
-    }
-    out = {}
-    for name, (reference, other) in pairs.items():
-        reference = [np.asarray(x, np.float64) for x in reference]
-        other = [np.asarray(x.numpy(), np.float64) for x in other]
-        out[name] = {"max_abs_diff": max(float(np.max(np.abs(a - b))) for a, b in zip(reference, other, strict=True)),
-                     "max_abs": max(float(np.max(np.abs(a))) for a in reference)}
-    return out
+def torch_model(state: itfr.ItfrState, setup: "JaxSetup", config, threads: int) -> torch_itfr.TorchItfr:
+    """The PyTorch reference loaded from ``state``, with the JAX setup's Adam settings."""
+    return torch_itfr.TorchItfr(state, config, threads, learning_rate=setup.train.learning_rate,
+                                weight_decay=setup.train.weight_decay)
 
 
 def check_same_step(setup: JaxSetup, config, batch) -> dict:
     """One JAX and one PyTorch step on batch 0 from the first-epoch and the later-epoch state, compared."""
     out = {}
     for name, state in (("first_epoch", setup.initial), ("later_epoch", setup.later)):
-        model = TorchItfr(state, config, threads=1)
+        model = torch_model(state, setup, config, threads=1)
         model.step(batch)
-        out[name] = compare(setup.step(state, setup.batch_list[0], setup.key)[0], model)
+        out[name] = torch_itfr.compare(setup.step(state, setup.batch_list[0], setup.key)[0], model)
     return out
 
 
@@ -356,13 +234,13 @@ def main(argv=None):
             mf = JaxSetup(params, rows, num_groups, mf_config)
             epoch_variants[f"mf_epoch_G{num_groups}"] = (nothing, mf.epoch_variant(mf.later))
         if num_groups in torch_groups:
-            batches = torch_batches(rows)
+            batches = torch_itfr.torch_batches(rows)
             checks[f"G{num_groups}"] = check_same_step(setup, config, batches[0])
             thread_counts = {args.scaling_torch_threads}
             if num_groups == args.headline_groups:
                 thread_counts |= {args.torch_threads, 1}
             for threads in sorted(thread_counts):
-                model = TorchItfr(setup.later, config, threads)
+                model = torch_model(setup.later, setup, config, threads)
                 model.step(batches[0])  # warm-up
                 step_variants[torch_name(threads, num_groups)] = model.variant(batches)
 

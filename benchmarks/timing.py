@@ -1,8 +1,8 @@
-"""Timing and reporting helpers shared by the step benchmarks (``itfr_step.py``, ``cofair_step.py``,
-``diffairec_step.py``).
+"""Timing and reporting helpers shared by the step benchmarks (:mod:`benchmarks.afrl_step`,
+:mod:`benchmarks.cofair_step`, :mod:`benchmarks.itfr_step`, :mod:`benchmarks.diffairec_step`).
 
-The benchmarks import this as ``import timing``: running ``python benchmarks/<name>.py`` puts ``benchmarks/`` first
-on ``sys.path``; a loader that executes a benchmark by its path (``tests/test_benchmarks.py``) must add it.
+The benchmarks import it as ``from benchmarks.timing import ...``: they are run as modules from the repository root
+(``python -m benchmarks.<name>``), and the tests import them as ``from benchmarks import <name>``.
 
 * :func:`interleaved_ms` times variants round-robin, so that load from other processes falls on all of them alike;
   :func:`nothing` (also ``_nothing``) is the ``prepare`` of a variant that needs none.

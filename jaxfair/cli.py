@@ -1,9 +1,13 @@
-"""The ``jaxfair`` command: fetch data, train and evaluate from a config file, audit embeddings for leakage.
+"""The ``jaxfair`` command: fetch data, train and evaluate from a config file, sweep and report, audit embeddings.
 
     jaxfair fetch [ml-100k|ml-1m]
-    jaxfair train CONFIG.toml --out DIR [--seed N]
+    jaxfair train CONFIG.toml --out DIR [--seed N] [--set section.key=value ...]
+    jaxfair sweep CONFIG.toml --out DIR [--grid GRID.toml] [--seeds 0 1 2] [--set ...] [--select RULE ...]
+    jaxfair report DIR [DIR ...] [--stage test|valid] [--rows ...] [--columns ...] [--points ...] [--transpose]
+                   [--paired POINT]
     jaxfair evaluate DIR [--protocol sampled|full ...] [--k 10 20 ...]
     jaxfair probe EMBEDDINGS.npy USERS.csv [--attributes gender age ...] [--seed N] [--bootstrap N]
+    jaxfair methods
 
 Errors in the input (bad config key, malformed data file, missing run folder) print one line naming the problem and
 exit with status 2; they never end in a traceback.
@@ -34,25 +38,54 @@ def _fetch(args) -> None:
 
 
 def _train(args) -> None:
-    from jaxfair.experiments import runner
+    from jaxfair.pipeline import load_config, run
 
-    config = runner.load(args.config, seed=args.seed)
-    runner.run(config, args.out)
+    config = load_config(args.config, args.set, seed=args.seed)
+    run(config, args.out)
     print(f"results written to {pathlib.Path(args.out) / 'results.json'}")
 
 
-def _evaluate(args) -> None:
-    from jaxfair.experiments import runner
+def _sweep(args) -> None:
+    from jaxfair.harness import sweep
 
-    runner.evaluate_run(args.run_dir, protocols=args.protocol, ks=args.k)
+    sweep(args.config, args.out, grid=args.grid, seeds=args.seeds, overrides=args.set, select=args.select)
+    print(f"summary written to {pathlib.Path(args.out) / 'summary.json'}; render it with: jaxfair report {args.out}")
+
+
+def _report(args) -> None:
+    from jaxfair.report import paired, render
+
+    if args.paired:
+        print(paired(args.dirs, args.paired, stage=args.stage, rows=args.rows, columns=args.columns,
+                     points=args.points, digits=args.digits), end="")
+        return
+    print(render(args.dirs, stage=args.stage, rows=args.rows, columns=args.columns, points=args.points,
+                 digits=args.digits, transpose=args.transpose), end="")
+
+
+def _evaluate(args) -> None:
+    from jaxfair.pipeline import evaluate_run
+
+    if args.k and min(args.k) < 1:
+        raise UsageError(f"--k {' '.join(map(str, args.k))}: cut-offs must be positive")
+    evaluate_run(args.run_dir, protocols=args.protocol, ks=args.k)
+
+
+def _methods(args) -> None:
+    from jaxfair.methods import METHODS
+
+    width = max(len(name) for name in METHODS)
+    for name, method in METHODS.items():
+        print(f"{name.ljust(width)}  {method.description}")
 
 
 def _probe(args) -> None:
     import jax
 
     from jaxfair.data.preprocess import split_probe_users
-    from jaxfair.experiments.outputs import format_table, write_json
     from jaxfair.metrics.probe import ProbeConfig, cross_fitted_probe, probe_all
+    from jaxfair.pipeline.outputs import write_json
+    from jaxfair.tables import format_table
 
     embeddings_path, users_path = pathlib.Path(args.embeddings), pathlib.Path(args.users)
     for path in (embeddings_path, users_path):
@@ -137,10 +170,38 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train and evaluate the experiment described by a config file")
     p.add_argument("config", help="a TOML file from configs/")
     p.add_argument("--out", required=True, help="output folder (resumes if it holds an unfinished run)")
-    p.add_argument("--seed", type=int, help="override [train] seed")
+    p.add_argument("--seed", type=int, help="override the config's seed")
+    p.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
+                   help="override config keys, e.g. afrl.lam=1.0 afrl.train.epochs=5 (values in TOML syntax)")
     p.set_defaults(func=_train)
 
-    p = sub.add_parser("evaluate", help="re-evaluate the selected backbone of a finished run (same split and negatives)")
+    p = sub.add_parser("sweep", help="run a config over a grid of overrides and several seeds, then summarise")
+    p.add_argument("config", help="a TOML file from configs/")
+    p.add_argument("--out", required=True, help="sweep folder (an interrupted sweep resumes)")
+    p.add_argument("--grid", help="grid file: [points.<label>] tables and/or a [grid] table of dotted keys")
+    p.add_argument("--seeds", nargs="+", type=int, help="seeds to run every point with (default: the config's)")
+    p.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", help="override config keys of every point")
+    p.add_argument("--select", nargs="+", default=[], metavar="RULE",
+                   help="validation-only selection: 'admit: EXPR', then 'min: EXPR' / 'max: EXPR' ({row:column} "
+                        "refers to a point's validation table)")
+    p.set_defaults(func=_sweep)
+
+    p = sub.add_parser("report", help="Markdown tables (mean ± std over seeds) of finished sweeps and runs")
+    p.add_argument("dirs", nargs="+", metavar="DIR", help="sweep folders (summary.json) or run folders")
+    p.add_argument("--stage", choices=["test", "valid"], default="test")
+    p.add_argument("--rows", nargs="+", help="rows to show, in order (default: all)")
+    p.add_argument("--columns", nargs="+", help="columns to show, in order (default: all)")
+    p.add_argument("--points", nargs="+", help="sweep points to show, in order (default: all)")
+    p.add_argument("--digits", type=int, default=3)
+    p.add_argument("--transpose", action="store_true", help="swap the table's rows and columns")
+    p.add_argument("--paired", metavar="POINT",
+                   help="per point: the mean per-seed difference to POINT and its paired t statistic")
+    p.set_defaults(func=_report)
+
+    p = sub.add_parser("methods", help="list the registered methods")
+    p.set_defaults(func=_methods)
+
+    p = sub.add_parser("evaluate", help="evaluate a finished run again (same split, negatives and probe keys)")
     p.add_argument("run_dir", help="a folder written by 'jaxfair train'")
     p.add_argument("--protocol", nargs="+", choices=["sampled", "full"], help="default: the run's protocols")
     p.add_argument("--k", nargs="+", type=int, help="cut-offs (default: the run's)")
@@ -162,9 +223,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from jaxfair.pipeline.outputs import RunError
+    from jaxfair.report import ReportError
+
     try:
         args.func(args)
-    except (ConfigError, DataError, UsageError) as err:
+    except (ConfigError, DataError, UsageError, RunError, ReportError) as err:
         print(f"jaxfair: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -7,8 +7,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxfair.methods import afrl
-from jaxfair.training.trainer import tree_equal
+from jaxfair.methods import adversaries, afrl
+from jaxfair.methods.requirements import all_requirements, requirement_name
+from jaxfair.training import optim
+from jaxfair.training.trainer import TrainConfig, tree_equal
 
 from references import np_between_class_share, np_linear_share
 
@@ -35,7 +37,7 @@ def toy():
     labels = np.stack([rng.integers(0, c, B) for c in CLASSES], axis=1).astype(np.int32)
     weight = np.array([1, 1, 0, 1, 1], np.float32)  # user 2 is withheld
     head_w = [rng.normal(size=(D, max(CLASSES))) for _ in range(M)]
-    mask = jnp.asarray(afrl.class_mask(CLASSES))
+    mask = jnp.asarray(adversaries.class_mask(CLASSES))
     return u, labels, weight, head_w, mask
 
 
@@ -49,13 +51,13 @@ def hand_classification(z, labels, weight, head_w):
 
 
 def test_class_mask_marks_each_attributes_classes():
-    assert afrl.class_mask(CLASSES).tolist() == [[1, 1, 0, 0], [1, 1, 1, 0], [1, 1, 1, 1]]
+    assert adversaries.class_mask(CLASSES).tolist() == [[1, 1, 0, 0], [1, 1, 1, 0], [1, 1, 1, 1]]
 
 
 def test_classifier_loss_eq10_matches_hand_computation(toy):
     u, labels, weight, head_w, mask = toy
     z = np.stack([u, 2 * u, -u])
-    got = afrl.classifier_loss(linear_stack(head_w), jnp.asarray(z), labels, weight, mask)
+    got = adversaries.classifier_loss(linear_stack(head_w), jnp.asarray(z), labels, weight, mask)
     np.testing.assert_allclose(got, hand_classification(z, labels, weight, head_w), rtol=1e-5)
 
 
@@ -73,7 +75,7 @@ def test_discriminator_and_collaborative_losses_eq16(toy):
     u, labels, weight, head_w, mask = toy
     z0 = u @ (0.5 * np.eye(D))  # F(u) = u / 2
     adversarial = hand_classification(np.stack([z0] * M), labels, weight, head_w)
-    got_d = afrl.discriminator_loss(linear_stack(head_w), jnp.asarray(z0), labels, weight, mask)
+    got_d = adversaries.discriminator_loss(linear_stack(head_w), jnp.asarray(z0), labels, weight, mask)
     np.testing.assert_allclose(got_d, adversarial, rtol=1e-5)
     f_params = [{"w": jnp.asarray(0.5 * np.eye(D), jnp.float32), "b": jnp.zeros(D)}]
     recon_weight = np.ones(B, np.float32)
@@ -105,8 +107,8 @@ def state_and_data():
     rng = np.random.default_rng(2)
     U, I = 30, 20
     labels = np.stack([rng.integers(0, c, U) for c in CLASSES], 1)
-    data = afrl.make_data(rng.normal(size=(U, D)) * 3.0 + 1.0, rng.normal(size=(I, D)), labels, CLASSES)
-    config = afrl.AFRLConfig(hidden=8, learning_rate=1e-2)
+    data = adversaries.make_data(rng.normal(size=(U, D)) * 3.0 + 1.0, rng.normal(size=(I, D)), labels, CLASSES)
+    config = afrl.AFRLConfig(hidden=8, train=TrainConfig(learning_rate=1e-2))
     batch = {
         "user": jnp.asarray(rng.integers(0, U, 8), jnp.int32),
         "pos": jnp.asarray(rng.integers(0, I, 8), jnp.int32),
@@ -120,12 +122,13 @@ def state_and_data():
 def test_a_players_update_leaves_every_other_player_and_optimizer_state_unchanged(state_and_data, player):
     state, data, config, _ = state_and_data
     loss = lambda p: sum(jnp.sum(leaf**2) for leaf in jax.tree.leaves(p))
-    params, opt, _ = afrl.update_player(state.params, state.opt_state, player, loss, afrl.make_optimizer(config))
+    params, opt, _ = optim.update_player(afrl.make_players(config), state.params, state.opt_state, player, loss)
     assert not tree_equal(params[player], state.params[player])
+    assert not tree_equal(opt.inner_states[player], state.opt_state.inner_states[player])
     for other in afrl.PLAYERS:
         if other != player:
             assert tree_equal(params[other], state.params[other])
-            assert tree_equal(opt[other], state.opt_state[other])
+            assert tree_equal(opt.inner_states[other], state.opt_state.inner_states[other])
 
 
 def test_train_step_updates_every_player_compiles_once_and_stays_finite(state_and_data):
@@ -159,7 +162,7 @@ def test_sensitive_attribute_encoder_cannot_influence_the_fair_embedding(state_a
 def test_per_user_requirements_match_one_requirement_at_a_time(state_and_data):
     state, data, config, _ = state_and_data
     u = data.user_vecs[:8]
-    requirements = afrl.all_requirements(M)
+    requirements = all_requirements(M)
     per_user = afrl.fair_user_embeddings(state.params, u, requirements, config)  # user r gets requirement r
     for r in range(8):
         alone = afrl.fair_user_embeddings(state.params, u[r : r + 1], requirements[r], config)
@@ -170,8 +173,8 @@ def test_per_user_requirements_match_one_requirement_at_a_time(state_and_data):
 
 
 def test_all_requirements_are_the_2_to_the_m_combinations_in_table_order():
-    reqs = afrl.all_requirements(3)
-    names = [afrl.requirement_name(r, ("gender", "age", "occupation")) for r in reqs]
+    reqs = all_requirements(3)
+    names = [requirement_name(r, ("gender", "age", "occupation")) for r in reqs]
     assert names == ["none", "G", "A", "O", "G+A", "G+O", "A+O", "G+A+O"]
     assert len({tuple(r) for r in reqs}) == 8
 
@@ -198,13 +201,13 @@ def test_ablation_switches_remove_their_inputs(state_and_data):
 
 def test_class_prior_is_the_weighted_class_frequency():
     labels = np.array([[0, 2], [1, 2], [1, 0], [1, 1]])
-    prior = afrl.class_prior(labels, np.array([1.0, 1.0, 1.0, 0.0]), afrl.class_mask((2, 3)))
+    prior = adversaries.class_prior(labels, np.array([1.0, 1.0, 1.0, 0.0]), adversaries.class_mask((2, 3)))
     np.testing.assert_allclose(prior, [[1 / 3, 2 / 3, 0], [1 / 3, 0, 2 / 3]], rtol=1e-6)
 
 
 def test_confusion_adversary_is_cross_entropy_to_the_prior_and_bounded(toy):
     u, labels, weight, head_w, mask = toy
-    prior = np.asarray(afrl.class_prior(labels, weight, np.asarray(mask)))
+    prior = np.asarray(adversaries.class_prior(labels, weight, np.asarray(mask)))
     z0 = u
     expected = 0.0
     for i, c in enumerate(CLASSES):
@@ -212,7 +215,7 @@ def test_confusion_adversary_is_cross_entropy_to_the_prior_and_bounded(toy):
         logp = logits - np.log(np.exp(logits).sum(1, keepdims=True))
         expected += -(logp * prior[i, :c]).sum(1)
     expected = np.sum(expected * weight) / weight.sum()
-    got = afrl.confusion_loss(linear_stack(head_w), jnp.asarray(z0), jnp.asarray(prior), weight, mask)
+    got = adversaries.confusion_loss(linear_stack(head_w), jnp.asarray(z0), jnp.asarray(prior), weight, mask)
     np.testing.assert_allclose(got, expected, rtol=1e-5)
     entropy = -sum(np.sum(p[p > 0] * np.log(p[p > 0])) for p in prior)
     assert got >= entropy - 1e-5  # never below the prior's entropy: F cannot win by making D confidently wrong
@@ -245,7 +248,7 @@ def test_confusion_on_all_users_also_pushes_unlabelled_users_to_the_prior(toy):
     # F's confusion term needs no labels, so with confusion_on_all_users it covers the users whose labels are
     # withheld (weight 0 here: user 2) as well; D still trains on labelled users only.
     u, labels, weight, head_w, mask = toy
-    prior = jnp.asarray(afrl.class_prior(labels, weight, np.asarray(mask)))
+    prior = jnp.asarray(adversaries.class_prior(labels, weight, np.asarray(mask)))
     f_params = [{"w": jnp.eye(D, dtype=jnp.float32), "b": jnp.zeros(D)}]  # F(u) = u: no reconstruction error
     everyone = np.ones(B, np.float32)
     heads = linear_stack(head_w)
@@ -254,8 +257,8 @@ def test_confusion_on_all_users_also_pushes_unlabelled_users_to_the_prior(toy):
         return afrl.collaborative_loss(f_params, heads, u, labels, everyone, weight, mask, lam=2.0, prior=prior,
                                        adversary="confusion", confusion_weight=confusion_weight)
 
-    labelled_only = afrl.confusion_loss(heads, jnp.asarray(u), prior, weight, mask)
-    all_users = afrl.confusion_loss(heads, jnp.asarray(u), prior, everyone, mask)
+    labelled_only = adversaries.confusion_loss(heads, jnp.asarray(u), prior, weight, mask)
+    all_users = adversaries.confusion_loss(heads, jnp.asarray(u), prior, everyone, mask)
     np.testing.assert_allclose(loss(None), 2.0 * labelled_only, rtol=1e-5)  # the default: labelled users only
     np.testing.assert_allclose(loss(everyone), 2.0 * all_users, rtol=1e-5)
     assert abs(float(all_users - labelled_only)) > 1e-3  # user 2 counts only in the second
@@ -287,7 +290,7 @@ def test_vmapped_requirement_metrics_equal_a_loop_over_requirements(state_and_da
     targets = jnp.asarray(rng.integers(0, 20, 30), jnp.int32)
     negatives = jnp.asarray(rng.integers(0, 20, (30, 9)), jnp.int32)
     score = jax.tree_util.Partial(lambda a, b: jnp.sum(a * b, -1))
-    reqs = jnp.asarray(afrl.all_requirements(M))
+    reqs = jnp.asarray(all_requirements(M))
     together = requirement_metrics(
         state.params, score, data.user_vecs, data.item_vecs, targets, negatives, reqs,
         config=config, ks=(3,), embed=afrl.fair_user_embeddings,

@@ -19,7 +19,7 @@ seed = 1
 name = "pmf"
 dim = 16
 
-[train]
+[backbone.train]
 epochs = {epochs}
 batch_size = 128
 learning_rate = 0.01
@@ -59,14 +59,21 @@ def finished_run(data_folder, tmp_path_factory):
 def test_train_writes_results_with_dataset_protocols_and_seed(finished_run):
     results = json.loads((finished_run / "results.json").read_text())
     assert results["dataset"] == "ml-100k" and results["seed"] == 0 and results["split_seed"] == 1
-    assert results["statistics"]["users"] == 80
-    for model in ("pmf", "popularity"):
+    assert results["statistics"]["users"] == 80 and results["method"] == "noop"
+    assert set(results["protocols"]) == {"sampled", "full"}
+    for model in ("backbone", "popularity"):
         for protocol in ("sampled", "full"):
-            block = results["metrics"][model][protocol]
+            block = results["noop"]["metrics"][model][protocol]
             assert block["protocol"] == protocol
             assert 0.0 <= block["test"]["ndcg@10"] <= 1.0 and 0.0 <= block["test"]["hr@5"] <= 1.0
-    assert set(results["probe"]) == {"gender", "age", "occupation"}
-    assert all(0.0 <= p["auc"] <= 1.0 for p in results["probe"].values())
+    assert set(results["noop"]["probe"]) == set(results["noop"]["unseen"]) == {"gender", "age", "occupation"}
+    assert all(0.0 <= p["auc"] <= 1.0 for p in results["noop"]["probe"].values())
+    # the flat tables the harness summarises hold the same numbers
+    assert results["tables"]["test"]["backbone"]["full/ndcg@10"] == \
+        results["noop"]["metrics"]["backbone"]["full"]["test"]["ndcg@10"]
+    assert results["tables"]["test"]["backbone"]["unseen_auc/gender"] == results["noop"]["unseen"]["gender"]["auc"]
+    assert results["backbone"]["name"] == "pmf" and results["backbone"]["epochs_run"] == 3
+    assert json.loads((finished_run / "config.json").read_text())["backbone"]["train"]["epochs"] == 3
 
 
 def test_train_writes_embeddings_aligned_with_users_csv(finished_run):
@@ -82,12 +89,18 @@ def test_train_writes_embeddings_aligned_with_users_csv(finished_run):
 
 def test_evaluate_reproduces_the_runs_test_metrics(finished_run, capsys):
     assert main(["evaluate", str(finished_run)]) == 0
-    again = json.loads((finished_run / "evaluation.json").read_text())["metrics"]
-    original = json.loads((finished_run / "results.json").read_text())["metrics"]["pmf"]
-    for protocol in ("sampled", "full"):
-        for metric, value in original[protocol]["test"].items():
-            assert again[protocol]["test"][metric] == pytest.approx(value, abs=1e-6)
+    again = json.loads((finished_run / "evaluation.json").read_text())["tables"]
+    original = json.loads((finished_run / "results.json").read_text())["tables"]
+    assert set(original["test"]["run"]) >= {"total_seconds", "fit_seconds", "epochs"} and "run" not in again["test"]
+    for stage in ("valid", "test"):
+        for row, columns in original[stage].items():
+            if row in ("run", "data"):  # the pipeline's rows (wall seconds and counts), not the method's
+                continue
+            for column, value in columns.items():
+                assert again[stage][row][column] == pytest.approx(value, abs=1e-6), (stage, row, column)
     assert "ndcg@10" in capsys.readouterr().out
+    assert main(["evaluate", str(finished_run), "--protocol", "full", "--k", "3"]) == 0
+    assert set(json.loads((finished_run / "evaluation.json").read_text())["noop"]["metrics"]["backbone"]) == {"full"}
 
 
 def test_probe_audits_any_embedding_file(finished_run, capsys):
@@ -132,6 +145,50 @@ def test_rerunning_a_finished_run_resumes_instead_of_starting_over(data_folder, 
     assert main(["train", str(config), "--out", str(tmp_path / "out")]) == 0
     out = capsys.readouterr().out
     assert "resuming after epoch 2" in out and "epoch 3/3" in out and "epoch 1/3" not in out
+
+
+def test_set_overrides_config_keys_on_the_command_line(data_folder, tmp_path):
+    config = write_config(tmp_path / "pmf.toml", data_folder)
+    assert main(["train", str(config), "--set", "backbone.train.epochs=2", "backbone.dim=8", "--seed", "3",
+                 "--out", str(tmp_path / "out")]) == 0
+    resolved = json.loads((tmp_path / "out" / "config.json").read_text())
+    assert resolved["backbone"]["train"]["epochs"] == 2 and resolved["backbone"]["dim"] == 8 and resolved["seed"] == 3
+    assert np.load(tmp_path / "out" / "user_embeddings.npy").shape == (80, 8)
+
+
+def test_sweep_then_report_renders_every_point_from_the_summary(data_folder, tmp_path, capsys):
+    config = write_config(tmp_path / "pmf.toml", data_folder, epochs=2)
+    (tmp_path / "grid.toml").write_text('[grid]\n"backbone.dim" = [4, 8]\n')
+    assert main(["sweep", str(config), "--grid", str(tmp_path / "grid.toml"), "--seeds", "0", "1",
+                 "--out", str(tmp_path / "sweep")]) == 0
+    summary = json.loads((tmp_path / "sweep" / "summary.json").read_text())
+    assert list(summary["points"]) == ["backbone.dim=4", "backbone.dim=8"]
+    stats = summary["points"]["backbone.dim=8"]["tables"]["test"]["backbone"]["full/ndcg@10"]
+    runs = [json.loads((tmp_path / "sweep" / "runs" / "backbone.dim=8" / f"seed{s}" / "results.json").read_text())
+            for s in (0, 1)]
+    values = [r["tables"]["test"]["backbone"]["full/ndcg@10"] for r in runs]
+    assert stats["values"] == values and stats["n"] == 2 and stats["mean"] == pytest.approx(np.mean(values))
+    assert json.loads((tmp_path / "sweep" / "provenance.json").read_text())["command"].startswith("jaxfair ")
+    capsys.readouterr()
+    assert main(["report", str(tmp_path / "sweep"), "--rows", "backbone", "--columns", "full/ndcg@10"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("mean ± std over 2 seeds") and "| backbone.dim=8 |" in out
+    assert f"{np.mean(values):.3f} ± {np.std(values):.3f}" in out
+
+
+def test_report_and_sweep_errors_are_one_line(tmp_path, capsys):
+    assert main(["report", str(tmp_path)]) == 2
+    assert "neither a sweep folder" in capsys.readouterr().err
+    (tmp_path / "file").write_text("x")
+    assert main(["train", "configs/pmf_ml100k.toml", "--out", str(tmp_path / "file")]) == 2
+    assert "names a file, not a folder" in capsys.readouterr().err
+
+
+def test_methods_lists_every_registered_method(capsys):
+    assert main(["methods"]) == 0
+    out = capsys.readouterr().out
+    for name in ("noop", "afrl", "sm", "ffvae", "cofair", "itfr", "diffairec", "fair_mf"):
+        assert name in out
 
 
 def test_unknown_section_fails_naming_it(data_folder, tmp_path, capsys):

@@ -15,6 +15,7 @@ import pytest
 
 from jaxfair.methods import cofair
 from jaxfair.methods.soft_exposure import soft_exposure_gap
+from jaxfair.training.trainer import TrainConfig
 
 from references import np_between_class_share, np_linear_share
 
@@ -28,9 +29,16 @@ def dot(u, v):
 
 def small_config(**overrides):
     base = dict(levels=T, shared_dim=6, adapter_dim=5, discriminator_hidden=7, lambda0=0.1, alpha=0.2, beta=0.5,
-                learning_rate=1e-2, discriminator_learning_rate=3e-2, batch_size=16)
+                discriminator_learning_rate=3e-2, train=TrainConfig(learning_rate=1e-2, batch_size=16))
     base.update(overrides)
     return cofair.CofairConfig(**base)
+
+
+def player_adam_state(opt_state, player):
+    """A player's Adam state (moments over its own subtree, and its count) inside the partitioned optimizer state,
+    in the form ``optax.adam`` keeps for that subtree alone."""
+    adam = opt_state.inner_states[player].inner_state[0]
+    return optax.ScaleByAdamState(count=adam.count, mu=adam.mu[player], nu=adam.nu[player]), optax.EmptyState()
 
 
 def random_params(seed, config, num_classes=2):
@@ -355,13 +363,15 @@ def test_step_updates_D_first_then_the_filter_against_the_updated_D():
         levels = cofair.adapted_embeddings(state.params["filter"], users["vecs"], config)
         d_loss, d_grads = jax.value_and_grad(cofair.discriminator_loss)(state.params["D"], levels, users["labels"],
                                                                         users["weight"])
-        d_updates, _ = optax.adam(config.discriminator_learning_rate).update(d_grads, state.opt_state["D"],
+        d_updates, _ = optax.adam(config.discriminator_learning_rate).update(d_grads,
+                                                                             player_adam_state(state.opt_state, "D"),
                                                                              state.params["D"])
         new_d = optax.apply_updates(state.params["D"], d_updates)
         (loss, _), f_grads = jax.value_and_grad(
             lambda fp: run_filter_loss(dict(state.params, D=new_d, filter=fp), data, batch, config, False), has_aux=True
         )(state.params["filter"])
-        f_updates, _ = optax.adam(config.learning_rate).update(f_grads, state.opt_state["filter"],
+        f_updates, _ = optax.adam(config.train.learning_rate).update(f_grads,
+                                                                     player_adam_state(state.opt_state, "filter"),
                                                                state.params["filter"])
         return new_d, optax.apply_updates(state.params["filter"], f_updates), d_loss, loss
 
@@ -582,13 +592,14 @@ def test_make_data_rejects_bad_labels(labels, num_classes):
 
 
 @pytest.mark.parametrize("overrides", [dict(levels=0), dict(beta=-0.1), dict(adversary="wasserstein"),
-                                       dict(alpha=-1.0), dict(learning_rate=0.0), dict(discriminator_learning_rate=0.0),
+                                       dict(alpha=-1.0), dict(train=dict(learning_rate=0.0)),
+                                       dict(discriminator_learning_rate=0.0),
                                        dict(discriminator_layers=0), dict(exposure_weight=-1.0),
                                        dict(exposure_temperature=0.0), dict(exposure_k=0),
                                        dict(exposure_candidates=0)])
 def test_config_rejects_invalid_values(overrides):
-    with pytest.raises(ValueError):
-        cofair.CofairConfig(**overrides)
+    with pytest.raises(ValueError):  # a "train" entry holds the fields of the [cofair.train] loop section
+        cofair.CofairConfig(**{k: TrainConfig(**v) if k == "train" else v for k, v in overrides.items()})
 
 
 # ----------------------------------------------------------------------------------------------- mean_gap end to end
@@ -609,7 +620,8 @@ def test_mean_gap_levels_remove_a_planted_attribute_in_order():
     item_vecs = rng.normal(size=(num_items, dim))
     data = cofair.make_data(user_vecs.astype(np.float32), item_vecs.astype(np.float32), labels, 2)
     config = cofair.CofairConfig(levels=3, shared_dim=16, adapter_dim=16, lambda0=0.05, alpha=0.5, beta=0.02,
-                                 adversary="mean_gap", residual=True, learning_rate=1e-2, batch_size=512)
+                                 adversary="mean_gap", residual=True,
+                                 train=TrainConfig(learning_rate=1e-2, batch_size=512))
     scores = user_vecs @ item_vecs.T
     pos = np.argmax(scores + rng.gumbel(size=scores.shape), axis=1)
     neg = rng.integers(0, num_items, (300, 512))
@@ -681,8 +693,8 @@ def test_exposure_term_trains_the_levels_toward_equal_exposure():
     gaps = {}
     for gamma in (0.0, 5.0):
         config = cofair.CofairConfig(levels=2, shared_dim=16, adapter_dim=16, lambda0=0.2, alpha=0.2,
-                                     adversary="capped", discriminator_layers=1, residual=True, learning_rate=1e-2,
-                                     batch_size=256, exposure_weight=gamma, exposure_k=5, exposure_candidates=12)
+                                     adversary="capped", discriminator_layers=1, residual=True,
+                                     train=TrainConfig(learning_rate=1e-2, batch_size=256), exposure_weight=gamma, exposure_k=5, exposure_candidates=12)
         step = cofair.make_train_step(data, dot, config)
         state = cofair.init_state(jax.random.PRNGKey(5), data, config)
         state, _ = jax.jit(lambda s: jax.lax.scan(lambda c, b: step(c, b, jax.random.PRNGKey(0)), s, batches))(state)

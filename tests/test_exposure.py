@@ -170,7 +170,7 @@ def test_level_report_of_any_number_of_embedding_sets_equals_the_direct_report(n
     """One set must not go through a size-1 ``jax.vmap``: jax/jaxlib 0.10.2 on CPU miscompiles the scorer's broadcast
     product there at these shapes (30 users, 60 items, d = 4), giving wrong scores; with the vmap path forced for one
     set this test failed on that version."""
-    from jaxfair.experiments.cofair import level_report
+    from jaxfair.methods.cofair_evaluation import level_report
 
     rng = np.random.default_rng(1)
     user_vecs = jnp.asarray(rng.normal(size=(num_sets, 30, 4)), jnp.float32)

@@ -1,5 +1,5 @@
 """FFVAE baseline: losses against hand computations on linear nets, the requirement removes b_i at serving, players
-move only by their own update, one compilation, and a two-epoch run of ``train`` on a tiny synthetic split."""
+move only by their own update, one compilation, and a two-epoch fit of its trainer model on a tiny synthetic split."""
 
 import json
 
@@ -9,8 +9,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxfair.methods import afrl, ffvae
-from jaxfair.training.trainer import tree_equal
+from jaxfair.methods import adversaries, ffvae
+from jaxfair.methods.requirements import all_requirements
+from jaxfair.training import optim
+from jaxfair.training.trainer import TrainConfig, fit, tree_equal
 
 M, D, B = 2, 4, 5
 CLASSES = (2, 3)
@@ -42,8 +44,8 @@ def toy():
     labels = np.stack([rng.integers(0, c, B) for c in CLASSES], axis=1).astype(np.int32)
     attr_weight = np.array([1, 1, 0, 1, 1], np.float32)  # user 2's labels are withheld
     weight = np.array([1, 2, 1, 1, 0.5], np.float32)
-    mask = afrl.class_mask(CLASSES)
-    prior = afrl.class_prior(labels, attr_weight, mask)
+    mask = adversaries.class_mask(CLASSES)
+    prior = adversaries.class_prior(labels, attr_weight, mask)
     return u, labels, weight, attr_weight, jnp.asarray(mask), jnp.asarray(prior)
 
 
@@ -113,8 +115,8 @@ def state_and_data():
     rng = np.random.default_rng(2)
     U, I = 30, 20
     labels = np.stack([rng.integers(0, c, U) for c in CLASSES], 1)
-    data = afrl.make_data(rng.normal(size=(U, D)) * 2.0 + 0.5, rng.normal(size=(I, D)), labels, CLASSES)
-    config = ffvae.FFVAEConfig(attr_dim=2, latent_dim=3, hidden=8, learning_rate=1e-2)
+    data = adversaries.make_data(rng.normal(size=(U, D)) * 2.0 + 0.5, rng.normal(size=(I, D)), labels, CLASSES)
+    config = ffvae.FFVAEConfig(attr_dim=2, latent_dim=3, hidden=8, train=TrainConfig(learning_rate=1e-2))
     batch = {
         "user": jnp.asarray(rng.integers(0, U, 8), jnp.int32),
         "pos": jnp.asarray(rng.integers(0, I, 8), jnp.int32),
@@ -161,7 +163,7 @@ def test_serving_uses_the_posterior_mean(state_and_data):
 
 def test_per_user_requirements_match_one_requirement_at_a_time(state_and_data):
     state, data, config, _ = state_and_data
-    requirements = afrl.all_requirements(M)
+    requirements = all_requirements(M)
     u = data.user_vecs[: len(requirements)]
     per_user = ffvae.fair_user_embeddings(state.params, u, requirements, config)
     stacked = ffvae.fair_embeddings_all_requirements(state.params, u, jnp.asarray(requirements), config)
@@ -192,20 +194,20 @@ def test_aggregator_loss_is_bpr_on_the_fair_embedding_and_does_not_reach_the_enc
 def test_a_players_update_leaves_every_other_player_and_optimizer_state_unchanged(state_and_data, player):
     state, _, config, _ = state_and_data
     loss = lambda p: sum(jnp.sum(leaf**2) for leaf in jax.tree.leaves(p))
-    update = jax.jit(lambda p, o: afrl.update_player(p, o, player, loss, ffvae.make_optimizer(config)))
+    update = jax.jit(lambda p, o: optim.update_player(ffvae.make_players(config), p, o, player, loss))
     params, opt, _ = update(state.params, state.opt_state)
     assert not tree_equal(params[player], state.params[player])
-    assert not tree_equal(opt[player], state.opt_state[player])
+    assert not tree_equal(opt.inner_states[player], state.opt_state.inner_states[player])
     for other in ffvae.PLAYERS:
         if other != player:
             assert tree_equal(params[other], state.params[other])
-            assert tree_equal(opt[other], state.opt_state[other])
+            assert tree_equal(opt.inner_states[other], state.opt_state.inner_states[other])
 
 
 @pytest.mark.parametrize("adversary", ["paper", "confusion"])
 def test_train_step_updates_every_player_compiles_once_and_stays_finite(state_and_data, adversary):
     state, data, config, batch = state_and_data
-    config = ffvae.FFVAEConfig(attr_dim=2, latent_dim=3, hidden=8, learning_rate=1e-2, adversary=adversary)
+    config = ffvae.FFVAEConfig(attr_dim=2, latent_dim=3, hidden=8, train=TrainConfig(learning_rate=1e-2), adversary=adversary)
     chex.clear_trace_counter()  # the counter is keyed by the step's code, shared by both parametrisations
     step = jax.jit(chex.assert_max_traces(ffvae.make_train_step(data, lambda a, b: jnp.sum(a * b, -1), config), n=1))
     new, metrics = step(state, batch, jax.random.key(1))
@@ -219,26 +221,34 @@ def test_train_step_updates_every_player_compiles_once_and_stays_finite(state_an
 
 @pytest.fixture(scope="module")
 def tiny_run():
+    """A PMF backbone trained two epochs on a tiny synthetic split, frozen, and FFVAE's data on it."""
+    from jaxfair.backbones import make_backbone
+    from jaxfair.backbones.base import freeze
+    from jaxfair.backbones.fit import backbone_model
     from jaxfair.data.preprocess import prepare
     from jaxfair.data.synthetic import make_synthetic
-    from jaxfair.experiments import backbone as backbone_experiment
-    from jaxfair.experiments.afrl import afrl_data
-    from jaxfair.experiments.config import parse_config
+    from jaxfair.methods.base import Context
 
     split = prepare(make_synthetic(num_users=60, num_items=150, per_user=20))
-    config = parse_config({"backbone": {"name": "pmf", "dim": 8}, "train": {"epochs": 2}})
-    backbone, context, bb_params, _ = backbone_experiment.train_backbone(split, config, log=lambda message: None)
-    user_vecs, item_vecs = backbone_experiment.embeddings_of(backbone, context, bb_params)
-    data = afrl_data(split, user_vecs["valid"], item_vecs)
-    score = jax.tree_util.Partial(backbone.score, bb_params)
-    return split, data, score, user_vecs
+    backbone, backbone_config = make_backbone("pmf", {"dim": 8})
+    backbone_context = backbone.context(split)
+    trained = fit(backbone_model("train", split, backbone, backbone_context, TrainConfig(epochs=2), (10, 20)), 0,
+                  log=lambda message: None)
+    frozen = freeze(backbone, backbone_context, trained.best_params)
+    context = Context(split=split, frozen=frozen, backbone=backbone, backbone_config=backbone_config, evaluate=None,
+                      probe=None, seed=0)
+    data = adversaries.split_attribute_data(split, frozen)
+    return split, data, context, frozen.user_vecs
 
 
 def test_train_runs_two_epochs_on_a_tiny_split(tiny_run, tmp_path):
-    split, data, score, user_vecs = tiny_run
-    config = ffvae.FFVAEConfig(attr_dim=2, latent_dim=4, hidden=8, batch_size=128, epochs=2, patience=5)
+    split, data, context, user_vecs = tiny_run
+    config = ffvae.FFVAEConfig(attr_dim=2, latent_dim=4, hidden=8,
+                               train=TrainConfig(batch_size=128, epochs=2, patience=5))
+    (model,) = ffvae.METHOD.models(context, data, config, {})
+    assert model.name == "ffvae"
     messages = []
-    result = ffvae.train(split, data, score, config, 0, user_vecs["valid"], messages.append, out_dir=tmp_path)
+    result = fit(model, 0, tmp_path, log=messages.append)
     assert result.epochs_run == 2 and 1 <= result.best_epoch <= 2
     assert 0.0 < result.best_valid["ndcg@10"] <= 1.0
     assert len(messages) == 2 and messages[0].startswith("[ffvae] epoch 1/2")

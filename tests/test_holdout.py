@@ -1,4 +1,4 @@
-"""Ratio hold-out splits: per-user counts, time order, seeded random draws, the prepared HoldoutSplit's parts and
+"""Ratio hold-out splits: per-user counts, time order, seeded random draws, the prepared Split's parts and
 masks, and a save/load round trip."""
 
 import dataclasses
@@ -8,7 +8,8 @@ import pandas as pd
 import pytest
 
 from jaxfair.data.dataset import DataError, load_split, save_split
-from jaxfair.data.holdout import HoldoutSplit, check_ratios, holdout_counts, ratio_split
+from jaxfair.data.dataset import Split
+from jaxfair.data.holdout import check_ratios, holdout_counts, ratio_split
 from jaxfair.data.preprocess import PrepConfig, binarize, filter_users, prepare
 from jaxfair.data.synthetic import make_synthetic
 
@@ -122,10 +123,12 @@ def holdout(raw):
 
 
 def test_prepare_returns_a_holdout_split_whose_parts_partition_the_positives(raw, holdout):
-    assert isinstance(holdout, HoldoutSplit) and holdout.kind == "temporal_ratio"
+    assert isinstance(holdout, Split) and holdout.kind == "temporal_ratio"
+    assert holdout.protocols == ("full",) and holdout.validation_protocol == "full"
+    assert holdout.test_negatives.shape == (holdout.num_users, 0)
     positives = filter_users(binarize(raw.interactions, 0), 10)
     assert len(positives) == len(raw.interactions)  # threshold 0: every rating is a positive
-    train, valid, test = holdout.train_matrix(), holdout.valid_matrix(), holdout.test_matrix()
+    train, valid, test = holdout.train_matrix(), holdout.target_matrix("valid"), holdout.target_matrix("test")
     # disjoint
     assert not (train & valid).any() and not (train & test).any() and not (valid & test).any()
     # no duplicate rows within a part, and together they cover every known positive
@@ -158,10 +161,10 @@ def test_prepared_temporal_split_keeps_each_users_time_order(raw, holdout):
 
 
 def test_exclude_matrices(holdout):
-    np.testing.assert_array_equal(holdout.exclude_matrix("test"), holdout.train_matrix() | holdout.valid_matrix())
+    np.testing.assert_array_equal(holdout.exclude_matrix("test"), holdout.train_matrix() | holdout.target_matrix("valid"))
     np.testing.assert_array_equal(holdout.exclude_matrix("valid"), holdout.train_matrix())
-    np.testing.assert_array_equal(holdout.target_matrix("valid"), holdout.valid_matrix())
-    np.testing.assert_array_equal(holdout.target_matrix("test"), holdout.test_matrix())
+    np.testing.assert_array_equal(holdout.target_matrix("valid"), holdout.dense(holdout.valid_users, holdout.valid_items))
+    np.testing.assert_array_equal(holdout.target_matrix("test"), holdout.dense(holdout.test_users, holdout.test_items))
     with pytest.raises(ValueError):
         holdout.exclude_matrix("train")
 
@@ -170,8 +173,8 @@ def test_save_and_load_round_trip_a_holdout_split(holdout, tmp_path):
     path = tmp_path / "split.npz"
     save_split(holdout, path)
     loaded = load_split(path)
-    assert type(loaded) is HoldoutSplit
-    for field in dataclasses.fields(HoldoutSplit):
+    assert type(loaded) is Split
+    for field in dataclasses.fields(Split):
         want, got = getattr(holdout, field.name), getattr(loaded, field.name)
         if isinstance(want, np.ndarray):
             np.testing.assert_array_equal(got, want, err_msg=field.name)
@@ -188,6 +191,42 @@ def test_random_ratio_prepare_is_seeded(raw):
     a = prepare(raw, PrepConfig(split="random_ratio", ratios=(0.7, 0.1, 0.2), rating_threshold=0, seed=1))
     b = prepare(raw, PrepConfig(split="random_ratio", ratios=(0.7, 0.1, 0.2), rating_threshold=0, seed=1))
     c = prepare(raw, PrepConfig(split="random_ratio", ratios=(0.7, 0.1, 0.2), rating_threshold=0, seed=2))
-    np.testing.assert_array_equal(a.test_matrix(), b.test_matrix())
-    assert not np.array_equal(a.test_matrix(), c.test_matrix())
-    np.testing.assert_array_equal(a.test_matrix().sum(1), 4)  # 20 positives at 70/10/20
+    np.testing.assert_array_equal(a.target_matrix("test"), b.target_matrix("test"))
+    assert not np.array_equal(a.target_matrix("test"), c.target_matrix("test"))
+    np.testing.assert_array_equal(a.target_matrix("test").sum(1), 4)  # 20 positives at 70/10/20
+
+
+def test_a_leave_one_out_split_carries_the_sampled_and_full_protocols(raw):
+    split = prepare(raw, PrepConfig(rating_threshold=0))
+    assert split.kind == "leave_one_out" and split.protocols == ("sampled", "full")
+    assert split.validation_protocol == "sampled"
+    np.testing.assert_array_equal(split.valid_users, np.arange(split.num_users))
+    np.testing.assert_array_equal(split.stage_items("test"), split.test_items)
+    assert split.negatives("valid").shape == (split.num_users, 99)
+    # one target per user; full ranking masks every other known positive (the target never is)
+    np.testing.assert_array_equal(split.target_matrix("test").sum(1), 1)
+    np.testing.assert_array_equal(split.exclude_matrix("valid"), split.positive_matrix())
+    with pytest.raises(ValueError, match="several"):
+        prepare(raw, PrepConfig(split="temporal_ratio", rating_threshold=0)).stage_items("test")
+
+
+def test_splits_saved_before_the_two_containers_became_one_still_load(raw, holdout, tmp_path):
+    """Run folders written by earlier versions hold ``container = "Split"`` (leave-one-out, no held-out user rows)
+    or ``"HoldoutSplit"`` (no negatives arrays); both load as today's Split."""
+    import json
+
+    loo = prepare(raw, PrepConfig(rating_threshold=0))
+    for split, container, dropped in ((loo, "Split", ("kind", "valid_users", "test_users")),
+                                      (holdout, "HoldoutSplit", ("valid_negatives", "test_negatives"))):
+        save_split(split, tmp_path / "new.npz")
+        with np.load(tmp_path / "new.npz") as data:
+            arrays = {k: data[k] for k in data.files if k not in dropped}
+        meta = json.loads(str(arrays.pop("meta")))
+        meta = {k: v for k, v in meta.items() if k not in dropped} | {"container": container}
+        np.savez(tmp_path / "old.npz", meta=np.array(json.dumps(meta)), **arrays)
+        loaded = load_split(tmp_path / "old.npz")
+        assert loaded.kind == split.kind and loaded.protocols == split.protocols
+        for stage in ("valid", "test"):
+            np.testing.assert_array_equal(loaded.target_matrix(stage), split.target_matrix(stage))
+            np.testing.assert_array_equal(loaded.exclude_matrix(stage), split.exclude_matrix(stage))
+            np.testing.assert_array_equal(loaded.negatives(stage), split.negatives(stage))

@@ -17,6 +17,9 @@ from jax.flatten_util import ravel_pytree
 
 from jaxfair.backbones.lightgcn import graph_context, propagate
 from jaxfair.methods import itfr
+from jaxfair.training import optim
+from jaxfair.training.step import make_epoch_fn
+from jaxfair.training.trainer import TrainConfig
 
 U, I, D = 6, 8, 3
 A, C = 2, 2
@@ -78,18 +81,29 @@ def make_batch(seed, present=tuple(range(G)), rows=14, num_padding=3, padding_gr
 
 
 def config(**overrides):
-    base = dict(tau=0.5, rho=0.05, eta=0.5, gamma=0.5, weight_floor=1e-4, weight_decay=1e-2)
+    base = dict(tau=0.5, rho=0.05, eta=0.5, gamma=0.5, weight_floor=1e-4,
+                train=TrainConfig(learning_rate=1e-2, weight_decay=1e-2))
     base.update(overrides)
     return itfr.ItfrConfig(**base)
 
 
-TX = itfr.make_optimizer(1e-2, 1e-2)  # Adam with coupled L2, shared so that jitted steps are reused
+TX = optim.make(config().train)  # Adam with coupled L2, shared so that jitted steps are reused
+
+
+def adam(learning_rate):
+    """Plain Adam from a loop section without weight decay."""
+    return optim.make(TrainConfig(learning_rate=learning_rate))
+
+
+def itfr_epoch_fn(step):
+    """The trainer's jitted epoch with ITFR's end-of-epoch roll of its statistics."""
+    return make_epoch_fn(step, end_epoch=itfr.end_epoch)
 
 
 @functools.lru_cache(maxsize=None)
 def jitted_step(cfg):
     """One compiled step per config (the tests share them to stay fast)."""
-    assert cfg.weight_decay == 1e-2
+    assert cfg.train.weight_decay == 1e-2
     return jax.jit(itfr.make_train_step(identity_embed, G, cfg, TX))
 
 
@@ -403,7 +417,7 @@ def test_batch_with_no_weighted_rows_changes_no_weight():
 
 
 def test_end_epoch_rolls_statistics_and_keeps_prev_loss_of_unseen_groups():
-    tx = itfr.make_optimizer(1e-2)
+    tx = adam(1e-2)
     state = itfr.init_state(make_params(50), tx, G)
     grad_sum = jnp.asarray(np.random.default_rng(0).normal(size=state.grad_sum.shape), jnp.float32)
     state = state._replace(
@@ -436,7 +450,7 @@ def toy_rows(seed=60):
 
 def test_epoch_fn_compiles_once_and_reports_finite_metrics_and_state_shapes():
     cfg = config()
-    tx = itfr.make_optimizer(1e-2)
+    tx = adam(1e-2)
     params = make_params(61)
     traces = {"n": 0}
     step = itfr.make_train_step(identity_embed, G, cfg, tx)
@@ -445,7 +459,7 @@ def test_epoch_fn_compiles_once_and_reports_finite_metrics_and_state_shapes():
         traces["n"] += 1
         return step(state, batch, key)
 
-    epoch_fn = itfr.make_epoch_fn(chex.assert_max_traces(counted, n=1))
+    epoch_fn = itfr_epoch_fn(chex.assert_max_traces(counted, n=1))
     users, items, groups, positives = toy_rows()
     state = itfr.init_state(params, tx, G)
     for epoch in range(2):
@@ -481,8 +495,8 @@ def test_epoch_batches_stack_rows_with_groups_and_padding_and_negatives_avoid_po
 
 def test_plain_bpr_step_reduces_the_bpr_loss():
     cfg = config(balance="none", sam=False, tau=0.2)
-    tx = itfr.make_optimizer(5e-2)
-    epoch_fn = itfr.make_epoch_fn(itfr.make_train_step(identity_embed, G, cfg, tx))
+    tx = adam(5e-2)
+    epoch_fn = itfr_epoch_fn(itfr.make_train_step(identity_embed, G, cfg, tx))
     users, items, groups, positives = toy_rows()
     batches = itfr.epoch_batches(users, items, groups, positives, np.random.default_rng(0), 8)
     state = itfr.init_state(make_params(70), tx, G)
@@ -511,12 +525,12 @@ def test_plain_bpr_step_reduces_the_bpr_loss():
         ({"rho": 0.0}, "rho must be positive"),
         ({"item_genres": ()}, "item_genres"),
         ({"weight_floor": 1.0}, "weight_floor must be below 1"),
-        ({"weight_decay": -1e-3}, "weight_decay"),
+        ({"train": {"weight_decay": -1e-3}}, "weight_decay"),
     ],
 )
 def test_config_rejects_invalid_values(overrides, message):
-    with pytest.raises(ValueError, match=message):
-        itfr.ItfrConfig(**overrides)
+    with pytest.raises(ValueError, match=message):  # a "train" entry holds the fields of the [itfr.train] section
+        itfr.ItfrConfig(**{k: TrainConfig(**v) if k == "train" else v for k, v in overrides.items()})
 
 
 def test_group_gradients_are_needed_for_sam_or_collaborative_balance_only():

@@ -1,9 +1,10 @@
 """ITFR's data side: the genre item filter, the iterative k-core (the maximal subset, found by brute force on a hand
-example), item groups from genres, intersectional group ids, the ``itfr`` preprocessing recipe in the config, and the
-experiment's config checks."""
+example), item groups from genres, intersectional group ids, the ``itfr`` preprocessing recipe in the config, the
+method's config checks, and its variants as settings."""
 
 import dataclasses
 import itertools
+import pathlib
 
 import numpy as np
 import pandas as pd
@@ -14,9 +15,12 @@ from jaxfair.data.dataset import DataError
 from jaxfair.data.groups import genre_item_groups, group_counts, intersectional_groups
 from jaxfair.data.preprocess import ITFR_GENRES, RECIPES, PrepConfig, filter_genre_items, k_core, prepare
 from jaxfair.data.synthetic import make_synthetic
-from jaxfair.experiments import itfr as itfr_experiment
-from jaxfair.experiments.config import parse_config, with_recipe
+from jaxfair.harness import read_grid
+from jaxfair.methods import itfr
 from jaxfair.methods.itfr import ItfrConfig
+from jaxfair.pipeline.config import parse_config, with_recipe
+
+GRIDS = pathlib.Path(__file__).resolve().parents[1] / "configs" / "grids"
 
 # ------------------------------------------------------------------------------------------- genre item filter
 
@@ -169,18 +173,18 @@ FULL = {"protocols": ["full"], "ks": [10, 20]}
 def test_itfr_recipe_fills_the_itfr_preprocessing():
     config = parse_config({"backbone": {"name": "pmf"}, "data": {"recipe": "itfr"}, "evaluate": FULL})
     data = config.data
-    assert data.recipe == "itfr" and data.genre_groups == ITFR_GENRES
-    assert data.k_core == 5 and data.split == "random_ratio" and data.ratios == (0.7, 0.1, 0.2)
-    assert data.seed == 2022 and data.rating_threshold == 0.0 and data.min_positives == 3
-    prep = data.prep()
-    assert prep.genre_groups == ITFR_GENRES and prep.k_core == 5 and prep.seed == 2022
+    assert data.recipe == "itfr" and data.prep.genre_groups == ITFR_GENRES
+    prep = data.prep
+    assert prep.k_core == 5 and prep.split == "random_ratio" and prep.ratios == (0.7, 0.1, 0.2)
+    assert prep.seed == 2022 and prep.rating_threshold == 0.0 and prep.min_positives == 3
+    assert isinstance(prep, PrepConfig) and prep.genre_groups == ITFR_GENRES
 
 
 def test_explicit_data_keys_override_the_recipe():
     data = parse_config(
         {"backbone": {"name": "pmf"}, "data": {"recipe": "itfr", "k_core": 10, "seed": 1, "genre_groups": ["Crime"]},
          "evaluate": FULL}
-    ).data
+    ).data.prep
     assert data.k_core == 10 and data.seed == 1 and data.genre_groups == ("Crime",)
     assert data.split == "random_ratio" and data.ratios == (0.7, 0.1, 0.2)  # the rest from the recipe
 
@@ -188,12 +192,15 @@ def test_explicit_data_keys_override_the_recipe():
 def test_default_recipe_is_afrl_and_cofair_recipe_sets_its_split():
     assert with_recipe(None) == {} and with_recipe({"seed": 3}) == {"seed": 3}
     default = parse_config({"backbone": {"name": "pmf"}}).data
-    assert default.recipe == "afrl" and default.split == "leave_one_out" and default.k_core == 0
+    assert default.recipe == "afrl"
+    default = default.prep
+    assert default.split == "leave_one_out" and default.k_core == 0
     assert default.genre_groups == ()
-    cofair = parse_config({"backbone": {"name": "pmf"}, "data": {"recipe": "cofair"}, "evaluate": FULL}).data
+    cofair = parse_config({"backbone": {"name": "pmf"}, "data": {"recipe": "cofair"}, "evaluate": FULL}).data.prep
     assert (cofair.split, cofair.ratios, cofair.rating_threshold) == ("temporal_ratio", (0.8, 0.1, 0.1), 0.0)
     assert set(RECIPES) == {"afrl", "cofair", "itfr", "diffairec"}
-    diffairec = parse_config({"backbone": {"name": "pmf"}, "data": {"recipe": "diffairec"}, "evaluate": FULL}).data
+    diffairec = parse_config({"backbone": {"name": "pmf"}, "data": {"recipe": "diffairec"},
+                              "evaluate": FULL}).data.prep
     assert (diffairec.split, diffairec.ratios, diffairec.seed) == ("random_ratio", (0.7, 0.1, 0.2), 2024)
     assert (diffairec.rating_threshold, diffairec.min_positives) == (4.0, 10)
 
@@ -212,26 +219,33 @@ def test_bad_k_core_and_repeated_genre_are_config_errors():
         parse_config({"backbone": {"name": "pmf"}, "data": {"genre_groups": ["Crime", "Crime"]}})
 
 
-# ------------------------------------------------------------------------------------------ experiment checks
+# ---------------------------------------------------------------------------------------------- method checks
 
 
 def itfr_values(**changes):
-    """A valid ITFR experiment; ``changes`` maps a section to keys to replace in it (``backbone``: the whole table)."""
+    """A valid ITFR run; ``changes`` maps a section to keys to replace in it (``backbone``: the whole table)."""
     values = {
+        "method": "itfr",
         "backbone": {"name": "cosine_mf", "dim": 8, "tau": 0.2, "l2": 0.0},
         "data": {"recipe": "itfr"},
-        "train": {"monitor": "ndcg@20"},
         "evaluate": {"protocols": ["full"], "ks": [10, 20]},
-        "itfr": {"tau": 0.2},
+        "itfr": {"tau": 0.2, "train": {"monitor": "ndcg@20"}},
     }
     for section, keys in changes.items():
-        values[section] = keys if section == "backbone" else {**values[section], **keys}
+        if section == "backbone":
+            values[section] = keys
+        elif section == "train":  # ITFR's own loop, [itfr.train]
+            values["itfr"] = {**values["itfr"], "train": {**values["itfr"]["train"], **keys}}
+        else:
+            values[section] = {**values[section], **keys}
     return values
 
 
 def check(values):
-    config = parse_config(values, method_sections=("itfr",))
-    itfr_experiment.check_config(config, itfr_experiment.section_config(config))
+    """Parsing a run config runs the chosen method's checks (ITFR's ``check``) before any data is read."""
+    config = parse_config(values)
+    assert config.method == "itfr" and isinstance(config.method_config, ItfrConfig)
+    itfr.METHOD.check(config.method_config, config)
 
 
 def test_valid_itfr_config_passes_the_checks():
@@ -247,7 +261,7 @@ def test_valid_itfr_config_passes_the_checks():
         ({"backbone": {"name": "pmf", "dim": 8, "l2": 1e-4}}, "backbone.l2"),
         ({"backbone": {"name": "pmf", "dim": 8}}, "backbone.l2"),  # PMF's default L2 is not 0
         ({"backbone": {"name": "cosine_mf", "dim": 8, "tau": 0.1, "l2": 0.0}}, "backbone.tau"),
-        ({"train": {"monitor": "ndcg@50"}}, "train.monitor"),
+        ({"train": {"monitor": "ndcg@50"}}, "itfr.train.monitor"),
     ],
 )
 def test_check_config_rejects_settings_itfr_cannot_honour(changes, message):
@@ -255,22 +269,24 @@ def test_check_config_rejects_settings_itfr_cannot_honour(changes, message):
         check(itfr_values(**changes))
 
 
-def test_itfr_section_variants_switch_the_documented_knobs():
-    config = parse_config(itfr_values(itfr={"variants": ["bpr", "itfr_no_norm", "itfr_no_balance"], "rho": 0.1}),
-                          method_sections=("itfr",))
-    section = itfr_experiment.section_config(config)
-    assert section.variants == ("bpr", "itfr_no_norm", "itfr_no_balance")
-    bpr = section.variant("bpr")
+def test_itfr_variants_switch_the_documented_knobs():
+    """The baselines and ablations are settings of the one method (``itfr.VARIANTS``), run side by side as points
+    of a sweep; a variant keeps every other setting as written."""
+    base = ItfrConfig(rho=0.1)
+    variant = {name: dataclasses.replace(base, **changes) for name, changes in itfr.VARIANTS.items()}
+    assert set(variant) == {"bpr", "groupdro", "itfr", "itfr_no_sam", "itfr_no_balance", "itfr_no_norm"}
+    bpr = variant["bpr"]
     assert (bpr.balance, bpr.sam) == ("none", False) and bpr.rho == 0.1
-    assert section.variant("itfr_no_norm").score_normalization is False
-    assert section.variant("itfr_no_balance").balance == "groupdro" and section.variant("itfr_no_balance").sam
-    as_written = {f.name: getattr(section, f.name) for f in dataclasses.fields(ItfrConfig)}
-    assert section.variant("itfr") == ItfrConfig(**as_written) and type(section.variant("itfr")) is ItfrConfig
-    with pytest.raises(ConfigError, match="itfr: variants must be distinct"):
-        section_of(itfr_values(itfr={"variants": ["bpr", "bpr"]}))
-    with pytest.raises(ConfigError, match="itfr: variants must be distinct"):
-        section_of(itfr_values(itfr={"variants": ["dro"]}))
-
-
-def section_of(values):
-    return itfr_experiment.section_config(parse_config(values, method_sections=("itfr",)))
+    assert (variant["groupdro"].balance, variant["groupdro"].sam) == ("groupdro", False)
+    assert variant["itfr_no_norm"].score_normalization is False
+    assert variant["itfr_no_balance"].balance == "groupdro" and variant["itfr_no_balance"].sam
+    assert variant["itfr_no_sam"].sam is False and variant["itfr_no_sam"].balance == "collaborative"
+    assert variant["itfr"] == base and type(variant["itfr"]) is ItfrConfig
+    # the sweep grids set exactly these knobs, point by point
+    points = {**read_grid(GRIDS / "itfr_variants.toml"), **read_grid(GRIDS / "itfr_ablations.toml")}
+    assert set(points) == set(itfr.VARIANTS)
+    for name, overrides in points.items():
+        assert overrides == {f"itfr.{key}": value for key, value in itfr.VARIANTS[name].items()}, name
+    # the old in-section list of variants is rejected, saying what replaces it
+    with pytest.raises(ConfigError, match="itfr.variants: variants are points of a sweep"):
+        parse_config(itfr_values(itfr={"variants": ["bpr", "bpr"]}))

@@ -1,4 +1,5 @@
-"""The ITFR experiment end to end on a tiny synthetic dataset, and LightGCN's dense propagation."""
+"""ITFR end to end on a tiny synthetic dataset (BPR, GroupDRO, ITFR and an ablation as points of one sweep), and
+LightGCN's dense propagation."""
 
 import json
 
@@ -7,7 +8,20 @@ import numpy as np
 
 from jaxfair.backbones import lightgcn
 from jaxfair.data.synthetic import make_synthetic, write_ml100k_folder
-from jaxfair.experiments import runner
+from jaxfair.harness import sweep
+from jaxfair.pipeline import load_config, run
+
+GRID = """
+[points.bpr]
+"itfr.balance" = "none"
+"itfr.sam" = false
+[points.groupdro]
+"itfr.balance" = "groupdro"
+"itfr.sam" = false
+[points.itfr]
+[points.itfr_no_norm]
+"itfr.score_normalization" = false
+"""
 
 TINY_ITFR = """
 [data]
@@ -20,19 +34,18 @@ attributes = ["gender"]
 name = "{backbone}"
 dim = 8
 l2 = 0.0
-[train]
+[evaluate]
+protocols = ["full"]
+ks = [10, 20]
+[itfr]
+item_genres = ["Action", "Comedy", "Drama"]
+tau = 0.1
+[itfr.train]
 epochs = 3
 batch_size = 256
 learning_rate = 0.01
 monitor = "ndcg@20"
 checkpoint_every = 2
-[evaluate]
-protocols = ["full"]
-ks = [10, 20]
-[itfr]
-variants = ["bpr", "groupdro", "itfr", "itfr_no_norm"]
-item_genres = ["Action", "Comedy", "Drama"]
-tau = 0.1
 """
 
 
@@ -46,33 +59,35 @@ def tiny_itfr_config(tmp_path, backbone="cosine_mf"):
     return config
 
 
-def test_itfr_run_writes_every_variant_with_its_recall_matrix_and_heat_map(tmp_path):
+def test_a_sweep_over_the_variants_writes_each_with_its_recall_matrix_and_heat_map(tmp_path):
     config = tiny_itfr_config(tmp_path)
-    results = runner.run(runner.load(config), tmp_path / "run", log=lambda _: None)
-    saved = json.loads((tmp_path / "run" / "results.json").read_text())
-    assert list(saved["variants"]) == ["bpr", "groupdro", "itfr", "itfr_no_norm"]
-    assert saved["groups"]["names"][:2] == ["F|Action", "F|Comedy"] and len(saved["groups"]["names"]) == 6
-    assert sum(saved["groups"]["train_rows"]) == saved["statistics"]["train_positives"]
-    for block in saved["variants"].values():
+    (tmp_path / "grid.toml").write_text(GRID)
+    summary = sweep(config, tmp_path / "sweep", grid=tmp_path / "grid.toml", log=lambda _: None)
+    assert list(summary["points"]) == ["bpr", "groupdro", "itfr", "itfr_no_norm"]
+    saved = {label: json.loads((tmp_path / "sweep" / "runs" / label / "seed0" / "results.json").read_text())
+             for label in summary["points"]}
+    for label, results in saved.items():
+        block = results["itfr"]
+        assert block["groups"]["names"][:2] == ["F|Action", "F|Comedy"] and len(block["groups"]["names"]) == 6
+        assert sum(block["groups"]["train_rows"]) == results["statistics"]["train_positives"]
         matrix = np.asarray(block["intersectional"]["@20"]["matrix"])
         assert matrix.shape == (2, 3) and np.all((matrix >= 0) & (matrix <= 1))
-        assert set(block["intersectional"]) == {"@10", "@20", "@50"}
+        assert set(block["intersectional"]) == set(block["valid_intersectional"]) == {"@10", "@20", "@50"}
         assert {"recall@20", "ndcg@20", "precision@50"} <= set(block["test"])
         assert abs(sum(block["final_weights"]) - 1) < 1e-3
-    assert np.allclose(saved["variants"]["bpr"]["final_weights"], 1 / 6)  # plain BPR keeps no weights
-    assert not np.allclose(saved["variants"]["groupdro"]["final_weights"], 1 / 6)
-    assert saved["variants"]["itfr_no_norm"]["config"]["score_normalization"] is False
-    assert (tmp_path / "run" / "recall_matrix.png").stat().st_size > 1000
-    assert results["variants"].keys() == saved["variants"].keys()
+        assert (tmp_path / "sweep" / "runs" / label / "seed0" / "recall_matrix.png").stat().st_size > 1000
+        stats = summary["points"][label]["tables"]["test"]["all"]
+        assert stats["cv@20"]["mean"] == block["intersectional"]["@20"]["cv"] and stats["cv@20"]["n"] == 1
+    assert np.allclose(saved["bpr"]["itfr"]["final_weights"], 1 / 6)  # plain BPR keeps no weights
+    assert not np.allclose(saved["groupdro"]["itfr"]["final_weights"], 1 / 6)
+    assert saved["itfr_no_norm"]["config"]["itfr"]["score_normalization"] is False
 
 
 def test_itfr_trains_lightgcn_through_its_propagation(tmp_path):
     config = tiny_itfr_config(tmp_path, backbone="lightgcn")
-    text = config.read_text().replace('variants = ["bpr", "groupdro", "itfr", "itfr_no_norm"]', 'variants = ["itfr"]')
-    config.write_text(text)
-    results = runner.run(runner.load(config), tmp_path / "run", log=lambda _: None)
-    assert results["backbone"] == "lightgcn"
-    assert np.isfinite(results["variants"]["itfr"]["test"]["ndcg@20"])
+    results = run(load_config(config), tmp_path / "run", log=lambda _: None)
+    assert results["backbone"]["name"] == "lightgcn" and list(results["models"]) == ["itfr"]
+    assert np.isfinite(results["itfr"]["test"]["ndcg@20"])
 
 
 def test_dense_propagation_is_the_edge_propagation():

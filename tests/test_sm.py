@@ -1,6 +1,6 @@
 """SM (separate models): the filter's loss against a hand computation, only the requirement's attributes enter the
-adversarial game, one step moves f and the requirement's discriminators only, a single compilation, and train_all
-trains one timed filter per non-empty requirement."""
+adversarial game, one step moves f and the requirement's discriminators only, a single compilation, and the method
+names one trainer model per non-empty requirement, each fitted and timed separately."""
 
 import chex
 import jax
@@ -8,13 +8,15 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from jaxfair.backbones import make_backbone
+from jaxfair.backbones.base import freeze
+from jaxfair.backbones.fit import backbone_model
 from jaxfair.data.preprocess import PrepConfig, prepare
 from jaxfair.data.synthetic import make_synthetic
-from jaxfair.experiments import backbone as backbone_experiment
-from jaxfair.experiments.afrl import afrl_data
-from jaxfair.experiments.config import parse_config
-from jaxfair.methods import afrl, sm
-from jaxfair.training.trainer import tree_equal
+from jaxfair.methods import adversaries, afrl, sm
+from jaxfair.methods.base import Context, best_params
+from jaxfair.pipeline.run import fit_models
+from jaxfair.training.trainer import TrainConfig, fit, tree_equal
 
 M, D, B = 3, 4, 5
 CLASSES = (2, 3, 4)
@@ -37,8 +39,8 @@ def toy():
     attr_weight = np.array([1, 0, 1, 0, 1], np.float32)  # user 1's labels withheld
     f_w = rng.normal(size=(D, D)).astype(np.float32)
     head_w = rng.normal(size=(M, D, max(CLASSES))).astype(np.float32)
-    mask = afrl.class_mask(CLASSES)
-    prior = afrl.class_prior(labels, attr_weight, mask)
+    mask = adversaries.class_mask(CLASSES)
+    prior = adversaries.class_prior(labels, attr_weight, mask)
     f_params = [{"w": jnp.asarray(f_w), "b": jnp.zeros(D)}]  # one linear layer
     d_params = [{"w": jnp.asarray(head_w), "b": jnp.zeros((M, max(CLASSES)))}]  # a stack of linear heads
     args = dict(
@@ -101,8 +103,8 @@ def setup():
     rng = np.random.default_rng(2)
     U, I = 30, 20
     labels = np.stack([rng.integers(0, c, U) for c in CLASSES], 1)
-    data = afrl.make_data(rng.normal(size=(U, D)) * 2.0 + 1.0, rng.normal(size=(I, D)), labels, CLASSES)
-    config = sm.SMConfig(hidden=8, learning_rate=1e-2)
+    data = adversaries.make_data(rng.normal(size=(U, D)) * 2.0 + 1.0, rng.normal(size=(I, D)), labels, CLASSES)
+    config = sm.SMConfig(hidden=8, train=TrainConfig(learning_rate=1e-2))
     batch = {
         "user": jnp.asarray(rng.integers(0, U, 8), jnp.int32),
         "pos": jnp.asarray(rng.integers(0, I, 8), jnp.int32),
@@ -114,7 +116,7 @@ def setup():
 
 def test_init_state_shapes_and_filter_embeddings(setup):
     state, data, config, _ = setup
-    assert set(state.params) == set(state.opt_state) == {"f", "D"}
+    assert set(state.params) == set(state.opt_state.inner_states) == {"f", "D"}
     assert len(state.params["f"]) == config.layers and len(state.params["D"]) == config.head_layers
     chex.assert_shape(state.params["D"][-1]["w"], (M, config.hidden, max(CLASSES)))
     out = sm.filter_embeddings(state.params, data.user_vecs)
@@ -125,7 +127,7 @@ def test_init_state_shapes_and_filter_embeddings(setup):
 @pytest.mark.parametrize("adversary", afrl.ADVERSARIES)
 def test_step_moves_f_and_the_sensitive_discriminators_only_compiles_once_and_stays_finite(setup, adversary):
     state, data, _, batch = setup
-    config = sm.SMConfig(hidden=8, learning_rate=1e-2, adversary=adversary)
+    config = sm.SMConfig(hidden=8, train=TrainConfig(learning_rate=1e-2), adversary=adversary)
     chex.clear_trace_counter()  # the parametrised cases share the counter
     step = jax.jit(chex.assert_max_traces(sm.make_train_step(data, dot, SENSITIVE, config), n=1))
     new, metrics = step(state, batch, jax.random.key(1))
@@ -141,7 +143,7 @@ def test_step_moves_f_and_the_sensitive_discriminators_only_compiles_once_and_st
 
 def test_discriminator_update_lowers_its_loss(setup):
     state, data, _, batch = setup
-    config = sm.SMConfig(hidden=8, learning_rate=1e-2, lam=0.0)
+    config = sm.SMConfig(hidden=8, train=TrainConfig(learning_rate=1e-2), lam=0.0)
     step = jax.jit(sm.make_train_step(data, dot, SENSITIVE, config))
     first = None
     for k in range(30):
@@ -157,7 +159,7 @@ def test_config_validation():
         sm.SMConfig(lam=-1.0)
     with pytest.raises(ValueError, match="layers"):
         sm.SMConfig(layers=0)
-    assert sm.SMConfig().lam == 10.0 and sm.SMConfig().epochs == 15
+    assert sm.SMConfig().lam == 10.0 and sm.SMConfig().train.epochs == 15
 
 
 def test_make_train_step_rejects_a_requirement_of_the_wrong_length(setup):
@@ -166,24 +168,35 @@ def test_make_train_step_rejects_a_requirement_of_the_wrong_length(setup):
         sm.make_train_step(data, dot, np.array([True, False]), config)
 
 
-def test_train_all_trains_one_timed_filter_per_non_empty_requirement():
+def test_sm_fits_one_timed_filter_per_non_empty_requirement():
     raw = make_synthetic(num_users=60, num_items=150, per_user=20)
     split = prepare(raw, PrepConfig(attributes=("gender", "age")))
-    config = parse_config({"backbone": {"name": "pmf", "dim": 8}, "train": {"epochs": 2}})
-    backbone, context, bb_params, _ = backbone_experiment.train_backbone(split, config, None, log=lambda m: None)
-    user_vecs, item_vecs = backbone_experiment.embeddings_of(backbone, context, bb_params)
-    data = afrl_data(split, user_vecs["valid"], item_vecs)
-    score = jax.tree_util.Partial(backbone.score, bb_params)
-    method = sm.SMConfig(hidden=8, batch_size=128, epochs=2, patience=2)
+    backbone, backbone_config = make_backbone("pmf", {"dim": 8})
+    backbone_context = backbone.context(split)
+    trained = fit(backbone_model("train", split, backbone, backbone_context, TrainConfig(epochs=2), (10, 20)), 0,
+                  log=lambda m: None)
+    frozen = freeze(backbone, backbone_context, trained.best_params)
+    user_vecs = frozen.user_vecs
+    context = Context(split=split, frozen=frozen, backbone=backbone, backbone_config=backbone_config, evaluate=None,
+                      probe=None, seed=0)
+    method = sm.SMConfig(hidden=8, train=TrainConfig(batch_size=128, epochs=2, patience=2))
+    data = sm.METHOD.prepare(context, method)
     messages = []
-    runs = sm.train_all(split, data, score, method, 0, user_vecs["valid"], log=messages.append)
-    assert list(runs) == ["G", "A", "G+A"]  # 2^2 - 1 requirements, in afrl.all_requirements order
-    for name, (params, seconds, result) in runs.items():
-        assert seconds > 0 and result.epochs_run >= 1 and result.best_epoch >= 1
+    runs = fit_models(sm.METHOD, context, data, method, None, messages.append)
+    # 2^2 - 1 requirements, in requirements.all_requirements order; the empty one is not trained
+    assert list(runs) == ["sm_G", "sm_A", "sm_G_A"]
+    served = best_params(runs)
+    for name, result in runs.items():
+        params = result.best_params
+        assert result.seconds > 0 and result.epochs_run >= 1 and result.best_epoch >= 1
         assert 0.0 <= result.best_valid["ndcg@10"] <= 1.0
         chex.assert_tree_all_finite(params)
-        assert tree_equal(params, result.best_params)
+        assert tree_equal(params, served[name])
         chex.assert_shape(sm.filter_embeddings(params, user_vecs["test"]), user_vecs["test"].shape)
-    assert not tree_equal(runs["G"][0]["f"], runs["A"][0]["f"])  # separately trained
-    assert sm.total_seconds(runs) == pytest.approx(sum(s for _, s, _ in runs.values()))
-    assert any("3 filters trained" in m for m in messages)
+        assert any(m.startswith(f"[{name}] epoch 1/2") for m in messages)  # each filter is its own trainer run
+    assert not tree_equal(runs["sm_G"].best_params["f"], runs["sm_A"].best_params["f"])  # separately trained
+    for sensitive, name in ((np.array([True, False]), "sm_G"), (np.array([True, True]), "sm_G_A")):
+        np.testing.assert_array_equal(sm.serve(data, served, method, user_vecs["test"], sensitive),
+                                      sm.filter_embeddings(served[name], user_vecs["test"]))
+    np.testing.assert_array_equal(sm.serve(data, served, method, user_vecs["test"], np.zeros(2, bool)),
+                                  user_vecs["test"])

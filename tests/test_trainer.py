@@ -9,13 +9,13 @@ import optax
 import pytest
 
 from jaxfair.training.checkpoint import Checkpointer
-from jaxfair.training.step import init_state, make_epoch_fn, make_train_step
-from jaxfair.training.trainer import Task, TrainConfig, fit, tree_equal
+from jaxfair.training.step import init_state, make_train_step
+from jaxfair.training.trainer import Model, TrainConfig, fit, tree_equal
 
 TRUE_W = np.array([1.0, -2.0, 0.5], np.float32)
 
 
-def regression_task(valid_scores=None):
+def regression_model(config: TrainConfig, valid_scores=None) -> Model:
     """Noisy linear regression with dropout-like key use, so resumes must thread keys exactly."""
     x = np.random.default_rng(0).normal(size=(64, 3)).astype(np.float32)
     y = x @ TRUE_W
@@ -38,30 +38,32 @@ def regression_task(valid_scores=None):
         order = rng.permutation(64)
         return {"x": x[order].reshape(4, 16, 3), "y": y[order].reshape(4, 16), "weight": np.ones((4, 16), np.float32)}
 
-    return Task(
-        init_state=lambda key: init_state({"w": jax.random.normal(key, (3,))}, tx),
-        epoch_batches=batches,
-        run_epoch=make_epoch_fn(make_train_step(loss, tx)),
+    return Model(
+        name="train",
+        train=config,
+        init=lambda key: init_state({"w": jax.random.normal(key, (3,))}, tx),
+        step=make_train_step(loss, tx),
+        batches=batches,
         validate=validate,
     )
 
 
 def test_fit_learns_and_keeps_best_params():
-    result = fit(regression_task(), TrainConfig(epochs=30, monitor="score", patience=30), log=lambda m: None)
+    result = fit(regression_model(TrainConfig(epochs=30, monitor="score", patience=30)), 0, log=lambda m: None)
     assert result.epochs_run == 30
     np.testing.assert_allclose(result.best_params["w"], TRUE_W, atol=0.05)
 
 
 def test_early_stopping_after_patience_validations_without_improvement():
     scores = [0.1, 0.3, 0.2, 0.25, 0.29, 0.1, 0.9]
-    result = fit(regression_task(scores), TrainConfig(epochs=7, monitor="score", patience=3), log=lambda m: None)
+    result = fit(regression_model(TrainConfig(epochs=7, monitor="score", patience=3), scores), 0, log=lambda m: None)
     assert result.epochs_run == 5 and result.best_epoch == 2
     assert result.best_valid == {"score": 0.3}
 
 
 def test_log_has_one_json_line_per_epoch_and_progress_shows_eta(tmp_path):
     messages = []
-    fit(regression_task(), TrainConfig(epochs=3, monitor="score"), tmp_path, log=messages.append)
+    fit(regression_model(TrainConfig(epochs=3, monitor="score")), 0, tmp_path, log=messages.append)
     lines = [json.loads(x) for x in (tmp_path / "train_log.jsonl").read_text().splitlines()]
     assert [x["epoch"] for x in lines] == [1, 2, 3]
     assert {"loss", "grad_norm"} <= set(lines[0]["train"]) and "score" in lines[0]["valid"]
@@ -69,10 +71,10 @@ def test_log_has_one_json_line_per_epoch_and_progress_shows_eta(tmp_path):
 
 
 def test_resumed_run_continues_exactly_as_an_uninterrupted_one(tmp_path):
-    straight = fit(regression_task(), TrainConfig(epochs=6, monitor="score"), tmp_path / "a", log=lambda m: None)
-    fit(regression_task(), TrainConfig(epochs=3, monitor="score"), tmp_path / "b", log=lambda m: None)  # "interrupted"
+    straight = fit(regression_model(TrainConfig(epochs=6, monitor="score")), 0, tmp_path / "a", log=lambda m: None)
+    fit(regression_model(TrainConfig(epochs=3, monitor="score")), 0, tmp_path / "b", log=lambda m: None)  # "interrupted"
     messages = []
-    resumed = fit(regression_task(), TrainConfig(epochs=6, monitor="score"), tmp_path / "b", log=messages.append)
+    resumed = fit(regression_model(TrainConfig(epochs=6, monitor="score")), 0, tmp_path / "b", log=messages.append)
     assert resumed.resumed_from == 3 and "resuming after epoch 3" in messages[0]
     assert tree_equal(straight.state.params, resumed.state.params)
     assert tree_equal(straight.best_params, resumed.best_params)
@@ -99,26 +101,26 @@ def test_invalid_train_config_names_the_field():
 
 
 def test_checkpoint_every_resumes_from_the_newest_checkpoint_and_rewrites_the_replayed_log_lines(tmp_path):
-    straight = fit(regression_task(), TrainConfig(epochs=6, monitor="score"), tmp_path / "a", log=lambda m: None)
+    straight = fit(regression_model(TrainConfig(epochs=6, monitor="score")), 0, tmp_path / "a", log=lambda m: None)
     config = TrainConfig(epochs=6, monitor="score", checkpoint_every=3)
-    task = regression_task()
+    model = regression_model(config)
     calls = {"n": 0}
 
     def crash_in_epoch_5(params):
         calls["n"] += 1
         if calls["n"] == 5:
             raise RuntimeError("killed")
-        return task.validate(params)
+        return model.validate(params)
 
     with pytest.raises(RuntimeError, match="killed"):  # "interrupted" after epoch 4, saved only after epoch 3
-        fit(task._replace(validate=crash_in_epoch_5), config, tmp_path / "b", log=lambda m: None)
+        fit(model._replace(validate=crash_in_epoch_5), 0, tmp_path / "b", log=lambda m: None)
     log_path = tmp_path / "b" / "train_log.jsonl"
     assert [json.loads(x)["epoch"] for x in log_path.read_text().splitlines()] == [1, 2, 3, 4]
     with Checkpointer(tmp_path / "b" / "checkpoints" / "train") as checkpointer:
         assert checkpointer.latest_step() == 3
 
     messages = []
-    resumed = fit(regression_task(), config, tmp_path / "b", log=messages.append)
+    resumed = fit(regression_model(config), 0, tmp_path / "b", log=messages.append)
     assert resumed.resumed_from == 3 and "resuming after epoch 3" in messages[0]
     assert resumed.epochs_run == 6
     assert tree_equal(straight.state.params, resumed.state.params)
@@ -131,3 +133,12 @@ def test_checkpoint_every_resumes_from_the_newest_checkpoint_and_rewrites_the_re
 def test_checkpoint_every_must_be_positive():
     with pytest.raises(ValueError, match="checkpoint_every"):
         TrainConfig(checkpoint_every=0)
+    with pytest.raises(ValueError, match="weight_decay"):
+        TrainConfig(weight_decay=-1.0)
+
+
+def test_the_model_name_names_its_checkpoints_and_log(tmp_path):
+    fit(regression_model(TrainConfig(epochs=2, monitor="score"))._replace(name="afrl"), 0, tmp_path,
+        log=lambda m: None)
+    assert (tmp_path / "afrl_log.jsonl").exists() and (tmp_path / "checkpoints" / "afrl").is_dir()
+    assert not (tmp_path / "train_log.jsonl").exists()

@@ -90,3 +90,29 @@ def padded_batches(arrays: dict[str, np.ndarray], batch_size: int, rng: np.rando
         w[n:] = 0.0
     out["weight"] = w.reshape((num_batches, batch_size) + base.shape[1:])
     return out
+
+
+class FrozenBackbone(NamedTuple):
+    """A trained backbone, frozen, with everything a method on top of it reads.
+
+    Attributes:
+      backbone, context, params: its functions, constants and selected parameters.
+      user_vecs: ``{"valid": (U, d), "test": (U, d)}`` (they differ only for sequential backbones);
+      item_vecs: ``(I, d)``.
+      score: ``backbone.score`` bound to ``params`` as a ``jax.tree_util.Partial`` (its parameters are traced, so
+        jitted evaluation compiles once).
+    """
+
+    backbone: Backbone
+    context: Context
+    params: Params
+    user_vecs: dict
+    item_vecs: jax.Array
+    score: Callable
+
+
+def freeze(backbone: Backbone, context: Context, params: Params) -> FrozenBackbone:
+    """Bind a backbone's selected parameters: its embeddings for both stages and its scorer."""
+    users = {stage: backbone.user_embeddings(params, context, stage) for stage in ("valid", "test")}
+    return FrozenBackbone(backbone, context, params, users, backbone.item_embeddings(params, context),
+                          jax.tree_util.Partial(backbone.score, params))

@@ -47,33 +47,25 @@ from jaxfair.data.dataset import Split
 
 
 @dataclasses.dataclass(frozen=True)
-class Config:
-    """BERT4Rec hyper-parameters (heads and dropout follow the paper; ``max_len`` matches SASRec's).
+class Config(transformer.TransformerConfig):
+    """BERT4Rec hyper-parameters (:class:`~jaxfair.backbones.transformer.TransformerConfig`; heads and dropout
+    follow the paper, ``max_len`` matches SASRec's; ``l2`` weighs the true/negative item rows at masked positions,
+    and evaluation keeps the last ``L - 1`` items and the mask token).
 
     Attributes:
-      dim: embedding size ``d``.
-      l2: weight of the squared L2 norm of the true/negative item rows at masked positions.
-      max_len: window ``L``, at least 2 (evaluation keeps the last ``L - 1`` items and the mask token).
-      num_blocks: self-attention blocks.
-      num_heads: attention heads (must divide ``dim``).
-      dropout: dropout rate on embeddings, attention weights and residual branches (training only).
       mask_prob: probability of masking each training position, in ``(0, 1]``.
       mask_last: also mask every row's most recent item, on top of the random masks. Evaluation reads the hidden
         state of a ``[mask]`` in the last slot, a layout random Cloze masks alone rarely train (see the module
         docstring for its measured effect).
     """
 
-    dim: int = 64
-    l2: float = 1e-6
-    max_len: int = 100
-    num_blocks: int = 2
     num_heads: int = 2
     dropout: float = 0.1
     mask_prob: float = 0.2
     mask_last: bool = True
 
     def __post_init__(self):
-        transformer.check_transformer_config(self)
+        super().__post_init__()
         if not 0.0 < self.mask_prob <= 1.0:
             raise ValueError(f"mask_prob must be in (0, 1], got {self.mask_prob}")
 

@@ -137,13 +137,7 @@ def backbone(config: Config = Config()) -> Backbone:
     def item_embeddings(params, context):
         return propagate(params["user"], params["item"], context, config.num_layers)[1]
 
-    return Backbone(
-        name="lightgcn",
-        init=lambda key, split: init_user_item_tables(key, split, config.dim),
-        context=graph_context,
-        make_epoch=pair_epoch,
-        loss=loss,
-        user_embeddings=user_embeddings,
-        item_embeddings=item_embeddings,
-        score=lambda params, user_vecs, item_vecs: dot_score(user_vecs, item_vecs),
-    )
+    return Backbone(name="lightgcn", init=lambda key, split: init_user_item_tables(key, split, config.dim),
+                    context=graph_context, make_epoch=pair_epoch, loss=loss, user_embeddings=user_embeddings,
+                    item_embeddings=item_embeddings,
+                    score=lambda params, user_vecs, item_vecs: dot_score(user_vecs, item_vecs))

@@ -18,6 +18,8 @@ itself, so fully padded rows never take a softmax over nothing. Attention uses F
 
 from __future__ import annotations
 
+import dataclasses
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -29,17 +31,36 @@ from jaxfair.backbones.common import bpr_with_l2, check_dim_l2, init_table
 EVAL_CHUNK = 256
 
 
-def check_transformer_config(config) -> None:
-    """ValueError unless the fields SASRec and BERT4Rec share are sensible."""
-    check_dim_l2(config.dim, config.l2)
-    if config.max_len < 2:
-        raise ValueError(f"max_len must be at least 2, got {config.max_len}")
-    if config.num_blocks < 1:
-        raise ValueError(f"num_blocks must be at least 1, got {config.num_blocks}")
-    if config.num_heads < 1 or config.dim % config.num_heads:
-        raise ValueError(f"num_heads must be positive and divide dim={config.dim}, got {config.num_heads}")
-    if not 0.0 <= config.dropout < 1.0:
-        raise ValueError(f"dropout must be in [0, 1), got {config.dropout}")
+@dataclasses.dataclass(frozen=True)
+class TransformerConfig:
+    """The settings SASRec and BERT4Rec share (each subclass sets its own defaults for heads and dropout).
+
+    Attributes:
+      dim: embedding size ``d``.
+      l2: weight of the squared L2 norm of the item rows a position's loss uses.
+      max_len: window ``L``, at least 2.
+      num_blocks: self-attention blocks.
+      num_heads: attention heads (must divide ``dim``).
+      dropout: dropout rate on embeddings, attention weights and residual branches (training only).
+    """
+
+    dim: int = 64
+    l2: float = 1e-6
+    max_len: int = 100
+    num_blocks: int = 2
+    num_heads: int = 1
+    dropout: float = 0.2
+
+    def __post_init__(self):
+        check_dim_l2(self.dim, self.l2)
+        if self.max_len < 2:
+            raise ValueError(f"max_len must be at least 2, got {self.max_len}")
+        if self.num_blocks < 1:
+            raise ValueError(f"num_blocks must be at least 1, got {self.num_blocks}")
+        if self.num_heads < 1 or self.dim % self.num_heads:
+            raise ValueError(f"num_heads must be positive and divide dim={self.dim}, got {self.num_heads}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
 
 
 class Encoder(nn.Module):
@@ -147,13 +168,6 @@ def sequence_backbone(name: str, encoder: Encoder, config, special_rows: int, co
         del context
         return params["items"][:-special_rows]
 
-    return Backbone(
-        name=name,
-        init=init,
-        context=context,
-        make_epoch=make_epoch,
-        loss=loss,
-        user_embeddings=user_embeddings,
-        item_embeddings=item_embeddings,
-        score=lambda params, user_vecs, item_vecs: dot_score(user_vecs, item_vecs),
-    )
+    return Backbone(name=name, init=init, context=context, make_epoch=make_epoch, loss=loss,
+                    user_embeddings=user_embeddings, item_embeddings=item_embeddings,
+                    score=lambda params, user_vecs, item_vecs: dot_score(user_vecs, item_vecs))

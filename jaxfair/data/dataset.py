@@ -5,8 +5,9 @@ Two stages:
 * :class:`RawDataset` is what a reader returns: one dataset with contiguous integer ids but no filtering,
   binarisation or split. Every reader (GroupLens ML-100k, ML-1M, RecBole atomic files, the synthetic generator)
   produces exactly this shape, so everything downstream is format-agnostic.
-* :class:`Split` is what :func:`jaxfair.data.preprocess.prepare` returns: positives only, re-indexed, split
-  leave-one-out by time, with fixed evaluation negatives, encoded attributes and a probe user split. It holds
+* :class:`Split` is what :func:`jaxfair.data.preprocess.prepare` returns: positives only, re-indexed, split into
+  train / validation / test positives (leave-one-out by time, or by ratio), with fixed evaluation negatives where
+  the protocol samples them, encoded attributes and a probe user split. It carries its own evaluation protocol, holds
   numpy arrays only (no model knowledge) and is saved next to every run's results.
 """
 
@@ -54,9 +55,124 @@ class RawDataset:
         return tuple(c for c in self.users.columns if c != "raw_id")
 
 
-class SplitAccessors:
-    """What every split container (:class:`Split`, :class:`jaxfair.data.holdout.HoldoutSplit`) derives from its
-    ``num_users``, ``num_items``, ``train_users``/``train_items``, positives CSR and attributes."""
+SPLIT_KINDS = ("leave_one_out", "temporal_ratio", "random_ratio")
+PROTOCOLS = ("sampled", "full")
+
+
+@dataclasses.dataclass(frozen=True)
+class Split:
+    """A preprocessed split; it carries its own evaluation protocol.
+
+    Users and items are re-indexed after filtering: ``U = num_users``, ``I = num_items``. Item id ``I`` is the padding
+    id used in sequences.
+
+    ``kind`` says how the held-out positives were chosen, and with it how they are ranked:
+
+    * ``leave_one_out`` (AFRL section 4.1.1): each user's second-to-last positive by time validates and the last one
+      tests. Ranked under the ``sampled`` protocol (the target among the user's fixed negatives) and the ``full``
+      one (among all items, every other known positive of the user masked). Validation during training is
+      ``sampled``.
+    * ``temporal_ratio`` / ``random_ratio`` (:mod:`jaxfair.data.holdout`): several validation and test positives per
+      user. Ranked over all items only (``full``): validation masks the training positives, test the training and
+      validation positives. There are no sampled negatives.
+
+    Attributes:
+      name: dataset name.
+      kind: one of :data:`SPLIT_KINDS`.
+      num_users, num_items: ``U`` and ``I``.
+      train_users, train_items: int32 ``(P,)``; the training positives, grouped by user (chronological within a
+        user for the leave-one-out and temporal kinds).
+      valid_users, valid_items, test_users, test_items: int32 rows of the held-out positives (leave-one-out: one row
+        per user, in user order, so ``valid_items[u]`` is user ``u``'s validation item).
+      valid_negatives, test_negatives: int32 ``(U, N)`` fixed sampled negatives (``N = 99`` by default), never a
+        positive of that user; ``(U, 0)`` for the ratio kinds.
+      positives_indptr, positives_indices: CSR of every known positive of each user (train, valid and test), sorted
+        by item id: user ``u``'s positives are ``positives_indices[positives_indptr[u]:positives_indptr[u + 1]]``.
+      user_attributes: attribute name -> int32 ``(U,)`` class index.
+      attribute_classes: attribute name -> class labels (index ``k`` names class ``k``).
+      item_genres: bool ``(I, G)`` multi-hot genres; ``genre_names`` names the columns.
+      probe_users: ``"train"``/``"valid"``/``"test"`` -> int32 sorted user indices for attribute probes.
+      user_raw_ids, item_raw_ids: the source files' ids, for writing results people can join.
+      seed: the seed that drew negatives, the probe split and (``random_ratio``) the hold-out.
+    """
+
+    name: str
+    kind: str
+    num_users: int
+    num_items: int
+    train_users: np.ndarray
+    train_items: np.ndarray
+    valid_users: np.ndarray
+    valid_items: np.ndarray
+    test_users: np.ndarray
+    test_items: np.ndarray
+    valid_negatives: np.ndarray
+    test_negatives: np.ndarray
+    positives_indptr: np.ndarray
+    positives_indices: np.ndarray
+    user_attributes: dict[str, np.ndarray]
+    attribute_classes: dict[str, tuple[str, ...]]
+    item_genres: np.ndarray
+    genre_names: tuple[str, ...]
+    probe_users: dict[str, np.ndarray]
+    user_raw_ids: np.ndarray
+    item_raw_ids: np.ndarray
+    seed: int
+
+    def __post_init__(self):
+        if self.kind not in SPLIT_KINDS:
+            raise ValueError(f"kind must be one of {list(SPLIT_KINDS)}, got {self.kind!r}")
+
+    # --- the protocol ------------------------------------------------------------------------------------------
+
+    @property
+    def protocols(self) -> tuple[str, ...]:
+        """The ranking protocols this split supports: ``("sampled", "full")`` or ``("full",)``."""
+        return PROTOCOLS if self.kind == "leave_one_out" else ("full",)
+
+    @property
+    def validation_protocol(self) -> str:
+        """The protocol that validates during training: ``sampled`` on leave-one-out, else ``full``."""
+        return self.protocols[0]
+
+    def stage_items(self, stage: str) -> np.ndarray:
+        """Leave-one-out only: int32 ``(U,)``, user ``u``'s held-out item of ``stage``."""
+        if self.kind != "leave_one_out":
+            raise ValueError(f"a {self.kind} split holds several {stage} positives per user, not one")
+        return {"valid": self.valid_items, "test": self.test_items}[_check_stage(stage)]
+
+    def negatives(self, stage: str) -> np.ndarray:
+        """int32 ``(U, N)``: the fixed sampled negatives of ``stage`` (``N = 0`` for the ratio kinds)."""
+        return {"valid": self.valid_negatives, "test": self.test_negatives}[_check_stage(stage)]
+
+    def target_matrix(self, stage: str) -> np.ndarray:
+        """Bool ``(U, I)``: the positives ``stage`` (``"valid"`` or ``"test"``) ranks for."""
+        if _check_stage(stage) == "valid":
+            return self.dense(self.valid_users, self.valid_items)
+        return self.dense(self.test_users, self.test_items)
+
+    def exclude_matrix(self, stage: str) -> np.ndarray:
+        """Bool ``(U, I)`` of the items masked when ``stage`` is ranked over all items (a target is never masked).
+
+        Leave-one-out: every known positive of the user. Ratio kinds: the training positives for ``"valid"``, the
+        training and validation positives for ``"test"``.
+        """
+        _check_stage(stage)
+        if self.kind == "leave_one_out":
+            return self.positive_matrix()
+        if stage == "valid":
+            return self.train_matrix()
+        return self.train_matrix() | self.target_matrix("valid")
+
+    def protocol_description(self, protocol: str) -> str:
+        if protocol == "sampled":
+            return f"target ranked among {self.test_negatives.shape[1]} fixed sampled negatives"
+        if self.kind == "leave_one_out":
+            return f"target ranked among all {self.num_items} items, other known positives masked"
+        return (f"held-out positives ranked among all {self.num_items} items, training (and for test, validation) "
+                "positives masked")
+
+    # --- derived views ------------------------------------------------------------------------------------------
 
     @property
     def num_train(self) -> int:
@@ -92,58 +208,12 @@ class SplitAccessors:
             for name, values in self.user_attributes.items()
         }
 
-
-@dataclasses.dataclass(frozen=True)
-class Split(SplitAccessors):
-    """A preprocessed leave-one-out split (AFRL paper section 4.1.1).
-
-    Users and items are re-indexed after filtering: ``U = num_users``, ``I = num_items``. Item id ``I`` is the padding
-    id used in sequences.
-
-    Attributes:
-      name: dataset name.
-      num_users, num_items: ``U`` and ``I``.
-      train_users, train_items: int32 ``(P,)``; the training positives, grouped by user, chronological within a user.
-      valid_items, test_items: int32 ``(U,)``; each user's second-to-last and last positive by time.
-      valid_negatives, test_negatives: int32 ``(U, N)`` (N = 99 by default); fixed sampled negatives for the
-        ``sampled`` protocol, never a positive of that user.
-      positives_indptr, positives_indices: CSR of every known positive of each user (train, valid and test), sorted
-        by item id: user ``u``'s positives are ``positives_indices[positives_indptr[u]:positives_indptr[u + 1]]``.
-      user_attributes: attribute name -> int32 ``(U,)`` class index.
-      attribute_classes: attribute name -> class labels (index ``k`` names class ``k``).
-      item_genres: bool ``(I, G)`` multi-hot genres; ``genre_names`` names the columns.
-      probe_users: ``"train"``/``"valid"``/``"test"`` -> int32 sorted user indices for attribute probes.
-      user_raw_ids, item_raw_ids: the source files' ids, for writing results people can join.
-      seed: the seed that drew negatives and the probe split.
-    """
-
-    name: str
-    num_users: int
-    num_items: int
-    train_users: np.ndarray
-    train_items: np.ndarray
-    valid_items: np.ndarray
-    test_items: np.ndarray
-    valid_negatives: np.ndarray
-    test_negatives: np.ndarray
-    positives_indptr: np.ndarray
-    positives_indices: np.ndarray
-    user_attributes: dict[str, np.ndarray]
-    attribute_classes: dict[str, tuple[str, ...]]
-    item_genres: np.ndarray
-    genre_names: tuple[str, ...]
-    probe_users: dict[str, np.ndarray]
-    user_raw_ids: np.ndarray
-    item_raw_ids: np.ndarray
-    seed: int
-
     def histories(self, stage: str, max_len: int) -> np.ndarray:
-        """Chronological item history each user has seen before ``stage``'s target, for sequential backbones.
+        """Chronological item history each user has seen before ``stage``'s targets, for sequential backbones.
 
         Args:
-          stage: ``"train"`` (training positives only, used to build training windows), ``"valid"`` (training
-            positives; the target is the validation item) or ``"test"`` (training positives then the validation
-            item; the target is the test item).
+          stage: ``"train"`` or ``"valid"`` (training positives only) or ``"test"`` (training positives, then the
+            user's validation positives).
           max_len: window length L; longer histories keep their most recent L items.
 
         Returns:
@@ -153,10 +223,11 @@ class Split(SplitAccessors):
             raise ValueError(f"stage must be 'train', 'valid' or 'test', got {stage!r}")
         out = np.full((self.num_users, max_len), self.num_items, dtype=np.int32)
         starts = np.searchsorted(self.train_users, np.arange(self.num_users + 1))
+        valid_starts = np.searchsorted(self.valid_users, np.arange(self.num_users + 1))
         for u in range(self.num_users):
             seq = self.train_items[starts[u] : starts[u + 1]]
             if stage == "test":
-                seq = np.append(seq, self.valid_items[u])
+                seq = np.append(seq, self.valid_items[valid_starts[u] : valid_starts[u + 1]])
             seq = seq[-max_len:]
             if len(seq):
                 out[u, max_len - len(seq) :] = seq
@@ -164,23 +235,24 @@ class Split(SplitAccessors):
 
     def statistics(self) -> dict:
         """Counts after preprocessing: users, items, positives per part, class counts per attribute."""
-        return {
-            "dataset": self.name,
-            "users": self.num_users,
-            "items": self.num_items,
-            "positives": self.num_train + 2 * self.num_users,
-            "train_positives": self.num_train,
-            "valid_positives": self.num_users,
-            "test_positives": self.num_users,
-            "eval_negatives_per_user": int(self.test_negatives.shape[1]),
-            "probe_users": {k: int(len(v)) for k, v in self.probe_users.items()},
-            "attribute_class_counts": self.attribute_class_counts(),
-        }
+        stats = {"dataset": self.name, "split": self.kind, "users": self.num_users, "items": self.num_items,
+                 "positives": int(self.positives_indices.shape[0]), "train_positives": self.num_train,
+                 "valid_positives": int(self.valid_users.shape[0]), "test_positives": int(self.test_users.shape[0])}
+        if self.kind == "leave_one_out":
+            stats["eval_negatives_per_user"] = int(self.test_negatives.shape[1])
+        stats["probe_users"] = {k: int(len(v)) for k, v in self.probe_users.items()}
+        stats["attribute_class_counts"] = self.attribute_class_counts()
+        return stats
 
 
-def save_split(split, path) -> None:
-    """Write ``split`` (a :class:`Split` or a :class:`jaxfair.data.holdout.HoldoutSplit`; negatives and probe users
-    included) to one ``.npz`` file, atomically."""
+def _check_stage(stage: str) -> str:
+    if stage not in ("valid", "test"):
+        raise ValueError(f"stage must be 'valid' or 'test', got {stage!r}")
+    return stage
+
+
+def save_split(split: Split, path) -> None:
+    """Write ``split`` (negatives and probe users included) to one ``.npz`` file, atomically."""
     import json
     import os
     import pathlib
@@ -198,18 +270,16 @@ def save_split(split, path) -> None:
             arrays.update({f"probe/{k}": v for k, v in value.items()})
         else:
             meta[field.name] = value
-    meta["container"] = type(split).__name__
     arrays["meta"] = np.array(json.dumps(meta))
     tmp = path.with_name(path.name + ".tmp.npz")
     np.savez_compressed(tmp, **arrays)
     os.replace(tmp, path)
 
 
-def load_split(path):
-    """Read a split written by :func:`save_split` (the container type it was saved from)."""
+def load_split(path) -> Split:
+    """Read a split written by :func:`save_split`, including files written before the two split containers
+    became one (``container`` = ``Split`` or ``HoldoutSplit`` in their metadata)."""
     import json
-
-    from jaxfair.data.holdout import HoldoutSplit
 
     with np.load(path, allow_pickle=False) as data:
         meta = json.loads(str(data["meta"]))
@@ -218,7 +288,14 @@ def load_split(path):
         probe = {k.split("/", 1)[1]: data[k] for k in data.files if k.startswith("probe/")}
     meta["attribute_classes"] = {k: tuple(v) for k, v in meta["attribute_classes"].items()}
     meta["genre_names"] = tuple(meta["genre_names"])
+    container = meta.pop("container", None)
+    if container == "Split":  # leave-one-out, from before held-out rows were stored
+        users = np.arange(meta["num_users"], dtype=np.int32)
+        meta["kind"] = "leave_one_out"
+        kwargs.update(valid_users=users, test_users=users)
+    elif container == "HoldoutSplit":  # ratio kinds, from before they carried an empty negatives array
+        empty = np.zeros((meta["num_users"], 0), np.int32)
+        kwargs.update(valid_negatives=empty, test_negatives=empty)
     # JSON keeps the attribute order, so the attributes come back in the order they were saved.
     user_attributes = {k: attrs[k] for k in meta["attribute_classes"]}
-    container = {"Split": Split, "HoldoutSplit": HoldoutSplit}[meta.pop("container", "Split")]
-    return container(**kwargs, **meta, user_attributes=user_attributes, probe_users=probe)
+    return Split(**kwargs, **meta, user_attributes=user_attributes, probe_users=probe)

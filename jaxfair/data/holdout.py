@@ -1,11 +1,7 @@
 """Ratio hold-out splits (several validation and test positives per user) for the full-ranking protocols of
-Cofair, ITFR and DifFaiRec.
-
-:class:`HoldoutSplit` offers the same read interface as the leave-one-out :class:`jaxfair.data.dataset.Split` where
-the two protocols agree (``num_users``, ``num_items``, ``train_users``/``train_items``, ``positive_matrix()``,
-``train_matrix()``, attributes, probe users, raw ids), so the embedding-table backbones (PMF, LightGCN, cosine MF)
-train on either. It differs where they differ: validation and test are sets of positives per user, stored as
-``(user, item)`` rows, and there are no sampled evaluation negatives (hold-out splits are ranked over all items).
+Cofair, ITFR and DifFaiRec: the rules that choose each user's held-out positives. The result is a
+:class:`jaxfair.data.dataset.Split` of kind ``temporal_ratio`` or ``random_ratio``, whose validation and test
+positives are ``(user, item)`` rows and which has no sampled evaluation negatives (it is ranked over all items).
 
 Split rules, per user with ``n`` positives and ratios ``(r_train, r_valid, r_test)``:
 
@@ -18,103 +14,17 @@ Split rules, per user with ``n`` positives and ratios ``(r_train, r_valid, r_tes
 * ``random_ratio``: the same counts over a seeded random permutation of the user's positives (ITFR's protocol:
   70/10/20).
 
-Full-ranking masks (see :meth:`HoldoutSplit.exclude_matrix`): validation ranks every item except the user's training
+Full-ranking masks (see :meth:`jaxfair.data.dataset.Split.exclude_matrix`): validation ranks every item except the user's training
 positives; test ranks every item except the training and validation positives. Training negatives are drawn outside
 every known positive (train, validation and test), as in the leave-one-out split.
 """
 
 from __future__ import annotations
 
-import dataclasses
-
 import numpy as np
 import pandas as pd
 
-from jaxfair.data.dataset import DataError, SplitAccessors
-
-SPLIT_KINDS = ("leave_one_out", "temporal_ratio", "random_ratio")
-
-
-@dataclasses.dataclass(frozen=True)
-class HoldoutSplit(SplitAccessors):
-    """A ratio hold-out split. ``U = num_users``, ``I = num_items``.
-
-    Attributes:
-      name: dataset name.
-      kind: ``"temporal_ratio"`` or ``"random_ratio"``.
-      num_users, num_items: ``U`` and ``I``.
-      train_users, train_items: int32 ``(P,)`` training positives, grouped by user (chronological within a user for
-        the temporal kind).
-      valid_users, valid_items, test_users, test_items: int32 rows of the validation and test positives.
-      positives_indptr, positives_indices: CSR of every known positive per user, sorted by item id.
-      user_attributes: attribute name -> int32 ``(U,)`` class index; ``attribute_classes`` names the classes.
-      item_genres: bool ``(I, G)``; ``genre_names`` names the columns.
-      probe_users: ``"train"``/``"valid"``/``"test"`` -> sorted user indices for attribute probes.
-      user_raw_ids, item_raw_ids: the source files' ids.
-      seed: the seed of the probe split (and, for ``random_ratio``, of the hold-out draw).
-    """
-
-    name: str
-    kind: str
-    num_users: int
-    num_items: int
-    train_users: np.ndarray
-    train_items: np.ndarray
-    valid_users: np.ndarray
-    valid_items: np.ndarray
-    test_users: np.ndarray
-    test_items: np.ndarray
-    positives_indptr: np.ndarray
-    positives_indices: np.ndarray
-    user_attributes: dict[str, np.ndarray]
-    attribute_classes: dict[str, tuple[str, ...]]
-    item_genres: np.ndarray
-    genre_names: tuple[str, ...]
-    probe_users: dict[str, np.ndarray]
-    user_raw_ids: np.ndarray
-    item_raw_ids: np.ndarray
-    seed: int
-
-    def valid_matrix(self) -> np.ndarray:
-        """Bool ``(U, I)``, True at the validation positives."""
-        return self.dense(self.valid_users, self.valid_items)
-
-    def test_matrix(self) -> np.ndarray:
-        """Bool ``(U, I)``, True at the test positives."""
-        return self.dense(self.test_users, self.test_items)
-
-    def target_matrix(self, stage: str) -> np.ndarray:
-        """The positives ``stage`` (``"valid"`` or ``"test"``) ranks for."""
-        return {"valid": self.valid_matrix, "test": self.test_matrix}[_check_stage(stage)]()
-
-    def exclude_matrix(self, stage: str) -> np.ndarray:
-        """Bool ``(U, I)`` of the items masked when ranking ``stage``: training positives for ``"valid"``; training
-        and validation positives for ``"test"``."""
-        if _check_stage(stage) == "valid":
-            return self.train_matrix()
-        return self.train_matrix() | self.valid_matrix()
-
-    def statistics(self) -> dict:
-        """Counts after preprocessing: users, items, positives per part, class counts per attribute."""
-        return {
-            "dataset": self.name,
-            "split": self.kind,
-            "users": self.num_users,
-            "items": self.num_items,
-            "positives": int(self.positives_indices.shape[0]),
-            "train_positives": self.num_train,
-            "valid_positives": int(self.valid_users.shape[0]),
-            "test_positives": int(self.test_users.shape[0]),
-            "probe_users": {k: int(len(v)) for k, v in self.probe_users.items()},
-            "attribute_class_counts": self.attribute_class_counts(),
-        }
-
-
-def _check_stage(stage: str) -> str:
-    if stage not in ("valid", "test"):
-        raise ValueError(f"stage must be 'valid' or 'test', got {stage!r}")
-    return stage
-
+from jaxfair.data.dataset import DataError
 
 def check_ratios(ratios) -> tuple[float, float, float]:
     """Validate ``(train, valid, test)`` fractions: three positive numbers summing to 1."""

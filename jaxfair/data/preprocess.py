@@ -15,8 +15,8 @@ Steps, in order:
 7. :func:`split_probe_users` - a seeded train/validation/test split of users for attribute probes.
 
 With ``split = "temporal_ratio"`` or ``"random_ratio"`` step 4 is :func:`jaxfair.data.holdout.ratio_split` (several
-validation and test positives per user, ranked over all items), step 6 is skipped, and :func:`prepare` returns a
-:class:`jaxfair.data.holdout.HoldoutSplit`. Cofair's recipe is ``rating_threshold = 0`` (every rating is a positive)
+validation and test positives per user, ranked over all items) and step 6 is skipped; :func:`prepare` returns a
+:class:`jaxfair.data.dataset.Split` of that kind either way. Cofair's recipe is ``rating_threshold = 0`` (every rating is a positive)
 with ``temporal_ratio`` 80/10/10.
 
 Named recipes (:data:`RECIPES`, chosen with ``[data] recipe = "..."``; explicit keys override a recipe's values):
@@ -37,8 +37,8 @@ import dataclasses
 import numpy as np
 import pandas as pd
 
-from jaxfair.data.dataset import DataError, RawDataset, Split
-from jaxfair.data.holdout import SPLIT_KINDS, HoldoutSplit, check_ratios, ratio_split
+from jaxfair.data.dataset import SPLIT_KINDS, DataError, RawDataset, Split
+from jaxfair.data.holdout import check_ratios, ratio_split
 from jaxfair.data.sampling import sample_negatives
 
 # MovieLens-1M age codes and the bucket each stands for; ML-100k raw ages are mapped onto the same buckets.
@@ -229,8 +229,15 @@ def encode_attributes(users: pd.DataFrame, names: tuple[str, ...]) -> tuple[dict
 
 
 def sample_eval_negatives(positives: np.ndarray, num: int, rng: np.random.Generator) -> np.ndarray:
-    """``num`` distinct negatives for every user, none a known positive. Returns int32 ``(U, num)``."""
-    return sample_negatives(positives, np.arange(positives.shape[0]), num, rng, replace=False)
+    """``num`` distinct negatives for every user, none a known positive. Returns int32 ``(U, num)``.
+
+    Raises:
+      DataError: a user has fewer than ``num`` items that are not their positives.
+    """
+    try:
+        return sample_negatives(positives, np.arange(positives.shape[0]), num, rng, replace=False)
+    except ValueError as err:
+        raise DataError(f"eval_negatives: {err} (lower data.eval_negatives, or use a ratio split)") from err
 
 
 def split_probe_users(num_users: int, fractions, rng: np.random.Generator) -> dict[str, np.ndarray]:
@@ -285,9 +292,8 @@ def _split_metadata(raw: RawDataset, config: PrepConfig, old_users: np.ndarray, 
     }
 
 
-def prepare(raw: RawDataset, config: PrepConfig = PrepConfig()) -> Split | HoldoutSplit:
-    """Run every step on ``raw``; returns the leave-one-out :class:`Split` or, for a ratio split, a
-    :class:`HoldoutSplit`."""
+def prepare(raw: RawDataset, config: PrepConfig = PrepConfig()) -> Split:
+    """Run every step on ``raw``; returns a :class:`Split` of kind ``config.split``."""
     positives = binarize(raw.interactions, config.rating_threshold)
     positives = k_core(filter_genre_items(positives, raw.items, config.genre_groups), config.k_core)
     positives = filter_users(positives, config.min_positives)
@@ -305,21 +311,15 @@ def prepare(raw: RawDataset, config: PrepConfig = PrepConfig()) -> Split | Holdo
     test_negatives = sample_eval_negatives(known, config.eval_negatives, rng)
     probe = split_probe_users(num_users, config.probe_fractions, rng)
 
-    return Split(
-        **_split_metadata(raw, config, old_users, old_items),
-        train_users=train["user"].to_numpy().astype(np.int32),
-        train_items=train["item"].to_numpy().astype(np.int32),
-        valid_items=valid_items,
-        test_items=test_items,
-        valid_negatives=valid_negatives,
-        test_negatives=test_negatives,
-        positives_indptr=indptr,
-        positives_indices=indices,
-        probe_users=probe,
-    )
+    users = np.arange(num_users, dtype=np.int32)
+    return Split(**_split_metadata(raw, config, old_users, old_items), kind="leave_one_out",
+                 train_users=train["user"].to_numpy().astype(np.int32),
+                 train_items=train["item"].to_numpy().astype(np.int32), valid_users=users, valid_items=valid_items,
+                 test_users=users, test_items=test_items, valid_negatives=valid_negatives,
+                 test_negatives=test_negatives, positives_indptr=indptr, positives_indices=indices, probe_users=probe)
 
 
-def _prepare_holdout(raw, config: PrepConfig, positives, old_users, old_items) -> HoldoutSplit:
+def _prepare_holdout(raw, config: PrepConfig, positives, old_users, old_items) -> Split:
     """Steps 4-7 for a ratio split (no sampled evaluation negatives)."""
     num_users, num_items = len(old_users), len(old_items)
     rng = np.random.default_rng(config.seed)
@@ -327,16 +327,9 @@ def _prepare_holdout(raw, config: PrepConfig, positives, old_users, old_items) -
     _, indptr, indices = _positives_csr(positives["user"].to_numpy(), positives["item"].to_numpy(), num_users, num_items)
     probe = split_probe_users(num_users, config.probe_fractions, rng)
     column = lambda frame, name: frame[name].to_numpy().astype(np.int32)
-    return HoldoutSplit(
-        **_split_metadata(raw, config, old_users, old_items),
-        kind=config.split,
-        train_users=column(train, "user"),
-        train_items=column(train, "item"),
-        valid_users=column(valid, "user"),
-        valid_items=column(valid, "item"),
-        test_users=column(test, "user"),
-        test_items=column(test, "item"),
-        positives_indptr=indptr,
-        positives_indices=indices,
-        probe_users=probe,
-    )
+    no_negatives = np.zeros((num_users, 0), np.int32)
+    return Split(**_split_metadata(raw, config, old_users, old_items), kind=config.split,
+                 train_users=column(train, "user"), train_items=column(train, "item"),
+                 valid_users=column(valid, "user"), valid_items=column(valid, "item"),
+                 test_users=column(test, "user"), test_items=column(test, "item"), valid_negatives=no_negatives,
+                 test_negatives=no_negatives, positives_indptr=indptr, positives_indices=indices, probe_users=probe)

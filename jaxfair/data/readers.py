@@ -290,10 +290,7 @@ def read_ml100k(folder) -> RawDataset:
     inter = _read_table(folder / "u.data", "\t", list(_INTER_FIELDS), numeric=_INTER_FIELDS)
     user_ids, item_ids, ratings, times = _interactions(inter)
 
-    fields = ["user_id", "age", "gender", "occupation", "zip_code"]
-    user_table = _read_table(folder / "u.user", "|", fields, numeric=("user_id",))
-    user_keys, problem = _int_ids(user_table, "user_id", "user")
-    attributes = _attributes(user_table, ["age", "gender", "occupation"], problem)
+    users = _grouplens_users(folder / "u.user", "|", ["user_id", "age", "gender", "occupation", "zip_code"])
 
     genre_names = _ml100k_genres(folder / "u.genre")
     flag_columns = [f"flag_{k}" for k in range(len(genre_names))]
@@ -308,11 +305,8 @@ def read_ml100k(folder) -> RawDataset:
     ]
     item_table.check(problem, *flag_problems)
     genres = [tuple(g for g, on in zip(genre_names, row) if on) for row in flags == "1"]
-    titles = item_table.frame["title"].str.strip().to_numpy(dtype=object)
-
-    users = _Entries(user_table, user_keys, attributes)
-    items = _Entries(item_table, item_keys, {"title": titles, "genres": genres})
-    return _assemble("ml-100k", inter, user_ids, item_ids, ratings, times, users, items)
+    return _assemble("ml-100k", inter, user_ids, item_ids, ratings, times, users,
+                     _grouplens_items(item_table, item_keys, genres))
 
 
 def _ml100k_genres(path: Path) -> tuple[str, ...]:
@@ -346,20 +340,29 @@ def read_ml1m(folder) -> RawDataset:
     inter = _read_table(folder / "ratings.dat", "::", list(_INTER_FIELDS), numeric=_INTER_FIELDS)
     user_ids, item_ids, ratings, times = _interactions(inter)
 
-    fields = ["user_id", "gender", "age", "occupation", "zip_code"]
-    user_table = _read_table(folder / "users.dat", "::", fields, numeric=("user_id",))
-    user_keys, problem = _int_ids(user_table, "user_id", "user")
-    attributes = _attributes(user_table, ["gender", "age", "occupation"], problem)
+    users = _grouplens_users(folder / "users.dat", "::", ["user_id", "gender", "age", "occupation", "zip_code"])
 
     item_table = _read_table(folder / "movies.dat", "::", ["item_id", "title", "genres"], numeric=("item_id",))
     item_keys, problem = _int_ids(item_table, "item_id", "item")
     item_table.check(problem)
     genres = [tuple(g for g in (s.strip() for s in text.split("|")) if g) for text in item_table.frame["genres"]]
-    titles = item_table.frame["title"].str.strip().to_numpy(dtype=object)
+    return _assemble("ml-1m", inter, user_ids, item_ids, ratings, times, users,
+                     _grouplens_items(item_table, item_keys, genres))
 
-    users = _Entries(user_table, user_keys, attributes)
-    items = _Entries(item_table, item_keys, {"title": titles, "genres": genres})
-    return _assemble("ml-1m", inter, user_ids, item_ids, ratings, times, users, items)
+
+def _grouplens_users(path: Path, sep: str, fields: list[str]) -> "_Entries":
+    """A GroupLens users file: integer ids and the ``gender``, ``age`` and ``occupation`` attributes (in the file's
+    column order), validated."""
+    table = _read_table(path, sep, fields, numeric=("user_id",))
+    keys, problem = _int_ids(table, "user_id", "user")
+    names = [f for f in fields if f in ("gender", "age", "occupation")]
+    return _Entries(table, keys, _attributes(table, names, problem))
+
+
+def _grouplens_items(table: "_Table", keys: np.ndarray, genres: list[tuple]) -> "_Entries":
+    """A GroupLens items file's entries: stripped titles and the genre tuples."""
+    titles = table.frame["title"].str.strip().to_numpy(dtype=object)
+    return _Entries(table, keys, {"title": titles, "genres": genres})
 
 
 def _atomic_name(folder: Path) -> str:

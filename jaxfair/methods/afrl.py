@@ -16,7 +16,15 @@ the ``d`` dimensions of each ``z_i``). During training each row draws its requir
 combinations (Algorithm 1, line 5).
 
 Algorithm 1 runs one jitted step per batch that updates, in order, C (Eq. 10), E (Eq. 13), D (Eq. 16 inner),
-F (Eq. 16 outer) and G (Eq. 18); each player has its own Adam state, so a player is only moved by its own update.
+F (Eq. 16 outer) and G (Eq. 18). The five players are declared once with ``optax.partition``
+(:func:`jaxfair.training.optim.players`) and each update applies only its own player's Adam
+(:func:`jaxfair.training.optim.update_player`), so a player is only moved, and its moments only advanced, by its own
+update.
+
+Paper equations -> functions: Eq. (1) :func:`encode`; Eqs. (10)-(13) :func:`~jaxfair.methods.adversaries.
+classifier_loss`, :func:`encoder_loss`; Eq. (15)-(16) :func:`collaborative_loss`,
+:func:`~jaxfair.methods.adversaries.discriminator_loss`; Eq. (17) :func:`aggregate`; Eq. (18) :func:`aggregator_loss`;
+Algorithm 1 :func:`make_train_step`; serving :func:`fair_user_embeddings`.
 
 Choices where the paper is silent (recorded here on purpose):
 
@@ -25,7 +33,7 @@ Choices where the paper is silent (recorded here on purpose):
 * The per-user terms (Eqs. 13, 16) use the users of the BPR batch (users weighted by their number of training
   positives), so one batch feeds all five updates.
 * Users of the probe validation and test splits contribute no attribute labels to training
-  (``attribute_weight = 0``; :data:`jaxfair.experiments.afrl.AUDIT_STAGES`): the probe that measures leakage is then
+  (``attribute_weight = 0``; :data:`jaxfair.methods.base.WITHHELD_STAGES`): the probe that measures leakage is then
   selected and scored, and the unseen-user audit fitted, on users whose attributes AFRL never saw.
 * ``G`` has ``aggregator_layers`` layers of width ``hidden`` (the paper does not give its depth); the attribute
   classifiers' and discriminators' hidden width is ``hidden`` too.
@@ -56,26 +64,30 @@ Choices where the paper is silent (recorded here on purpose):
 from __future__ import annotations
 
 import dataclasses
-import itertools
-from typing import Callable, NamedTuple
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
-import numpy as np
-import optax
 
 from jaxfair.backbones.base import bpr_loss
+from jaxfair.config import check_fields
+from jaxfair.methods.adversaries import (AttributeData, classifier_loss, confusion_loss, discriminator_loss,
+                                         head_nll, num_classes_of, weighted_mean)
 from jaxfair.methods.class_means import between_class_share, linear_share
-from jaxfair.methods.mlp import mlp_apply, mlp_init, mlp_sizes, stack_apply, stack_apply_each, stack_init
+from jaxfair.methods.mlp import mlp_apply, mlp_init, mlp_sizes, stack_apply, stack_init
+from jaxfair.methods.requirements import embed_all_requirements, requirement_method
+from jaxfair.training import optim
 from jaxfair.training.step import TrainState
+from jaxfair.training.trainer import TrainConfig
 
 PLAYERS = ("C", "E", "D", "F", "G")
 ADVERSARIES = ("confusion", "linear_share", "mean_gap", "paper")
 
 
 @dataclasses.dataclass(frozen=True)
-class AFRLConfig:
-    """AFRL hyper-parameters; defaults follow the paper (section 4.1.4, Table 1 for PMF on ML-1M).
+class Config:
+    """AFRL hyper-parameters (the ``[afrl]`` section); defaults follow the paper (section 4.1.4, Table 1 for PMF on
+    ML-1M).
 
     Attributes:
       beta: weight of the classification term in Eq. (13).
@@ -84,8 +96,6 @@ class AFRLConfig:
       encoder_layers: layers of E_i and F (6 in the paper).
       head_layers: layers of C_i and D_i (2 in the paper).
       aggregator_layers: layers of G.
-      learning_rate, batch_size, epochs, patience: AFRL's own training loop (Adam, early stopping on the mean
-        validation NDCG@10 over all fairness requirements).
       use_attribute_embeddings: False gives the AFRL-w/o-z_i ablation.
       use_collaborative_embedding: False gives the AFRL-w/o-z_0 ablation.
       adversary: ``"paper"`` (default; Eq. 16's ``-lambda * CE`` literally), ``"confusion"`` (F pushes D_i's
@@ -98,6 +108,8 @@ class AFRLConfig:
         is Eq. (17) as written.
       confusion_on_all_users: with ``adversary = "confusion"``, F's confusion term covers every user of the batch
         instead of the labelled ones only (see the module docstring).
+      train: AFRL's own loop (``[afrl.train]``: Adam for every player at ``learning_rate``, early stopping on the mean
+        validation NDCG@10 over all fairness requirements; the paper's learning rate 5e-5 and batch size 256).
     """
 
     beta: float = 0.1
@@ -106,91 +118,28 @@ class AFRLConfig:
     encoder_layers: int = 6
     head_layers: int = 2
     aggregator_layers: int = 2
-    learning_rate: float = 5e-5
-    batch_size: int = 256
-    epochs: int = 100
-    patience: int = 5
     use_attribute_embeddings: bool = True
     use_collaborative_embedding: bool = True
     adversary: str = "paper"
     discriminator_steps: int = 1
     aggregator_residual: bool = False
     confusion_on_all_users: bool = False
+    train: TrainConfig = TrainConfig(learning_rate=5e-5, batch_size=256, epochs=100, patience=5, monitor="ndcg@10")
 
     def __post_init__(self):
-        if self.adversary not in ADVERSARIES:
-            raise ValueError(f"adversary must be one of {ADVERSARIES}, got {self.adversary!r}")
-        if self.beta < 0 or self.lam < 0:
-            raise ValueError("beta and lam must be non-negative")
-        for name in (
-            "hidden", "encoder_layers", "head_layers", "aggregator_layers", "batch_size", "epochs", "patience",
-            "discriminator_steps",
-        ):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        check_fields(self, choices={"adversary": ADVERSARIES}, non_negative=("beta", "lam"),
+                     at_least_one=("hidden", "encoder_layers", "head_layers", "aggregator_layers",
+                                   "discriminator_steps"))
         if self.confusion_on_all_users and self.adversary != "confusion":
             raise ValueError("confusion_on_all_users needs adversary = 'confusion' (the other targets need labels)")
         if not (self.use_attribute_embeddings or self.use_collaborative_embedding):
             raise ValueError("at least one of use_attribute_embeddings and use_collaborative_embedding must be true")
 
 
-class AFRLData(NamedTuple):
-    """Constant inputs of AFRL training, built once from the frozen backbone and the split.
-
-    Attributes:
-      user_vecs: ``(U, d)`` frozen backbone user embeddings (training-time history).
-      item_vecs: ``(I, d)`` frozen backbone item embeddings.
-      labels: int32 ``(U, M)`` attribute classes.
-      attribute_weight: float ``(U,)``; 0 for users whose labels must not be used (the probe validation
-        and test users).
-      class_mask: bool ``(M, max_classes)``; True for the classes each attribute really has.
-      class_prior: float ``(M, max_classes)``; each attribute's class frequencies among the training users (0 on
-        masked classes), the target of the ``"confusion"`` adversary.
-    """
-
-    user_vecs: jax.Array
-    item_vecs: jax.Array
-    labels: jax.Array
-    attribute_weight: jax.Array
-    class_mask: jax.Array
-    class_prior: jax.Array
+AFRLConfig = Config  # the name the paper's readers look for
 
 
-def make_data(user_vecs, item_vecs, labels, num_classes: tuple[int, ...], attribute_weight=None) -> AFRLData:
-    """Build :class:`AFRLData`, deriving the class mask and the class prior (over users with weight > 0).
-
-    Args:
-      user_vecs: ``(U, d)``; item_vecs: ``(I, d)``; labels: int ``(U, M)``; num_classes: classes per attribute;
-      attribute_weight: ``(U,)``, default all ones.
-    """
-    labels = np.asarray(labels, np.int32)
-    weight = np.ones(len(labels), np.float32) if attribute_weight is None else np.asarray(attribute_weight, np.float32)
-    mask = class_mask(tuple(num_classes))
-    return AFRLData(
-        user_vecs=jnp.asarray(user_vecs, jnp.float32),
-        item_vecs=jnp.asarray(item_vecs, jnp.float32),
-        labels=jnp.asarray(labels),
-        attribute_weight=jnp.asarray(weight),
-        class_mask=jnp.asarray(mask),
-        class_prior=jnp.asarray(class_prior(labels, weight, mask)),
-    )
-
-
-def class_prior(labels: np.ndarray, weight: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """Weighted class frequencies ``(M, max_classes)`` of ``labels (U, M)`` over users with ``weight > 0``."""
-    prior = np.zeros(mask.shape, np.float64)
-    for i in range(mask.shape[0]):
-        prior[i] = np.bincount(labels[:, i], weights=weight, minlength=mask.shape[1])[: mask.shape[1]]
-    return (prior / prior.sum(axis=1, keepdims=True)).astype(np.float32)
-
-
-def class_mask(num_classes: tuple[int, ...]) -> np.ndarray:
-    """Bool ``(M, max(num_classes))``: row ``i`` is True on attribute ``i``'s first ``num_classes[i]`` columns."""
-    width = max(num_classes)
-    return np.arange(width)[None, :] < np.asarray(num_classes)[:, None]
-
-
-def init_params(key: jax.Array, dim: int, num_classes: tuple[int, ...], config: AFRLConfig) -> dict:
+def init_params(key: jax.Array, dim: int, num_classes: tuple[int, ...], config: Config) -> dict:
     """Initialise every player. ``E``, ``C``, ``D`` are stacks of ``M`` networks (leading axis ``M``)."""
     m = len(num_classes)
     kc, ke, kd, kf, kg = jax.random.split(key, 5)
@@ -210,7 +159,7 @@ def encode(params: dict, u: jax.Array) -> tuple[jax.Array, jax.Array]:
     return mlp_apply(params["F"], u), stack_apply(params["E"], u)
 
 
-def aggregate(params: dict, z0: jax.Array, z: jax.Array, sensitive: jax.Array, config: AFRLConfig) -> jax.Array:
+def aggregate(params: dict, z0: jax.Array, z: jax.Array, sensitive: jax.Array, config: Config) -> jax.Array:
     """Eq. (17): ``u* = G(z_0 (+) [(z_1 (+) ... (+) z_M) * s_u])`` with ``s_u = not sensitive``.
 
     Args:
@@ -227,7 +176,7 @@ def aggregate(params: dict, z0: jax.Array, z: jax.Array, sensitive: jax.Array, c
     return z0 + out if config.aggregator_residual else out
 
 
-def fair_user_embeddings(params: dict, user_embeddings: jax.Array, sensitive: jax.Array, config: AFRLConfig) -> jax.Array:
+def fair_user_embeddings(params: dict, user_embeddings: jax.Array, sensitive: jax.Array, config: Config) -> jax.Array:
     """The serving API: fair embeddings ``u*`` for any per-user requirement.
 
     Args:
@@ -242,70 +191,16 @@ def fair_user_embeddings(params: dict, user_embeddings: jax.Array, sensitive: ja
     return aggregate(params, z0, z, sensitive, config)
 
 
-def all_requirements(num_attributes: int) -> np.ndarray:
-    """Every fairness requirement, bool ``(2^M, M)``: the empty one first, then by size, e.g. for (G, A, O):
-    none, G, A, O, G+A, G+O, A+O, G+A+O."""
-    rows = [np.zeros(num_attributes, bool)]
-    for size in range(1, num_attributes + 1):
-        for combo in itertools.combinations(range(num_attributes), size):
-            row = np.zeros(num_attributes, bool)
-            row[list(combo)] = True
-            rows.append(row)
-    return np.stack(rows)
-
-
-def requirement_name(sensitive: np.ndarray, attribute_names: tuple[str, ...]) -> str:
-    """``"G+A"``-style name from the attributes' initials (``"none"`` for the empty requirement)."""
-    picked = [attribute_names[i][0].upper() for i in np.flatnonzero(sensitive)]
-    return "+".join(picked) if picked else "none"
-
-
-def _weighted_mean(values: jax.Array, weight: jax.Array) -> jax.Array:
-    return jnp.sum(values * weight) / jnp.maximum(jnp.sum(weight), 1.0)
-
-
-def head_nll(heads, z: jax.Array, labels: jax.Array, mask: jax.Array) -> jax.Array:
-    """``-log q(a_i | z_i; head_i)`` for every attribute: ``z (M, B, d)`` -> ``(M, B)``.
-
-    ``mask (M, max_classes)`` removes classes an attribute does not have from its softmax.
-    """
-    logp = head_log_probs(heads, z, mask)
-    return -jnp.take_along_axis(logp, labels.T[..., None], axis=-1)[..., 0]
-
-
-def classifier_loss(c_params, z, labels, weight, mask) -> jax.Array:
-    """Eq. (10), inner minimisation of Eq. (13): mean over users of ``sum_i -log q(a_i | z_i; C_i)``."""
-    return _weighted_mean(jnp.sum(head_nll(c_params, z, labels, mask), axis=0), weight)
+def fair_embeddings_all_requirements(params: dict, user_vecs: jax.Array, requirements: jax.Array, config: Config):
+    """``u*`` of every user under every requirement in one ``jax.vmap``: ``(K, M), (U, d) -> (K, U, d)``."""
+    return embed_all_requirements(fair_user_embeddings, params, user_vecs, requirements, config)
 
 
 def encoder_loss(e_params, c_params, u, labels, weight, mask, beta: float) -> jax.Array:
     """Eq. (13), outer minimisation over E: mean over users of ``sum_i [1/2 ||z_i||^2 - beta log q(a_i | z_i; C_i)]``."""
     z = stack_apply(e_params, u)
     compression = 0.5 * jnp.sum(z**2, axis=-1)  # (M, B), Eq. (4)
-    return _weighted_mean(jnp.sum(compression + beta * head_nll(c_params, z, labels, mask), axis=0), weight)
-
-
-def head_log_probs(heads, z: jax.Array, mask: jax.Array) -> jax.Array:
-    """Log class probabilities ``(M, B, max_classes)`` of a stack of heads on ``z (M, B, d)``; masked classes -inf-like."""
-    logits = jnp.where(mask[:, None, :], stack_apply_each(heads, z), -1e9)
-    return jax.nn.log_softmax(logits, axis=-1)
-
-
-def confusion_loss(d_params, z0, prior, weight, mask) -> jax.Array:
-    """F's bounded adversarial target: mean over users of ``sum_i CE(p(a_i), q(. | z_0; D_i))``.
-
-    Smallest (equal to the prior's entropy) when every discriminator predicts the class prior for every user.
-    """
-    m = prior.shape[0]
-    logp = head_log_probs(d_params, jnp.broadcast_to(z0, (m,) + z0.shape), mask)
-    per_user = -jnp.sum(jnp.where(mask[:, None, :], prior[:, None, :] * logp, 0.0), axis=(0, 2))
-    return _weighted_mean(per_user, weight)
-
-
-def discriminator_loss(d_params, z0, labels, weight, mask) -> jax.Array:
-    """Inner maximisation of Eq. (16) written as a minimisation: mean of ``sum_i -log q(a_i | z_0; D_i)``."""
-    m = labels.shape[1]
-    return _weighted_mean(jnp.sum(head_nll(d_params, jnp.broadcast_to(z0, (m,) + z0.shape), labels, mask), axis=0), weight)
+    return weighted_mean(jnp.sum(compression + beta * head_nll(c_params, z, labels, mask), axis=0), weight)
 
 
 def collaborative_loss(
@@ -322,7 +217,7 @@ def collaborative_loss(
     """
     z0 = mlp_apply(f_params, u)
     confusion_weight = attr_weight if confusion_weight is None else confusion_weight
-    reconstruction = _weighted_mean(jnp.sum((z0 - u) ** 2, axis=-1), recon_weight)
+    reconstruction = weighted_mean(jnp.sum((z0 - u) ** 2, axis=-1), recon_weight)
     if adversary == "paper":
         return reconstruction - lam * discriminator_loss(d_params, z0, labels, attr_weight, mask)
     if adversary == "mean_gap":
@@ -362,44 +257,24 @@ def aggregator_loss(g_params, params, u, pos_vecs, neg_vecs, sensitive, weight, 
     return bpr_loss(score(u_star, pos_vecs), score(u_star, neg_vecs), weight)
 
 
-def make_optimizer(config: AFRLConfig) -> optax.GradientTransformation:
-    return optax.adam(config.learning_rate)
+def make_players(config: Config) -> optim.Players:
+    """The five players, each with its own Adam at ``config.train.learning_rate``."""
+    return optim.same_players(PLAYERS, config.train)
 
 
-def num_classes_of(data: AFRLData) -> tuple[int, ...]:
-    """Classes per attribute, read off the class mask."""
-    return tuple(int(n) for n in np.asarray(data.class_mask).sum(axis=1))
-
-
-def init_player_state(params: dict, players: tuple[str, ...], tx) -> TrainState:
-    """A train state holding one optimizer state per player, so each player is moved only by its own update."""
-    return TrainState(params=params, opt_state={p: tx.init(params[p]) for p in players}, step=jnp.zeros((), jnp.int32))
-
-
-def init_state(key: jax.Array, data: AFRLData, config: AFRLConfig) -> TrainState:
-    """Parameters of every player and one optimizer state per player."""
+def init_state(key: jax.Array, data: AttributeData, config: Config) -> TrainState:
+    """Parameters of every player and the players' partitioned optimizer state."""
     params = init_params(key, data.user_vecs.shape[1], num_classes_of(data), config)
-    return init_player_state(params, PLAYERS, make_optimizer(config))
+    return optim.init_players(params, make_players(config))
 
 
-def update_player(params: dict, opt_state: dict, name: str, loss_fn: Callable, tx) -> tuple[dict, dict, jax.Array]:
-    """Differentiate ``loss_fn(params[name])`` and move only player ``name`` with its own optimizer state."""
-    loss, grads = jax.value_and_grad(loss_fn)(params[name])
-    updates, new_opt = tx.update(grads, opt_state[name], params[name])
-    return (
-        dict(params, **{name: optax.apply_updates(params[name], updates)}),
-        dict(opt_state, **{name: new_opt}),
-        loss,
-    )
-
-
-def make_train_step(data: AFRLData, score: Callable, config: AFRLConfig):
+def make_train_step(data: AttributeData, score: Callable, config: Config):
     """Algorithm 1 for one batch, as ``(state, batch, key) -> (state, metrics)``.
 
     ``batch`` holds BPR rows: ``user``, ``pos``, ``neg`` (int32 ``(B,)``) and ``weight`` (``(B,)``, 0 on padding).
     ``score(u (..., d), v (..., d)) -> (...)`` is the frozen backbone's scorer.
     """
-    tx = make_optimizer(config)
+    players = make_players(config)
 
     def step(state: TrainState, batch: dict, key: jax.Array):
         params, opt_state = state.params, state.opt_state
@@ -409,35 +284,37 @@ def make_train_step(data: AFRLData, score: Callable, config: AFRLConfig):
         attr_weight = weight * data.attribute_weight[batch["user"]]
         sensitive = jax.random.bernoulli(key, 0.5, labels.shape)  # uniform over the 2^M requirements
 
+        def update(params, opt_state, name, loss_fn):
+            return optim.update_player(players, params, opt_state, name, loss_fn)
+
         z = jax.lax.stop_gradient(stack_apply(params["E"], u))
-        params, opt_state, loss_c = update_player(
-            params, opt_state, "C", lambda c: classifier_loss(c, z, labels, attr_weight, data.class_mask), tx
+        params, opt_state, loss_c = update(
+            params, opt_state, "C", lambda c: classifier_loss(c, z, labels, attr_weight, data.class_mask)
         )
-        params, opt_state, loss_e = update_player(
+        params, opt_state, loss_e = update(
             params, opt_state, "E",
-            lambda e: encoder_loss(e, params["C"], u, labels, attr_weight, data.class_mask, config.beta), tx,
+            lambda e: encoder_loss(e, params["C"], u, labels, attr_weight, data.class_mask, config.beta),
         )
         z0 = jax.lax.stop_gradient(mlp_apply(params["F"], u))
 
         def discriminator_update(_, carry):
             p, o, _ = carry
-            return update_player(p, o, "D", lambda d: discriminator_loss(d, z0, labels, attr_weight, data.class_mask), tx)
+            return update(p, o, "D", lambda d: discriminator_loss(d, z0, labels, attr_weight, data.class_mask))
 
         params, opt_state, loss_d = jax.lax.fori_loop(
             0, config.discriminator_steps, discriminator_update, (params, opt_state, jnp.zeros(()))
         )
-        params, opt_state, loss_f = update_player(
+        params, opt_state, loss_f = update(
             params, opt_state, "F",
             lambda f: collaborative_loss(
                 f, params["D"], u, labels, weight, attr_weight, data.class_mask, config.lam, data.class_prior,
                 config.adversary, weight if config.confusion_on_all_users else attr_weight,
             ),
-            tx,
         )
         pos_vecs, neg_vecs = data.item_vecs[batch["pos"]], data.item_vecs[batch["neg"]]
-        params, opt_state, loss_g = update_player(
+        params, opt_state, loss_g = update(
             params, opt_state, "G",
-            lambda g: aggregator_loss(g, params, u, pos_vecs, neg_vecs, sensitive, weight, score, config), tx,
+            lambda g: aggregator_loss(g, params, u, pos_vecs, neg_vecs, sensitive, weight, score, config),
         )
         metrics = {"loss": loss_g, "loss_C": loss_c, "loss_E": loss_e, "loss_D": loss_d, "loss_F": loss_f}
         return TrainState(params, opt_state, state.step + 1), metrics
@@ -445,6 +322,8 @@ def make_train_step(data: AFRLData, score: Callable, config: AFRLConfig):
     return step
 
 
-def fair_embeddings_all_requirements(params: dict, user_vecs: jax.Array, requirements: jax.Array, config: AFRLConfig):
-    """``u*`` of every user under every requirement in one ``jax.vmap``: ``(K, M), (U, d) -> (K, U, d)``."""
-    return jax.vmap(lambda s: fair_user_embeddings(params, user_vecs, s, config))(requirements)
+# --- the method contract -------------------------------------------------------------------------------------
+
+METHOD = requirement_method(
+    "afrl", Config, init_state=init_state, make_train_step=make_train_step, embed=fair_user_embeddings,
+    description="AFRL (Zhu et al., SIGIR 2024): one model serving every personalised fairness requirement")

@@ -88,23 +88,31 @@ from typing import Callable, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
 from jaxfair.backbones.base import bpr_loss
-from jaxfair.methods.afrl import update_player
+from jaxfair.backbones.common import pair_epoch
+from jaxfair.config import ConfigError, check_fields
+from jaxfair.methods.base import (Evaluation, Method, Model, audit_users, label_weight, require, require_attribute,
+                                  require_ratio_split, withheld_labels)
+from jaxfair.methods.cofair_evaluation import (attacker_loss_drops, audit_levels, curve_figure, curve_steps,
+                                               exposure_floor, level_report, probe_levels, results_table)
 from jaxfair.methods.class_means import between_class_share, linear_share
 from jaxfair.methods.mlp import mlp_apply, mlp_init, mlp_sizes
 from jaxfair.methods.soft_exposure import soft_exposure_gap
+from jaxfair.metrics.exposure import full_ranking_report
+from jaxfair.metrics.probe import probe_attribute
+from jaxfair.training import optim
 from jaxfair.training.step import TrainState
+from jaxfair.training.trainer import TrainConfig
 
-PLAYERS = ("filter", "D")
 ADVERSARIES = ("paper", "capped", "confusion", "mean_gap", "linear_share")
 LOG2 = float(np.log(2.0))
 
 
 @dataclasses.dataclass(frozen=True)
-class CofairConfig:
-    """Cofair hyper-parameters; defaults follow the public code's ML-1M/BPR settings unless noted.
+class Config:
+    """Cofair hyper-parameters (the ``[cofair]`` section); defaults follow the public code's ML-1M/BPR settings
+    unless noted.
 
     Attributes:
       attribute: the sensitive attribute (a column of the split's user attributes).
@@ -131,9 +139,16 @@ class CofairConfig:
       exposure_k, exposure_temperature, exposure_candidates: the cut-off, the sigmoid's width (in units of each
         user's score standard deviation) and the items per user that carry gradient, of
         :func:`jaxfair.methods.soft_exposure.soft_exposure_gap`.
-      learning_rate: Adam step size of the filter and of ``D``.
-      batch_size, epochs, patience: Cofair's own loop (early stopping on validation ``monitor`` at level ``T``).
-      monitor: validation metric at level T (full ranking) to maximise.
+      floor_shuffles: above 0, also measure every level's random-group floor of DP@K and EOpp@K (that many
+        permutations of the attribute's labels; :func:`~jaxfair.methods.cofair_evaluation.exposure_floor`), over all
+        users and over the users whose label Cofair never saw (their ``dp@k`` is reported as ``unseen_dp@k``).
+      retrain_baseline: also train the retraining baseline after Cofair: one single-level model per lambda
+        (``levels = 1``, ``alpha = beta = 0``), each from scratch (the cost Cofair avoids).
+      baseline_lambdas: the baseline's fixed lambdas; empty means the level weights ``lambda_1..lambda_T`` Cofair
+        arrives at (Eq. 10 on the trained model's attacker losses over the labelled users).
+      train: Cofair's own loop (``[cofair.train]``: the filter's Adam at ``learning_rate``, early stopping on the
+        validation ``monitor`` at level ``T``: any full-ranking metric such as ``recall@10``, the public code's
+        choice, ``dp@k``/``eopp@k``, or ``parity@k = 1 - DP@k`` to keep the fairest epoch of the top level).
     """
 
     attribute: str = "gender"
@@ -154,25 +169,30 @@ class CofairConfig:
     exposure_k: int = 10
     exposure_temperature: float = 0.05
     exposure_candidates: int = 20
-    learning_rate: float = 1e-3
-    batch_size: int = 4096
-    epochs: int = 100
-    patience: int = 20
-    monitor: str = "recall@10"
+    floor_shuffles: int = 0
+    retrain_baseline: bool = True
+    baseline_lambdas: tuple[float, ...] = ()
+    train: TrainConfig = TrainConfig(learning_rate=1e-3, batch_size=4096, epochs=100, patience=20,
+                                     monitor="recall@10")
 
     def __post_init__(self):
-        for name in ("levels", "shared_dim", "adapter_dim", "discriminator_hidden", "discriminator_layers",
-                     "discriminator_steps", "exposure_k", "exposure_candidates",
-                     "batch_size", "epochs", "patience"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
-        for name in ("lambda0", "alpha", "beta", "exposure_weight"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be non-negative, got {getattr(self, name)}")
-        if not (self.learning_rate > 0 and self.discriminator_learning_rate > 0 and self.exposure_temperature > 0):
-            raise ValueError("learning_rate, discriminator_learning_rate and exposure_temperature must be positive")
-        if self.adversary not in ADVERSARIES:
-            raise ValueError(f"adversary must be one of {list(ADVERSARIES)}, got {self.adversary!r}")
+        check_fields(self, choices={"adversary": ADVERSARIES},
+                     non_negative=("lambda0", "alpha", "beta", "exposure_weight"),
+                     at_least_one=("levels", "shared_dim", "adapter_dim", "discriminator_hidden",
+                                   "discriminator_layers", "discriminator_steps", "exposure_k", "exposure_candidates"))
+        if not (self.discriminator_learning_rate > 0 and self.exposure_temperature > 0):
+            raise ValueError("discriminator_learning_rate and exposure_temperature must be positive")
+        if self.floor_shuffles < 0 or self.floor_shuffles == 1:
+            raise ValueError(f"floor_shuffles must be 0 (off) or at least 2, got {self.floor_shuffles}")
+        if any(not lam >= 0 for lam in self.baseline_lambdas):
+            raise ValueError(f"baseline_lambdas must be non-negative, got {list(self.baseline_lambdas)}")
+
+    def single_level(self, lam: float) -> "Config":
+        """The retraining baseline's model at ``lam``: one level, fixed weight, no regulariser."""
+        return dataclasses.replace(self, levels=1, lambda0=float(lam), alpha=0.0, beta=0.0)
+
+
+CofairConfig = Config
 
 
 class CofairData(NamedTuple):
@@ -222,7 +242,7 @@ def _linear_init(key: jax.Array, fan_in: int, fan_out: int) -> dict:
     return mlp_init(key, (fan_in, fan_out))[0]
 
 
-def init_params(key: jax.Array, dim: int, num_classes: int, config: CofairConfig) -> dict:
+def init_params(key: jax.Array, dim: int, num_classes: int, config: Config) -> dict:
     """``{"filter": {"shared", "adapters", "out"}, "D": MLP}``; adapters are stacked ``(T, d, d_p)`` / ``(T, d_p)``."""
     k_shared, k_adapters, k_out, k_disc = jax.random.split(key, 4)
     adapters = jax.vmap(lambda k: _linear_init(k, dim, config.adapter_dim))(jax.random.split(k_adapters, config.levels))
@@ -236,7 +256,7 @@ def init_params(key: jax.Array, dim: int, num_classes: int, config: CofairConfig
     }
 
 
-def adapted_embeddings(filter_params: dict, user_vecs: jax.Array, config: CofairConfig = CofairConfig()) -> jax.Array:
+def adapted_embeddings(filter_params: dict, user_vecs: jax.Array, config: Config = Config()) -> jax.Array:
     """Levels 1..T in one vmap over the adapter stack: ``(B, d) -> (T, B, d)`` (``config`` gives the LeakyReLU
     slope and the residual switch)."""
     # LeakyReLU acts elementwise, so W_o [a(s); a(p_t)] = a(s) W_o[:d_s] + a(p_t) W_o[d_s:]: the shared half is computed
@@ -254,13 +274,13 @@ def adapted_embeddings(filter_params: dict, user_vecs: jax.Array, config: Cofair
     return jax.vmap(one_level)(filter_params["adapters"])
 
 
-def level_embeddings(filter_params: dict, user_vecs: jax.Array, config: CofairConfig = CofairConfig()) -> jax.Array:
+def level_embeddings(filter_params: dict, user_vecs: jax.Array, config: Config = Config()) -> jax.Array:
     """Every level including the identity level 0: ``(B, d) -> (T + 1, B, d)``."""
     adapted = adapted_embeddings(filter_params, user_vecs, config)
     return jnp.concatenate([user_vecs[None], adapted], axis=0)
 
 
-def user_embeddings_at_level(params: dict, user_embeddings: jax.Array, levels, config: CofairConfig = CofairConfig()):
+def user_embeddings_at_level(params: dict, user_embeddings: jax.Array, levels, config: Config = Config()):
     """The serving API: each user's embedding at their own fairness level.
 
     Args:
@@ -329,7 +349,7 @@ def discriminator_loss(disc_params, embeddings: jax.Array, labels: jax.Array, we
     return jnp.mean(weighted_mean(attacker_losses(disc_params, embeddings, labels), weight))
 
 
-def filter_loss(filter_params, disc_params, users: dict, rows: dict, score: Callable, config: CofairConfig,
+def filter_loss(filter_params, disc_params, users: dict, rows: dict, score: Callable, config: Config,
                 prior: jax.Array | None = None, levels_fn: Callable | None = None, item_vecs: jax.Array | None = None):
     """The filter's objective ``(1/T) sum_t [BPR_t - lambda_t L_t] + beta R`` of one batch (with the ``confusion``
     adversary, ``+ lambda_t C_t`` in place of ``- lambda_t L_t``; with ``mean_gap``, ``+ lambda_t S_t``
@@ -411,20 +431,20 @@ def batch_users(data: CofairData, batch: dict, per_user: bool) -> tuple[dict, ja
     return users, jnp.arange(batch["user"].shape[0])
 
 
-def make_optimizers(config: CofairConfig) -> dict[str, optax.GradientTransformation]:
-    """One Adam per player, each with its own step size."""
-    return {"filter": optax.adam(config.learning_rate), "D": optax.adam(config.discriminator_learning_rate)}
+def make_players(config: Config) -> optim.Players:
+    """The filter (Adam at ``train.learning_rate``) and D (Adam at ``discriminator_learning_rate``)."""
+    return optim.players({"filter": optim.make(config.train),
+                          "D": optim.make(config.train, learning_rate=config.discriminator_learning_rate)})
 
 
-def init_state(key: jax.Array, data: CofairData, config: CofairConfig) -> TrainState:
-    """Parameters and one Adam state per player (filter, D), so each player is moved only by its own update."""
+def init_state(key: jax.Array, data: CofairData, config: Config) -> TrainState:
+    """Parameters and the players' partitioned optimizer state (filter, D), so each player is moved only by its
+    own update."""
     params = init_params(key, data.user_vecs.shape[1], data.num_classes, config)
-    txs = make_optimizers(config)
-    return TrainState(params=params, opt_state={p: txs[p].init(params[p]) for p in PLAYERS},
-                      step=jnp.zeros((), jnp.int32))
+    return optim.init_players(params, make_players(config))
 
 
-def make_train_step(data: CofairData, score: Callable, config: CofairConfig, levels_fn: Callable | None = None):
+def make_train_step(data: CofairData, score: Callable, config: Config, levels_fn: Callable | None = None):
     """One alternating min-max step, ``(state, batch, key) -> (state, metrics)`` (not jitted; scan or jit it).
 
     ``batch``: ``user``, ``pos``, ``neg`` int32 ``(B,)`` and ``weight`` ``(B,)``. When the dataset has no more
@@ -434,7 +454,7 @@ def make_train_step(data: CofairData, score: Callable, config: CofairConfig, lev
     levels_fn = levels_fn or adapted_embeddings
     if config.exposure_weight > 0 and data.exclude is None:
         raise ValueError("exposure_weight > 0 needs CofairData.exclude (the training positives to mask)")
-    txs = make_optimizers(config)
+    players = make_players(config)
 
     def step(state: TrainState, batch: dict, key: jax.Array):
         del key  # deterministic given the batch
@@ -448,8 +468,8 @@ def make_train_step(data: CofairData, score: Callable, config: CofairConfig, lev
 
         def discriminator_update(_, carry):
             p, o, _ = carry
-            return update_player(
-                p, o, "D", lambda d: discriminator_loss(d, stopped, users["labels"], users["weight"]), txs["D"]
+            return optim.update_player(
+                players, p, o, "D", lambda d: discriminator_loss(d, stopped, users["labels"], users["weight"])
             )
 
         params, opt_state, loss_d = jax.lax.fori_loop(
@@ -458,10 +478,191 @@ def make_train_step(data: CofairData, score: Callable, config: CofairConfig, lev
         (loss_f, metrics), grads = jax.value_and_grad(filter_loss, has_aux=True)(
             params["filter"], params["D"], users, rows, score, config, data.prior, levels_fn, data.item_vecs
         )
-        updates, new_opt = txs["filter"].update(grads, opt_state["filter"], params["filter"])
-        params = dict(params, filter=optax.apply_updates(params["filter"], updates))
-        opt_state = dict(opt_state, filter=new_opt)
+        params, opt_state = optim.apply_player_grads(players, params, opt_state, "filter", grads)
         metrics = dict(metrics, loss=loss_f, discriminator_loss=loss_d)
         return TrainState(params, opt_state, state.step + 1), metrics
 
     return step
+
+
+# --- the method contract -------------------------------------------------------------------------------------
+
+# Backbones whose scorer is the inner product <u, v>, which the exposure term (exposure_weight > 0) assumes.
+INNER_PRODUCT_BACKBONES = ("pmf", "lightgcn", "sasrec", "bert4rec")
+
+
+def _check(config: Config, run_config) -> None:
+    require_ratio_split("Cofair", run_config, "cofair")
+    require(config.exposure_weight == 0 or run_config.backbone.name in INNER_PRODUCT_BACKBONES,
+            f"cofair.exposure_weight: the exposure term scores items by inner product, which backbone "
+            f"{run_config.backbone.name!r} does not; use one of {list(INNER_PRODUCT_BACKBONES)} or set it to 0")
+    require_attribute("cofair.attribute", config.attribute, run_config)
+
+
+def _prepare(context, config: Config) -> CofairData:
+    """Cofair's constant inputs for ``config.attribute``: the frozen backbone's validation-time embeddings, the labels
+    (the probe validation and test users' withheld), and each user's training positives (masked by the exposure term,
+    as validation ranking masks them)."""
+    split, frozen = context.split, context.frozen
+    if config.attribute not in split.user_attributes:
+        raise ConfigError(f"cofair.attribute: {config.attribute!r} is not a user attribute of this split "
+                          f"(have {list(split.attribute_names)})")
+    return make_data(frozen.user_vecs["valid"], frozen.item_vecs, split.user_attributes[config.attribute],
+                     len(split.attribute_classes[config.attribute]), label_weight(split),
+                     exclude=split.exclude_matrix("valid"))
+
+
+def final_lambdas(params, data: CofairData, config: Config) -> np.ndarray:
+    """``lambda_1..lambda_T`` of Eq. (10) from the trained model's mean attacker losses over the labelled users."""
+    adapted = adapted_embeddings(params["filter"], data.user_vecs, config)
+    losses = weighted_mean(attacker_losses(params["D"], adapted, data.labels), data.label_weight)
+    return np.asarray(adaptive_lambdas(losses, config.lambda0, config.alpha))
+
+
+def discriminator_losses(params, data: CofairData, user_vecs, users, config: Config) -> np.ndarray:
+    """Cofair's own discriminator's per-user loss ``(T + 1, n)`` at every level for ``users``."""
+    levels = level_embeddings(params["filter"], jnp.asarray(user_vecs)[users], config)
+    return np.asarray(attacker_losses(params["D"], levels, data.labels[users]))
+
+
+def cofair_model(name: str, context, data: CofairData, config: Config) -> Model:
+    """Cofair (or one retraining-baseline model) as the trainer fits it: BPR rows of the split in batches of
+    ``config.train.batch_size``, early stopping on the validation ``config.train.monitor`` at level ``T``."""
+    split, score = context.split, context.frozen.score
+    targets, exclude = jnp.asarray(split.target_matrix("valid")), jnp.asarray(split.exclude_matrix("valid"))
+    ks = tuple(context.evaluate.ks)
+    top = config.levels
+
+    def validate(params):
+        emb = user_embeddings_at_level(params, data.user_vecs, top, config)
+        report = full_ranking_report(score, emb, data.item_vecs, targets, exclude, data.labels,
+                                     num_groups=data.num_classes, ks=ks)
+        report = {k: float(v) for k, v in report.items()}
+        # Higher-is-better names for the fairness gaps, so they can be monitored too.
+        report.update({f"parity@{k}": 1.0 - report[f"dp@{k}"] for k in ks})
+        return report
+
+    return Model(name=name, train=config.train, init=lambda key: init_state(key, data, config),
+                 step=make_train_step(data, score, config),
+                 batches=lambda rng: pair_epoch(split, rng, config.train.batch_size), validate=validate)
+
+
+def _models(context, data: CofairData, config: Config, fitted: dict) -> list[Model]:
+    """Cofair; once it is fitted, the retraining baseline's models ``retrain0..`` (one per lambda)."""
+    models = [cofair_model("cofair", context, data, config)]
+    if config.retrain_baseline and "cofair" in fitted:
+        lambdas = config.baseline_lambdas or tuple(float(x) for x in
+                                                   final_lambdas(fitted["cofair"].best_params, data, config))
+        models += [cofair_model(f"retrain{i}", context, data, config.single_level(lam))
+                   for i, lam in enumerate(lambdas)]
+    return models
+
+
+def _evaluate(context, data: CofairData, fitted: dict, config: Config) -> Evaluation:
+    split, frozen, ks, key = context.split, context.frozen, tuple(context.evaluate.ks), context.key
+    params = fitted["cofair"].best_params
+    stages = {stage: (jnp.asarray(split.target_matrix(stage)), jnp.asarray(split.exclude_matrix(stage)))
+              for stage in ("valid", "test")}
+
+    def report(filter_params, cfg, stage):
+        levels = level_embeddings(filter_params, frozen.user_vecs[stage], cfg)
+        return levels, level_report(levels, frozen.item_vecs, frozen.score, *stages[stage], data.labels,
+                                    data.num_classes, ks)
+
+    level_vecs, test_report = report(params["filter"], config, "test")
+    _, valid_report = report(params["filter"], config, "valid")
+    level_vecs = np.asarray(level_vecs)
+    probes, probe_losses = probe_levels(level_vecs, split, config.attribute, key, context.probe)
+    audits = audit_levels(level_vecs, split, config.attribute, audit_users(split), key, context.probe)
+    disc_losses = discriminator_losses(params, data, frozen.user_vecs["test"], split.probe_users["test"], config)
+    lambdas = final_lambdas(params, data, config)
+    levels = [{"level": t, "metrics": {k: float(v[t]) for k, v in test_report.items()},
+               "valid_metrics": {k: float(v[t]) for k, v in valid_report.items()},
+               "probe_auc": probes[t]["auc"], "probe_auc_ci": probes[t]["auc_ci"],
+               "probe_valid_auc": probes[t]["valid_auc"], "unseen_auc": audits[t]["auc"],
+               "unseen_auc_ci": audits[t]["auc_ci"]}
+              for t in range(config.levels + 1)]
+
+    baseline = None
+    retrained = [name for name in fitted if name.startswith("retrain")]
+    if retrained:
+        lambdas_used = config.baseline_lambdas or tuple(float(x) for x in lambdas)
+        models = []
+        for i, name in enumerate(retrained):
+            single = config.single_level(lambdas_used[i])
+            vecs, one = report(fitted[name].best_params["filter"], single, "test")
+            _, one_valid = report(fitted[name].best_params["filter"], single, "valid")
+            probe = probe_attribute(np.asarray(vecs[1]), split.user_attributes[config.attribute], split.probe_users,
+                                    data.num_classes, jax.random.fold_in(key, 100 + i), context.probe)
+            models.append({"lambda": float(lambdas_used[i]), "metrics": {k: float(v[1]) for k, v in one.items()},
+                           "valid_metrics": {k: float(v[1]) for k, v in one_valid.items()},
+                           "probe_auc": probe["auc"], "probe_auc_ci": probe["auc_ci"],
+                           "probe_valid_auc": probe["valid_auc"], "best_epoch": fitted[name].best_epoch,
+                           "train_seconds": fitted[name].seconds})
+        baseline = {"models": models, "seconds": float(sum(m["train_seconds"] for m in models))}
+
+    results = {
+        "attribute": config.attribute,
+        "withheld_labels": withheld_labels(),
+        "final_lambdas": [float(x) for x in lambdas],
+        "levels": levels,
+        "attacker_loss_drop_fraction": {
+            "probe": attacker_loss_drops(probe_losses),
+            "discriminator": attacker_loss_drops(disc_losses),
+            "description": "fraction of probe-test users whose attacker loss decreases from level t to t+1, "
+                           "t = 0..T-1 (lower is better)",
+        },
+        "retrain_baseline": baseline,
+    }
+    tables = {"valid": {}, "test": {}}
+    for m in levels:
+        tables["test"][f"level {m['level']}"] = {"unseen_auc": m["unseen_auc"], "auc": m["probe_auc"], **m["metrics"]}
+        tables["valid"][f"level {m['level']}"] = {"probe_valid_auc": m["probe_valid_auc"], **m["valid_metrics"]}
+    for i, m in enumerate((baseline or {}).get("models", [])):
+        tables["test"][f"retrain {i + 1}"] = {"lambda": m["lambda"], "auc": m["probe_auc"], **m["metrics"]}
+        tables["valid"][f"retrain {i + 1}"] = {"lambda": m["lambda"], "probe_valid_auc": m["probe_valid_auc"],
+                                               **m["valid_metrics"]}
+    k = ks[0]
+    top = levels[-1]
+    dp = curve_steps([m["valid_metrics"][f"dp@{k}"] for m in levels[1:]])
+    auc = curve_steps([m["probe_valid_auc"] for m in levels[1:]])
+    tables["valid"]["curve"] = {
+        "recall_ratio": top["valid_metrics"][f"recall@{k}"] / max(levels[0]["valid_metrics"][f"recall@{k}"], 1e-12),
+        "nonrising_steps": dp["nonrising"] + auc["nonrising"], "smallest_dp_fall": dp["smallest_fall"]}
+    test_dp = curve_steps([m["metrics"][f"dp@{k}"] for m in levels[1:]])
+    test_auc = curve_steps([m["probe_auc"] for m in levels[1:]])
+    test_unseen = curve_steps([m["unseen_auc"] for m in levels[1:]])
+    tables["test"]["curve"] = {
+        "recall_ratio": top["metrics"][f"recall@{k}"] / max(levels[0]["metrics"][f"recall@{k}"], 1e-12),
+        "dp_nonrising_steps": test_dp["nonrising"], "auc_nonrising_steps": test_auc["nonrising"],
+        "unseen_auc_nonrising_steps": test_unseen["nonrising"],
+        "cofair_seconds": fitted["cofair"].seconds,
+        **({"retrain_seconds": baseline["seconds"]} if baseline else {})}
+    if config.floor_shuffles:
+        floors = {"all": exposure_floor(level_vecs, frozen.item_vecs, frozen.score, *stages["test"], data.labels,
+                                        data.num_classes, ks, config.floor_shuffles, context.seed),
+                  "unseen": exposure_floor(level_vecs, frozen.item_vecs, frozen.score, *stages["test"], data.labels,
+                                           data.num_classes, ks, config.floor_shuffles, context.seed,
+                                           rows=audit_users(split))}
+        results["exposure_floor"] = floors
+        for t, (every, unseen) in enumerate(zip(floors["all"], floors["unseen"])):
+            row = tables["test"][f"level {t}"]
+            row.update({k: v for k, v in every.items() if "_floor" in k or "_excess" in k})
+            row.update({f"unseen_{k}": v for k, v in unseen.items()})
+    arrays = {f"user_embeddings_level{t}": emb for t, emb in enumerate(level_vecs)}
+    return Evaluation(results=results, tables=tables, arrays=arrays,
+                      figures={"fairness_accuracy.png": lambda full: curve_figure(full, k)})
+
+
+def serve(data, params: dict, config: Config, user_vecs: jax.Array, levels) -> jax.Array:
+    """Each user's embedding at their own fairness level (int ``(U,)`` or a scalar in ``[0, T]``)."""
+    return user_embeddings_at_level(params["cofair"], user_vecs, levels, config)
+
+
+def _report(results: dict) -> str:
+    return results_table(results, min(int(k.split("@")[1]) for k in results["cofair"]["levels"][0]["metrics"]))
+
+
+METHOD = Method("cofair", Config, frozen_backbone=True, check=_check, prepare=_prepare, models=_models,
+                evaluate=_evaluate, serve=serve, report=_report,
+                description="Cofair (Chen et al., WWW 2026): one model, fairness level chosen after training")

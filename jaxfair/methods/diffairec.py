@@ -54,6 +54,12 @@ every group they could belong to (with ``swap = "input"``, condition ``g`` reads
 
 The user latent probed for the attribute is the denoiser's first hidden layer on the observed vector at the first
 reverse step, under the served condition(s) (averaged for ``"average"``, each condition with its input).
+
+**DiffRec** (the baseline) is this method with ``group_vectors = "none"``: the unconditional denoiser of
+:mod:`jaxfair.backbones.diffusion`, trained and served by the same contract, with the same diffusion settings
+(``[diffairec.diffusion]``) and loop (``[diffairec.train]``: Adam with coupled L2 ``weight_decay``, as DiffRec's
+``torch.optim.Adam(weight_decay=...)``; users per step ``batch_size``). ``configs/grids/diffairec_variants.toml``
+compares DiffRec, both group-vector constructions and the regularised MF (:mod:`jaxfair.methods.fair_mf`).
 """
 
 from __future__ import annotations
@@ -61,32 +67,40 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
-import optax
+import numpy as np
 
 from jaxfair.backbones import diffusion
+from jaxfair.methods.base import (Evaluation, Method, Model, require_attribute, require_monitor_cutoff,
+                                  require_ratio_split)
+from jaxfair.methods.gap_evaluation import evaluate_scores, gap_report, precomputed_score, items_placeholder
+from jaxfair.metrics.ranking import split_ranking
+from jaxfair.training import optim
+from jaxfair.training.trainer import TrainConfig
 
-GROUP_VECTORS = ("mean", "pca")
+GROUP_VECTORS = ("mean", "pca", "none")
 SERVE = ("average", "factual")
 SWAPS = ("condition", "input")
 
 
 @dataclasses.dataclass(frozen=True)
-class DifFaiRecConfig:
-    """DifFaiRec's own settings (the diffusion model's are :class:`jaxfair.backbones.diffusion.Config`).
+class Config:
+    """The ``[diffairec]`` section.
 
     Attributes:
       attribute: the sensitive user attribute.
-      group_vectors: ``"mean"`` or ``"pca"``.
+      group_vectors: ``"mean"``, ``"pca"``, or ``"none"`` (DiffRec, the unconditional baseline).
       components: tokens per group for ``"pca"`` (``"mean"`` always has one).
       latent_dim: ``d``, size of the user latent and of the condition.
       counterfactual_weight: ``w_cf``.
       serve: ``"average"`` or ``"factual"``.
       swap: what the group swap changes: ``"condition"`` (the denoiser's condition only) or ``"input"`` (the
         condition and the noised interaction vector; see the module docstring).
+      diffusion: the diffusion model (``[diffairec.diffusion]``, :class:`jaxfair.backbones.diffusion.Config`).
+      train: the loop (``[diffairec.train]``; ``batch_size`` users per step).
     """
 
     attribute: str = "gender"
@@ -96,6 +110,9 @@ class DifFaiRecConfig:
     counterfactual_weight: float = 1.0
     serve: str = "average"
     swap: str = "condition"
+    diffusion: diffusion.Config = diffusion.Config()
+    train: TrainConfig = TrainConfig(epochs=200, batch_size=128, learning_rate=3e-4, patience=20, monitor="ndcg@20",
+                                     checkpoint_every=20)
 
     def __post_init__(self):
         if self.group_vectors not in GROUP_VECTORS:
@@ -108,6 +125,11 @@ class DifFaiRecConfig:
             raise ValueError(f"components and latent_dim must be positive, got {self.components}, {self.latent_dim}")
         if self.counterfactual_weight < 0:
             raise ValueError(f"counterfactual_weight must be >= 0, got {self.counterfactual_weight}")
+        if self.group_vectors != "none":
+            check_swap(self.diffusion, self)
+
+
+DifFaiRecConfig = Config
 
 
 def normalize_rows(x: jax.Array) -> jax.Array:
@@ -150,7 +172,7 @@ def _pca_tokens(xn, member, components):
     return jax.vmap(one)(member, means)
 
 
-def group_tokens(x: jax.Array, groups: jax.Array, num_groups: int, config: DifFaiRecConfig) -> jax.Array:
+def group_tokens(x: jax.Array, groups: jax.Array, num_groups: int, config: Config) -> jax.Array:
     """The group vectors as attention tokens ``(G, k, I)`` (``k = 1`` for mean pooling)."""
     if config.group_vectors == "mean":
         return mean_group_vectors(x, groups, num_groups)[:, None, :]
@@ -168,7 +190,7 @@ def init_counterfactual(key: jax.Array, num_items: int, latent_dim: int) -> dict
     }
 
 
-def init_params(key: jax.Array, num_items: int, diffusion_config: diffusion.Config, config: DifFaiRecConfig) -> dict:
+def init_params(key: jax.Array, num_items: int, diffusion_config: diffusion.Config, config: Config) -> dict:
     k_den, k_cf = jax.random.split(key)
     return {
         "denoiser": diffusion.init_denoiser(k_den, num_items, diffusion_config, config.latent_dim),
@@ -217,18 +239,13 @@ def other_groups(key: jax.Array, own: jax.Array, num_groups: int) -> jax.Array:
     return (own + shift) % num_groups
 
 
-def make_optimizer(learning_rate: float, weight_decay: float = 0.0) -> optax.GradientTransformation:
-    """Adam with coupled L2, as DiffRec's ``torch.optim.Adam(weight_decay=...)``."""
-    return optax.chain(optax.add_decayed_weights(weight_decay), optax.adam(learning_rate))
-
-
-def make_train_step(diffusion_config: diffusion.Config, config: DifFaiRecConfig, interactions: jax.Array,
-                    user_groups: jax.Array, tokens: jax.Array, tx: optax.GradientTransformation) -> Callable:
+def make_train_step(diffusion_config: diffusion.Config, config: Config, interactions: jax.Array,
+                    user_groups: jax.Array, tokens: jax.Array, tx) -> Callable:
     """DifFaiRec's step ``(state, batch, key) -> (state, metrics)`` (not jitted; scan or jit it).
 
     Args:
       interactions: float ``(U, I)`` training vectors; user_groups: int ``(U,)``; tokens: ``(G, k, I)`` from
-        :func:`group_tokens` (constants of the step).
+        :func:`group_tokens` (constants of the step); tx: from :func:`jaxfair.training.optim.make`.
       batch: ``{"users": int (B,), "weight": (B,)}``.
 
     The skeleton is :func:`jaxfair.backbones.diffusion.make_denoising_step`; each row's loss is ``mse_u +
@@ -274,7 +291,7 @@ def _denoise_shared_mask(params, x_t, x_t_cf, t, conditions, key, rate):
     return diffusion.denoise(params, jnp.concatenate([dropped, dropped_cf]), jnp.concatenate([t, t]), conditions)
 
 
-def check_swap(diffusion_config: diffusion.Config, config: DifFaiRecConfig) -> None:
+def check_swap(diffusion_config: diffusion.Config, config) -> None:
     """``swap = "input"`` needs ``mean_type = "x0"``: its counterfactual pass must denoise a shifted vector to the
     user's own ``x_0``, and with ``"eps"`` the shared noise target would instead imply the shifted ``x_0``."""
     if config.swap == "input" and diffusion_config.mean_type != "x0":
@@ -293,7 +310,7 @@ def serving_conditions(params: dict, x: jax.Array, own: jax.Array, tokens: jax.A
     return counterfactual_latents(cf, z, own, tokens), shifts
 
 
-def make_scorer(diffusion_config: diffusion.Config, config: DifFaiRecConfig, user_groups: jax.Array,
+def make_scorer(diffusion_config: diffusion.Config, config: Config, user_groups: jax.Array,
                 tokens: jax.Array) -> Callable:
     """Jitted ``(params, x (B, I), users (B,)) -> scores (B, I)``: the reverse process with the denoiser's output
     averaged over the serving conditions at every step (:func:`jaxfair.backbones.diffusion.denoise_averaged`, which
@@ -317,7 +334,7 @@ def make_scorer(diffusion_config: diffusion.Config, config: DifFaiRecConfig, use
     return scores
 
 
-def make_latent_fn(diffusion_config: diffusion.Config, config: DifFaiRecConfig, user_groups: jax.Array,
+def make_latent_fn(diffusion_config: diffusion.Config, config: Config, user_groups: jax.Array,
                    tokens: jax.Array) -> Callable:
     """Jitted ``(params, x (B, I), users (B,)) -> (B, hidden[0])``: the probed user latent."""
     user_groups = jnp.asarray(user_groups, jnp.int32)
@@ -334,3 +351,83 @@ def make_latent_fn(diffusion_config: diffusion.Config, config: DifFaiRecConfig, 
         return jnp.mean(hidden(jnp.broadcast_to(inputs, (conditions.shape[0], *x.shape)), conditions), axis=0)
 
     return latent
+
+
+# --- the method contract -------------------------------------------------------------------------------------
+
+
+class DiffusionData(NamedTuple):
+    """The training interaction vectors ``(U, I)``, the users' groups and the model's functions: ``init(key) ->
+    params``, ``make_step(tx) -> step``, ``scorer(params, x, users) -> (B, I)`` scores and ``latent(params, x,
+    users) -> (B, h)`` probed latents."""
+
+    interactions: np.ndarray
+    groups: np.ndarray
+    init: Callable
+    make_step: Callable
+    scorer: Callable
+    latent: Callable
+
+
+def _check(config: Config, run_config) -> None:
+    require_ratio_split("DifFaiRec", run_config, "diffairec")
+    require_attribute("diffairec.attribute", config.attribute, run_config)
+    require_monitor_cutoff("diffairec.train.monitor", config.train, run_config)
+
+
+def _prepare(context, config: Config) -> DiffusionData:
+    split, dc = context.split, config.diffusion
+    interactions = split.train_matrix().astype(np.float32)
+    groups = np.asarray(split.user_attributes[config.attribute], np.int32)
+    if config.group_vectors == "none":
+        return DiffusionData(interactions, groups, lambda key: diffusion.init_denoiser(key, split.num_items, dc),
+                             lambda tx: diffusion.make_train_step(dc, interactions, tx), diffusion.make_scorer(dc),
+                             diffusion.make_latent_fn(dc))
+    num_groups = len(split.attribute_classes[config.attribute])
+    tokens = group_tokens(interactions, groups, num_groups, config)
+    return DiffusionData(interactions, groups, lambda key: init_params(key, split.num_items, dc, config),
+                         lambda tx: make_train_step(dc, config, interactions, groups, tokens, tx),
+                         make_scorer(dc, config, groups, tokens), make_latent_fn(dc, config, groups, tokens))
+
+
+def all_user_scores(data: DiffusionData, params, batch_size: int) -> np.ndarray:
+    """Every user's item scores ``(U, I)`` from their training vector, in batches of ``batch_size`` users."""
+    return diffusion.all_scores(lambda x, users: data.scorer(params, x, users), data.interactions, batch_size)
+
+
+def _models(context, data: DiffusionData, config: Config, fitted: dict) -> list[Model]:
+    split, batch = context.split, context.evaluate.batch_size
+    tx = optim.make(config.train)
+    items = items_placeholder(split.num_items)
+
+    def validate(params):
+        scores = {"valid": all_user_scores(data, params, batch)}
+        block = split_ranking(precomputed_score, scores, items, split, ("full",), tuple(context.evaluate.ks), batch,
+                              ("valid",))
+        return block["full"]["valid"]
+
+    return [Model(name="diffairec", train=config.train,
+                  init=lambda key: diffusion.init_state(data.init(key), tx, config.diffusion),
+                  step=data.make_step(tx),
+                  batches=lambda rng: diffusion.user_batches(split.num_users, rng, config.train.batch_size),
+                  validate=validate)]
+
+
+def _evaluate(context, data: DiffusionData, fitted: dict, config: Config) -> Evaluation:
+    params, batch = fitted["diffairec"].best_params, context.evaluate.batch_size
+    scores = all_user_scores(data, params, batch)
+    latents = diffusion.all_scores(lambda x, users: data.latent(params, x, users), data.interactions, batch)
+    return evaluate_scores(context, scores, latents, config.attribute)
+
+
+def serve(data: DiffusionData, params: dict, config: Config, interactions: jax.Array, users=None) -> jax.Array:
+    """Item scores ``(B, I)`` of users from their interaction rows ``(B, I)`` (``users``: their indices, int
+    ``(B,)``, which give their groups; default ``0..B-1``), under the configured serving."""
+    users = jnp.arange(interactions.shape[0]) if users is None else jnp.asarray(users)
+    return data.scorer(params["diffairec"], jnp.asarray(interactions, jnp.float32), users)
+
+
+METHOD = Method("diffairec", Config, frozen_backbone=False, check=_check, prepare=_prepare, models=_models,
+                evaluate=_evaluate, serve=serve, report=lambda results: gap_report(results, "diffairec"),
+                description="DifFaiRec (Jiang & Fan, ICDM 2024): counterfactual conditional diffusion; DiffRec "
+                            "as group_vectors none")

@@ -16,8 +16,9 @@ The frozen backbone's user embedding ``u`` (``d``-dimensional) is encoded into a
 
   with ``ADV_i = +log q(a_i | mu_z; A_i)`` for ``adversary="paper"`` (minus the adversary's cross-entropy, AFRL's
   Eq. 16 as written) and ``ADV_i = CE(p(a_i), q(. | mu_z; A_i))`` for ``adversary="confusion"`` (cross-entropy to
-  the class prior ``data.class_prior``; see :mod:`jaxfair.methods.afrl` for why it is bounded). Both are AFRL's own
-  functions (:func:`afrl.discriminator_loss`, :func:`afrl.confusion_loss`), imported, not re-implemented.
+  the class prior ``data.class_prior``; see :mod:`jaxfair.methods.afrl` for why it is bounded). Both are the shared
+  adversary losses (:func:`~jaxfair.methods.adversaries.discriminator_loss`,
+  :func:`~jaxfair.methods.adversaries.confusion_loss`), imported, not re-implemented.
 * attribute classifiers ``C_i`` (stack of ``M`` MLPs on ``b_i``): ``min E_wa sum_i -log q(a_i | b_i; C_i)``;
 * adversaries ``A_i`` (stack of ``M`` MLPs on the residual): ``min E_wa sum_i -log q(a_i | mu_z; A_i)``;
 * aggregator ``G`` (MLP), the serving head: ``u* = G([mu_z, mu_b * s_u])`` with ``s_u`` = not sensitive, repeated
@@ -25,10 +26,10 @@ The frozen backbone's user embedding ``u`` (``d``-dimensional) is encoded into a
   ``min E_w -log sigma(R(u*, v+) - R(u*, v-))`` (AFRL's Eq. 18), the encoder behind a stop-gradient. Each BPR row
   draws its requirement uniformly over the ``2^M`` combinations (Bernoulli(0.5) per attribute).
 
-One jitted step per batch updates, in order, C, A, VAE and G, each with its own Adam state through
-:func:`afrl.update_player`, so a player is only moved by its own update. Serving under a requirement zeroes the
+One jitted step per batch updates, in order, C, A, VAE and G, each moved only by its own Adam
+(:func:`jaxfair.training.optim.update_player` over the players' ``optax.partition``). Serving under a requirement zeroes the
 posterior means of the sensitive ``b_i`` and runs ``G``; FFVAE and AFRL therefore share the serving mechanism and
-the evaluation (:func:`requirement_metrics` mirrors AFRL's) and differ only in how the representation is learned.
+the evaluation (:mod:`jaxfair.methods.requirements`) and differ only in how the representation is learned.
 
 Choices (recorded on purpose):
 
@@ -54,23 +55,24 @@ from typing import Callable
 
 import jax
 import jax.numpy as jnp
-import optax
 
 from jaxfair.backbones.base import bpr_loss
-from jaxfair.methods import afrl
-from jaxfair.methods.afrl import AFRLData, _weighted_mean
+from jaxfair.config import check_fields
+from jaxfair.methods import adversaries
+from jaxfair.methods.adversaries import AttributeData, num_classes_of, weighted_mean
+from jaxfair.methods.afrl import ADVERSARIES
 from jaxfair.methods.mlp import mlp_apply, mlp_init, mlp_sizes, stack_init
-from jaxfair.methods.requirements import fit_method
+from jaxfair.methods.requirements import BASELINE_TRAIN, embed_all_requirements, requirement_method
+from jaxfair.training import optim
 from jaxfair.training.step import TrainState
-from jaxfair.training.trainer import FitResult
+from jaxfair.training.trainer import TrainConfig
 
 PLAYERS = ("C", "A", "VAE", "G")
-ADVERSARIES = afrl.ADVERSARIES
 
 
 @dataclasses.dataclass(frozen=True)
-class FFVAEConfig:
-    """FFVAE hyper-parameters.
+class Config:
+    """FFVAE hyper-parameters (the ``[ffvae]`` section).
 
     Attributes:
       attr_dim: width of each attribute subspace ``b_i``.
@@ -80,10 +82,10 @@ class FFVAEConfig:
       alpha: weight of the attribute-alignment term (``b_i`` predicts ``a_i``).
       gamma: weight of the disentanglement term (``z`` must not predict ``a_i``).
       beta_kl: weight of the KL term.
-      learning_rate, batch_size, epochs, patience: the training loop (Adam per player, early stopping on the mean
-        validation NDCG@10 over all fairness requirements).
       adversary: ``"paper"`` (minus the adversary's cross-entropy) or ``"confusion"`` (cross-entropy to the class
-        prior), as in :class:`jaxfair.methods.afrl.AFRLConfig`.
+        prior), as in :class:`jaxfair.methods.afrl.Config`.
+      train: the loop (``[ffvae.train]``: Adam per player, early stopping on the mean validation NDCG@10 over all
+        fairness requirements).
     """
 
     attr_dim: int = 4
@@ -93,37 +95,29 @@ class FFVAEConfig:
     alpha: float = 1.0
     gamma: float = 1.0
     beta_kl: float = 1.0
-    learning_rate: float = 1e-3
-    batch_size: int = 256
-    epochs: int = 15
-    patience: int = 5
     adversary: str = "paper"
+    train: TrainConfig = BASELINE_TRAIN
 
     def __post_init__(self):
-        if self.adversary not in ADVERSARIES:
-            raise ValueError(f"adversary must be one of {ADVERSARIES}, got {self.adversary!r}")
-        for name in ("alpha", "gamma", "beta_kl"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be non-negative, got {getattr(self, name)}")
-        for name in ("attr_dim", "latent_dim", "hidden", "layers", "batch_size", "epochs", "patience"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
-        if not self.learning_rate > 0:
-            raise ValueError(f"learning_rate must be positive, got {self.learning_rate}")
+        check_fields(self, choices={"adversary": ADVERSARIES}, non_negative=("alpha", "gamma", "beta_kl"),
+                     at_least_one=("attr_dim", "latent_dim", "hidden", "layers"))
 
 
-def total_latent(num_attributes: int, config: FFVAEConfig) -> int:
+FFVAEConfig = Config
+
+
+def total_latent(num_attributes: int, config: Config) -> int:
     """Width of ``s = [z, b_1, ..., b_M]``."""
     return config.latent_dim + num_attributes * config.attr_dim
 
 
-def attribute_slice(i: int, config: FFVAEConfig) -> slice:
+def attribute_slice(i: int, config: Config) -> slice:
     """Columns of ``b_i`` inside the latent ``s`` (and inside the encoder's mean output, its first ``L`` columns)."""
     start = config.latent_dim + i * config.attr_dim
     return slice(start, start + config.attr_dim)
 
 
-def init_params(key: jax.Array, dim: int, num_classes: tuple[int, ...], config: FFVAEConfig) -> dict:
+def init_params(key: jax.Array, dim: int, num_classes: tuple[int, ...], config: Config) -> dict:
     """Every player's parameters. ``C`` and ``A`` are stacks of ``M`` networks; ``VAE`` holds encoder and decoder."""
     m = len(num_classes)
     width = total_latent(m, config)
@@ -146,7 +140,7 @@ def posterior(vae: dict, u: jax.Array) -> tuple[jax.Array, jax.Array]:
     return out[..., :width], out[..., width:]
 
 
-def split_latent(s: jax.Array, num_attributes: int, config: FFVAEConfig) -> tuple[jax.Array, jax.Array]:
+def split_latent(s: jax.Array, num_attributes: int, config: Config) -> tuple[jax.Array, jax.Array]:
     """``s (B, L) -> (z (B, latent_dim), b (M, B, attr_dim))``."""
     z = s[..., : config.latent_dim]
     b = s[..., config.latent_dim :].reshape(s.shape[:-1] + (num_attributes, config.attr_dim))
@@ -166,11 +160,11 @@ def reconstruction_error(decoder, s: jax.Array, u: jax.Array) -> jax.Array:
 def adversary_term(a_params, z: jax.Array, labels, attr_weight, mask, prior, adversary: str) -> jax.Array:
     """The encoder's disentanglement term on the residual ``z (B, latent_dim)`` (smaller = ``z`` hides more)."""
     if adversary == "paper":
-        return -afrl.discriminator_loss(a_params, z, labels, attr_weight, mask)
-    return afrl.confusion_loss(a_params, z, prior, attr_weight, mask)
+        return -adversaries.discriminator_loss(a_params, z, labels, attr_weight, mask)
+    return adversaries.confusion_loss(a_params, z, prior, attr_weight, mask)
 
 
-def vae_loss(vae, c_params, a_params, u, eps, labels, weight, attr_weight, mask, prior, config: FFVAEConfig):
+def vae_loss(vae, c_params, a_params, u, eps, labels, weight, attr_weight, mask, prior, config: Config):
     """The VAE player's objective (module docstring) with noise ``eps (B, L)``; returns ``(loss, parts)``."""
     m = labels.shape[1]
     mean, logvar = posterior(vae, u)
@@ -178,9 +172,9 @@ def vae_loss(vae, c_params, a_params, u, eps, labels, weight, attr_weight, mask,
     _, b = split_latent(s, m, config)
     z_mean, _ = split_latent(mean, m, config)
     parts = {
-        "reconstruction": _weighted_mean(reconstruction_error(vae["decoder"], s, u), weight),
-        "kl": _weighted_mean(kl_divergence(mean, logvar), weight),
-        "alignment": afrl.classifier_loss(c_params, b, labels, attr_weight, mask),
+        "reconstruction": weighted_mean(reconstruction_error(vae["decoder"], s, u), weight),
+        "kl": weighted_mean(kl_divergence(mean, logvar), weight),
+        "alignment": adversaries.classifier_loss(c_params, b, labels, attr_weight, mask),
         "adversarial": adversary_term(a_params, z_mean, labels, attr_weight, mask, prior, config.adversary),
     }
     loss = (
@@ -190,7 +184,7 @@ def vae_loss(vae, c_params, a_params, u, eps, labels, weight, attr_weight, mask,
     return loss, parts
 
 
-def serving_latent(params: dict, u: jax.Array, sensitive: jax.Array, config: FFVAEConfig) -> jax.Array:
+def serving_latent(params: dict, u: jax.Array, sensitive: jax.Array, config: Config) -> jax.Array:
     """Posterior mean ``[mu_z, mu_b * s_u]`` with the sensitive subspaces zeroed: ``(B, L)``."""
     mean, _ = posterior(params["VAE"], u)
     keep = jnp.repeat(jnp.logical_not(sensitive), config.attr_dim, axis=-1)  # (B, M * attr_dim)
@@ -207,8 +201,8 @@ def num_attributes(params: dict) -> int:
     return params["C"][0]["w"].shape[0]
 
 
-def fair_user_embeddings(params: dict, user_vecs: jax.Array, sensitive: jax.Array, config: FFVAEConfig) -> jax.Array:
-    """The serving API (same signature as :func:`afrl.fair_user_embeddings`).
+def fair_user_embeddings(params: dict, user_vecs: jax.Array, sensitive: jax.Array, config: Config) -> jax.Array:
+    """The serving API (same signature as :func:`jaxfair.methods.afrl.fair_user_embeddings`).
 
     Args:
       user_vecs: ``(B, d)`` frozen backbone embeddings.
@@ -222,9 +216,9 @@ def fair_user_embeddings(params: dict, user_vecs: jax.Array, sensitive: jax.Arra
     return aggregate(params["G"], serving_latent(params, user_vecs, sensitive, config))
 
 
-def fair_embeddings_all_requirements(params: dict, user_vecs: jax.Array, requirements: jax.Array, config: FFVAEConfig):
+def fair_embeddings_all_requirements(params: dict, user_vecs: jax.Array, requirements: jax.Array, config: Config):
     """``u*`` of every user under every requirement in one ``jax.vmap``: ``(K, M), (U, d) -> (K, U, d)``."""
-    return jax.vmap(lambda s: fair_user_embeddings(params, user_vecs, s, config))(requirements)
+    return embed_all_requirements(fair_user_embeddings, params, user_vecs, requirements, config)
 
 
 def aggregator_loss(g_params, params, u, pos_vecs, neg_vecs, sensitive, weight, score, config) -> jax.Array:
@@ -234,23 +228,25 @@ def aggregator_loss(g_params, params, u, pos_vecs, neg_vecs, sensitive, weight, 
     return bpr_loss(score(u_star, pos_vecs), score(u_star, neg_vecs), weight)
 
 
-def make_optimizer(config: FFVAEConfig) -> optax.GradientTransformation:
-    return optax.adam(config.learning_rate)
+# A deliberate mirror of afrl.make_players / afrl.init_state: each method module declares its own players.
+def make_players(config: Config) -> optim.Players:
+    """The four players, each with its own Adam at ``config.train.learning_rate``."""
+    return optim.same_players(PLAYERS, config.train)
 
 
-def init_state(key: jax.Array, data: AFRLData, config: FFVAEConfig) -> TrainState:
-    """Parameters of every player and one optimizer state per player."""
-    params = init_params(key, data.user_vecs.shape[1], afrl.num_classes_of(data), config)
-    return afrl.init_player_state(params, PLAYERS, make_optimizer(config))
+def init_state(key: jax.Array, data: AttributeData, config: Config) -> TrainState:
+    """Parameters of every player and the players' partitioned optimizer state."""
+    params = init_params(key, data.user_vecs.shape[1], num_classes_of(data), config)
+    return optim.init_players(params, make_players(config))
 
 
-def make_train_step(data: AFRLData, score: Callable, config: FFVAEConfig):
+def make_train_step(data: AttributeData, score: Callable, config: Config):
     """One batch of FFVAE training as ``(state, batch, key) -> (state, metrics)``.
 
     ``batch`` holds BPR rows: ``user``, ``pos``, ``neg`` (int32 ``(B,)``) and ``weight`` (``(B,)``, 0 on padding).
     ``score(u (..., d), v (..., d)) -> (...)`` is the frozen backbone's scorer. ``metrics["loss"]`` is G's BPR loss.
     """
-    tx = make_optimizer(config)
+    players = make_players(config)
     mask, prior = data.class_mask, data.class_prior
 
     def step(state: TrainState, batch: dict, key: jax.Array):
@@ -267,21 +263,22 @@ def make_train_step(data: AFRLData, score: Callable, config: FFVAEConfig):
         eps = jax.random.normal(noise_key, mean.shape, mean.dtype)
         _, b = split_latent(jax.lax.stop_gradient(mean + jnp.exp(0.5 * logvar) * eps), m, config)
         z_mean, _ = split_latent(jax.lax.stop_gradient(mean), m, config)
-        params, opt_state, loss_c = afrl.update_player(
-            params, opt_state, "C", lambda c: afrl.classifier_loss(c, b, labels, attr_weight, mask), tx
+        params, opt_state, loss_c = optim.update_player(
+            players, params, opt_state, "C", lambda c: adversaries.classifier_loss(c, b, labels, attr_weight, mask)
         )
-        params, opt_state, loss_a = afrl.update_player(
-            params, opt_state, "A", lambda a: afrl.discriminator_loss(a, z_mean, labels, attr_weight, mask), tx
+        params, opt_state, loss_a = optim.update_player(
+            players, params, opt_state, "A",
+            lambda a: adversaries.discriminator_loss(a, z_mean, labels, attr_weight, mask),
         )
         vae_args = (u, eps, labels, weight, attr_weight, mask, prior, config)
         _, parts = vae_loss(params["VAE"], params["C"], params["A"], *vae_args)  # the terms before the update
-        params, opt_state, loss_vae = afrl.update_player(
-            params, opt_state, "VAE", lambda vae: vae_loss(vae, params["C"], params["A"], *vae_args)[0], tx
+        params, opt_state, loss_vae = optim.update_player(
+            players, params, opt_state, "VAE", lambda vae: vae_loss(vae, params["C"], params["A"], *vae_args)[0]
         )
         pos_vecs, neg_vecs = data.item_vecs[batch["pos"]], data.item_vecs[batch["neg"]]
-        params, opt_state, loss_g = afrl.update_player(
-            params, opt_state, "G",
-            lambda g: aggregator_loss(g, params, u, pos_vecs, neg_vecs, sensitive, weight, score, config), tx,
+        params, opt_state, loss_g = optim.update_player(
+            players, params, opt_state, "G",
+            lambda g: aggregator_loss(g, params, u, pos_vecs, neg_vecs, sensitive, weight, score, config),
         )
         metrics = {"loss": loss_g, "loss_C": loss_c, "loss_A": loss_a, "loss_VAE": loss_vae, **parts}
         return TrainState(params, opt_state, state.step + 1), metrics
@@ -289,26 +286,8 @@ def make_train_step(data: AFRLData, score: Callable, config: FFVAEConfig):
     return step
 
 
-def train(
-    split, data: AFRLData, score: Callable, config: FFVAEConfig, seed: int, valid_user_vecs, log=print,
-    out_dir=None, ks: tuple[int, ...] = (10,),
-) -> FitResult:
-    """Fit FFVAE with the shared trainer; early stopping on the mean validation NDCG@``ks[0]`` over all requirements.
+# --- the method contract -------------------------------------------------------------------------------------
 
-    Args:
-      split: the :class:`jaxfair.data.dataset.Split` (BPR rows and validation targets/negatives).
-      data: constant inputs (:func:`jaxfair.experiments.afrl.afrl_data`).
-      score: the backbone scorer ``(u, v) -> scores`` with its parameters bound.
-      valid_user_vecs: ``(U, d)`` validation-time backbone user embeddings.
-      out_dir: checkpoints and ``ffvae_log.jsonl`` go there when given.
-    """
-    return fit_method(
-        split,
-        init_state=lambda key: init_state(key, data, config),
-        train_step=make_train_step(data, score, config),
-        embed=fair_user_embeddings,
-        config=config,
-        requirements=afrl.all_requirements(data.labels.shape[1]),
-        score=score, valid_user_vecs=jnp.asarray(valid_user_vecs), item_vecs=data.item_vecs, seed=seed,
-        out_dir=out_dir, log=log, name="ffvae", ks=ks,
-    )
+METHOD = requirement_method(
+    "ffvae", Config, init_state=init_state, make_train_step=make_train_step, embed=fair_user_embeddings,
+    description="FFVAE-style baseline: per-attribute latent subspaces dropped before AFRL's aggregator")

@@ -34,7 +34,13 @@ row ``r`` belongs to the intersectional group ``g_r = a(u_r) C + c(i_r)`` (its p
   groups); ``balance = "none"`` keeps no weights and descends the row-mean loss.
 * **Weights** (multiplicative, as in GroupDRO): ``q_i <- q_i exp(e_i - max e)``, renormalised, then floored at
   ``weight_floor``. The update direction is ``sum_g q_g grad~_g`` (for ``"none"``: ``sum_g (n_g / n) grad~_g``, the
-  row-mean gradient), fed to Adam (``optax.adamw``-free: coupled L2 ``weight_decay`` as in the authors' code).
+  row-mean gradient), fed to Adam (``optax.adamw``-free: coupled L2 ``[itfr.train] weight_decay`` as in the authors'
+  code; :func:`jaxfair.training.optim.make`).
+
+Baselines through the same step and the same contract: plain BPR is ``balance = "none"``, ``sam = false``; online
+GroupDRO over the intersectional groups is ``balance = "groupdro"``, ``sam = false``; the paper's ablations are
+``sam = false`` (w/o SAM), ``balance = "groupdro"`` (w/o collaborative balance), ``score_normalization = false``
+(w/o normalisation). ``configs/grids/itfr_variants.toml`` runs them side by side (:data:`VARIANTS`).
 
 Choices where the paper is silent or the authors' code (yfwang2021/ITFR) differs, recorded on purpose:
 
@@ -60,15 +66,36 @@ import numpy as np
 import optax
 from jax.flatten_util import ravel_pytree
 
+from jaxfair.backbones import lightgcn
 from jaxfair.backbones.base import padded_batches
+from jaxfair.data.groups import genre_item_groups, group_counts, intersectional_groups
 from jaxfair.data.preprocess import ITFR_GENRES
 from jaxfair.data.sampling import sample_negatives
+from jaxfair.methods.base import (Evaluation, Method, Model, require, require_attribute, require_monitor_cutoff,
+                                  require_ratio_split)
+from jaxfair.metrics.intersectional import intersectional_report
+from jaxfair.metrics.ranking import split_ranking
+from jaxfair.tables import format_table
+from jaxfair.training import optim
+from jaxfair.training.trainer import TrainConfig
 
 BALANCES = ("collaborative", "groupdro", "none")
+SUPPORTED_BACKBONES = ("cosine_mf", "pmf", "lightgcn")
+# The baselines and ablations as settings of this method (``configs/grids/itfr_variants.toml`` lists them).
+VARIANTS: dict[str, dict] = {
+    "bpr": {"balance": "none", "sam": False},
+    "groupdro": {"balance": "groupdro", "sam": False},
+    "itfr": {},
+    "itfr_no_sam": {"sam": False},
+    "itfr_no_balance": {"balance": "groupdro"},
+    "itfr_no_norm": {"score_normalization": False},
+}
+REPORT_KS = (10, 20, 50)
+DENSE_LIMIT = 1 << 24  # U * I entries (64 MiB of float32) up to which LightGCN propagates on a dense adjacency
 
 
 @dataclasses.dataclass(frozen=True)
-class ItfrConfig:
+class Config:
     """ITFR's knobs (the ``[itfr]`` config section). Defaults are the authors' MovieLens settings.
 
     Attributes:
@@ -82,7 +109,8 @@ class ItfrConfig:
       eta: step size of the multiplicative weight update.
       gamma: exponent of the losses in ``p`` (collaborative balance only).
       weight_floor: lower bound of a group weight after each update.
-      weight_decay: coupled L2 added to the gradient before Adam.
+      train: the loop (``[itfr.train]``) training the backbone from scratch: Adam at ``learning_rate`` with coupled
+        L2 ``weight_decay``, early stopping on the full-ranking validation ``monitor``.
     """
 
     user_attribute: str = "gender"
@@ -95,7 +123,8 @@ class ItfrConfig:
     eta: float = 0.05
     gamma: float = 0.5
     weight_floor: float = 1e-5
-    weight_decay: float = 0.0
+    train: TrainConfig = TrainConfig(epochs=200, batch_size=1024, learning_rate=1e-3, patience=30,
+                                     monitor="ndcg@20", checkpoint_every=20)
 
     def __post_init__(self):
         if self.balance not in BALANCES:
@@ -105,8 +134,6 @@ class ItfrConfig:
         for name in ("tau", "rho", "eta", "gamma", "weight_floor"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
-        if self.weight_decay < 0:
-            raise ValueError(f"weight_decay must be non-negative, got {self.weight_decay}")
         if self.weight_floor >= 1:
             raise ValueError(f"weight_floor must be below 1, got {self.weight_floor}")
 
@@ -114,6 +141,9 @@ class ItfrConfig:
     def needs_group_gradients(self) -> bool:
         """Per-group gradients are needed for SAM and for the gradient-similarity matrix."""
         return self.sam or self.balance == "collaborative"
+
+
+ItfrConfig = Config
 
 
 class ItfrState(NamedTuple):
@@ -142,7 +172,7 @@ class ItfrState(NamedTuple):
 EmbedFn = Callable[[object], tuple[jax.Array, jax.Array]]
 
 
-def make_score(config: ItfrConfig) -> Callable[[jax.Array, jax.Array], jax.Array]:
+def make_score(config: Config) -> Callable[[jax.Array, jax.Array], jax.Array]:
     """``score(u (..., d), v (..., d)) -> (...)``: ``cos(u, v) / tau`` or ``<u, v>``."""
 
     def normalize(x):
@@ -219,11 +249,6 @@ def update_weights(weights: jax.Array, exponents: jax.Array, present: jax.Array,
     return jnp.maximum(new, floor)
 
 
-def make_optimizer(learning_rate: float, weight_decay: float = 0.0) -> optax.GradientTransformation:
-    """Adam with coupled L2 (``weight_decay * theta`` added to the gradient first, like ``torch.optim.Adam``)."""
-    return optax.chain(optax.add_decayed_weights(weight_decay), optax.adam(learning_rate))
-
-
 def init_state(params, tx: optax.GradientTransformation, num_groups: int) -> ItfrState:
     """Uniform weights, zero epoch statistics."""
     size = ravel_pytree(params)[0].shape[0]
@@ -297,14 +322,14 @@ def group_gradients(params, batch, embed: EmbedFn, score: Callable, num_groups: 
     return losses, counts, grads, sa_losses, sa_grads
 
 
-def make_train_step(embed: EmbedFn, num_groups: int, config: ItfrConfig, tx: optax.GradientTransformation):
+def make_train_step(embed: EmbedFn, num_groups: int, config: Config, tx: optax.GradientTransformation):
     """One jitted-ready batch update ``(state, batch, key) -> (state, metrics)``.
 
     Args:
       embed: ``params -> (users (U, d), items (I, d))``, the backbone's embedding map.
       num_groups: ``G``.
       config: the switches and constants.
-      tx: from :func:`make_optimizer`.
+      tx: from :func:`jaxfair.training.optim.make`.
 
     ``batch``: ``user``, ``pos``, ``neg``, ``group`` int32 ``(B,)`` and ``weight`` float32 ``(B,)``. Metrics:
     ``loss`` (row-mean BPR at ``theta``), ``objective`` (``sum_g q_g L~_g``), ``weight_min``, ``weight_max``.
@@ -386,21 +411,6 @@ def end_epoch(state: ItfrState) -> ItfrState:
     )
 
 
-def make_epoch_fn(step: Callable) -> Callable:
-    """Jitted ``epoch(state, batches, key) -> (state, mean metrics)``: a ``lax.scan`` of ``step`` over the stacked
-    batches, then :func:`end_epoch`."""
-
-    @jax.jit
-    def epoch(state, batches, key):
-        def body(carry, batch):
-            return step(carry, batch, jax.random.fold_in(key, carry.step))
-
-        state, metrics = jax.lax.scan(body, state, batches)
-        return end_epoch(state), jax.tree.map(jnp.mean, metrics)
-
-    return epoch
-
-
 def epoch_batches(
     users: np.ndarray, items: np.ndarray, groups: np.ndarray, positives: np.ndarray, rng: np.random.Generator,
     batch_size: int,
@@ -421,3 +431,171 @@ def epoch_batches(
         "group": np.asarray(groups, np.int32),
     }
     return padded_batches(rows, batch_size, rng)
+
+
+# --- the method contract -------------------------------------------------------------------------------------
+
+
+class ItfrData(NamedTuple):
+    """ITFR's constants for a split: user and item groups (``A`` and ``C`` of them, ``names`` ``"user|item"``), each
+    training row's intersectional group, every known positive (negatives avoid them), the backbone's functions and
+    its constants, and its embedding map ``params -> (users (U, d), items (I, d))``."""
+
+    user_group: np.ndarray
+    item_group: np.ndarray
+    num_user_groups: int
+    num_item_groups: int
+    names: list
+    row_groups: np.ndarray
+    positives: np.ndarray
+    backbone: object
+    embed: Callable
+
+    @property
+    def num_groups(self) -> int:
+        return self.num_user_groups * self.num_item_groups
+
+
+def _check(config: Config, run_config) -> None:
+    """ConfigErrors, before any data is read, for settings ITFR cannot honour."""
+    require_ratio_split("ITFR", run_config, "itfr")
+    backbone = run_config.backbone
+    require(backbone.name in SUPPORTED_BACKBONES, f"backbone.name: ITFR trains {list(SUPPORTED_BACKBONES)} "
+            f"(embedding tables, optionally propagated), not {backbone.name!r}")
+    require(getattr(backbone.config, "l2", 0.0) == 0.0,
+            "backbone.l2: ITFR's losses carry no L2 term; set backbone.l2 = 0 and use itfr.train.weight_decay")
+    require(backbone.name != "cosine_mf" or backbone.config.tau == config.tau,
+            f"backbone.tau ({getattr(backbone.config, 'tau', None)}) differs from itfr.tau ({config.tau}): ITFR "
+            "scores with itfr.tau; set both to the same value")
+    require_attribute("itfr.user_attribute", config.user_attribute, run_config)
+    require_monitor_cutoff("itfr.train.monitor", config.train, run_config)
+
+
+def embedding_map(backbone, backbone_config, context, split) -> Callable:
+    """``params -> (users (U, d), items (I, d))``: the backbone's own embedding functions, except LightGCN, whose
+    propagation runs on a dense adjacency when ``U I <= DENSE_LIMIT`` (the same map; ITFR pushes ``3 G`` vmapped
+    propagations through it per step: batched matmuls, where vmapped edge scatters are slow on CPU)."""
+    if backbone.name == "lightgcn" and split.num_users * split.num_items <= DENSE_LIMIT:
+        adjacency = lightgcn.dense_adjacency(context, split.num_users, split.num_items)
+        layers = backbone_config.num_layers
+        return lambda params: lightgcn.propagate_dense(params["user"], params["item"], adjacency, layers)
+    return lambda params: (backbone.user_embeddings(params, context, "valid"),
+                           backbone.item_embeddings(params, context))
+
+
+def _prepare(context, config: Config) -> ItfrData:
+    """The groups of the split (DataError when an item has not exactly one of the group genres)."""
+    split, backbone = context.split, context.backbone
+    user_group = split.user_attributes[config.user_attribute]
+    user_names = split.attribute_classes[config.user_attribute]
+    item_group = genre_item_groups(split.item_genres, split.genre_names, config.item_genres)
+    num_item_groups = len(config.item_genres)
+    row_groups = intersectional_groups(user_group, item_group, split.train_users, split.train_items, num_item_groups)
+    return ItfrData(
+        user_group=user_group, item_group=item_group, num_user_groups=len(user_names),
+        num_item_groups=num_item_groups, names=[f"{a}|{c}" for a in user_names for c in config.item_genres],
+        row_groups=row_groups, positives=split.positive_matrix(), backbone=backbone,
+        embed=embedding_map(backbone, context.backbone_config, backbone.context(split), split),
+    )
+
+
+def _models(context, data: ItfrData, config: Config, fitted: dict) -> list[Model]:
+    split = context.split
+    score = make_score(config)
+    tx = optim.make(config.train)
+    embed_jit = jax.jit(data.embed)
+
+    def validate(params):
+        users, items = embed_jit(params)
+        block = split_ranking(score, {"valid": users}, items, split, ("full",), tuple(context.evaluate.ks),
+                              context.evaluate.batch_size, ("valid",))
+        return block["full"]["valid"]
+
+    return [Model(
+        name="itfr", train=config.train,
+        init=lambda key: init_state(data.backbone.init(key, split), tx, data.num_groups),
+        step=make_train_step(data.embed, data.num_groups, config, tx),
+        batches=lambda rng: epoch_batches(split.train_users, split.train_items, data.row_groups, data.positives, rng,
+                                          config.train.batch_size),
+        validate=validate, end_epoch=end_epoch,
+    )]
+
+
+def _evaluate(context, data: ItfrData, fitted: dict, config: Config) -> Evaluation:
+    """Validation and test full-ranking metrics and the intersectional report at :data:`REPORT_KS` and the
+    configured cut-offs."""
+    split, fit = context.split, fitted["itfr"]
+    ks = tuple(sorted(set(REPORT_KS) | set(context.evaluate.ks)))
+    score = make_score(config)
+    users, items = jax.jit(data.embed)(fit.best_params)
+    ranking = split_ranking(score, {"valid": users, "test": users}, items, split, ("full",), ks,
+                            context.evaluate.batch_size)["full"]
+    reports = {stage: intersectional_report(
+        score, users, items, split.target_matrix(stage), split.exclude_matrix(stage), data.user_group,
+        data.item_group, data.num_user_groups, data.num_item_groups, ks, context.evaluate.batch_size)
+        for stage in ("valid", "test")}
+    results = {
+        "groups": {"user_attribute": config.user_attribute,
+                   "user_groups": list(split.attribute_classes[config.user_attribute]),
+                   "item_groups": list(config.item_genres), "names": data.names,
+                   "train_rows": group_counts(data.row_groups, data.num_groups).tolist()},
+        "final_weights": np.asarray(fit.state.weights).tolist(),
+        "valid": ranking["valid"], "test": ranking["test"],
+        "valid_intersectional": reports["valid"], "intersectional": reports["test"],
+    }
+    tables = {stage: {"all": {**ranking[stage], **{f"{name}@{k}": reports[stage][f"@{k}"][name]
+                                                    for k in ks for name in ("cv", "min", "ucv", "icv")}}}
+              for stage in ("valid", "test")}
+    heat_k = max([k for k in REPORT_KS if k <= 20] or [REPORT_KS[0]])
+    return Evaluation(results=results, tables=tables,
+                      figures={"recall_matrix.png": lambda full: heatmap_figure(full, heat_k)})
+
+
+def serve(data: ItfrData, params: dict, config: Config, inputs=None, control=None) -> jax.Array:
+    """The trained backbone's user embeddings ``(U, d)`` (ITFR has no control input; score them with
+    :func:`make_score`)."""
+    del inputs, control
+    return data.embed(params["itfr"])[0]
+
+
+def report(results: dict, k: int = 20) -> str:
+    """Test Recall/NDCG@k and the recall matrix's statistics at k."""
+    block = results["itfr"]
+    fairness = block["intersectional"][f"@{k}"]
+    fit = results["models"]["itfr"]
+    row = {f"recall@{k}": block["test"][f"recall@{k}"], f"ndcg@{k}": block["test"][f"ndcg@{k}"],
+           **{f"{name}@{k}": fairness[name] for name in ("cv", "min", "ucv", "icv")},
+           "epochs": fit["epochs_run"], "s/epoch": fit["seconds_per_epoch"]}
+    config = results["config"]["itfr"]
+    header = (f"test, {results['backbone']['name']} backbone, balance={config['balance']} sam={config['sam']} "
+              f"score_normalization={config['score_normalization']} (CV/UCV/ICV: lower is fairer; MIN: higher is "
+              "fairer)\n")
+    return header + format_table([row], list(row))
+
+
+def heatmap_figure(results: dict, k: int = 20):
+    """Heat map of the test ``R@k`` (user groups x item groups) with its CV."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    block = results["itfr"]
+    matrix = np.asarray(block["intersectional"][f"@{k}"]["matrix"], float)
+    user_names, item_names = block["groups"]["user_groups"], block["groups"]["item_groups"]
+    figure, ax = plt.subplots(figsize=(0.7 * len(item_names) + 2.5, 0.6 * len(user_names) + 2.2))
+    image = ax.imshow(matrix, cmap="viridis", aspect="auto")
+    ax.set_title(f"test Recall@{k}, CV@{k} = {block['intersectional'][f'@{k}']['cv']:.3f}", fontsize=9)
+    ax.set_xticks(range(len(item_names)), item_names, rotation=60, ha="right", fontsize=7)
+    ax.set_yticks(range(len(user_names)), user_names, fontsize=8)
+    for (a, c), value in np.ndenumerate(matrix):
+        ax.text(c, a, f"{value:.2f}", ha="center", va="center", fontsize=6, color="white")
+    figure.colorbar(image, ax=ax, label=f"Recall@{k}")
+    figure.tight_layout()
+    return figure
+
+
+METHOD = Method("itfr", Config, frozen_backbone=False, check=_check, prepare=_prepare, models=_models,
+                evaluate=_evaluate, serve=serve, report=report,
+                description="ITFR (Wang et al., WWW 2024): intersectional two-sided fairness; BPR and GroupDRO as "
+                            "its settings")

@@ -10,9 +10,11 @@ scratch and on its own, a filter ``f_S`` (an MLP ``d -> d``) on the frozen backb
 * ``f_S`` minimises ``BPR(R(u*_S, v+) - R(u*_S, v-)) - lambda * E_u sum_{i in S} CE(D_i(u*_S), a_i)``, the BPR loss
   through the frozen backbone scorer ``R`` (as in AFRL's Eq. 18) plus the adversarial term (as in AFRL's Eq. 16).
 
-Every batch runs one ``D`` update and then one ``f_S`` update, each player with its own Adam state
-(:func:`jaxfair.methods.afrl.update_player`). Training ``2^M - 1`` models one after another is the cost AFRL is
-measured against, so :func:`train_all` runs them sequentially and times each one.
+Every batch runs one ``D`` update and then one ``f_S`` update, each player moved only by its own Adam
+(:func:`jaxfair.training.optim.update_player`). Training ``2^M - 1`` models one after another is the cost AFRL is
+measured against, so the method names one :class:`~jaxfair.methods.base.Model` per requirement (``sm_G``,
+``sm_G_A``, ...), which the trainer fits one after another, each timed in ``results.json``. The empty requirement
+is served the backbone's own embeddings.
 
 Choices where the baseline is unspecified (recorded here on purpose):
 
@@ -31,63 +33,61 @@ Choices where the baseline is unspecified (recorded here on purpose):
 * Every filter uses the same seed (same initialisation and batch order); they differ only by their requirement.
 * Each filter's time covers its whole :func:`jaxfair.training.trainer.fit` call, compilation included (every
   requirement compiles its own training step; the validation function is shared and compiled once).
+* Its settings are the ``[sm]`` section's; the AFRL comparison (``configs/afrl_baselines.toml``) copies AFRL's
+  lambda, adversary, width, learning rate, batch size, epochs and patience into it.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import time
 from typing import Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
 from jaxfair.backbones.base import bpr_loss
-from jaxfair.methods import afrl
-from jaxfair.methods.afrl import AFRLData
+from jaxfair.config import check_fields
+from jaxfair.methods import adversaries
+from jaxfair.methods.adversaries import AttributeData, num_classes_of, split_attribute_data
+from jaxfair.methods.afrl import ADVERSARIES
+from jaxfair.methods.base import Evaluation, Method, best_params
 from jaxfair.methods.mlp import mlp_apply, mlp_init, mlp_sizes, stack_init
-from jaxfair.methods.requirements import fit_method
+from jaxfair.methods.requirements import (BASELINE_TRAIN, all_requirements, check_sampled_split, evaluate_requirements,
+                                          requirement_model, requirement_name, requirements_report)
+from jaxfair.training import optim
 from jaxfair.training.step import TrainState
+from jaxfair.training.trainer import TrainConfig
 
 PLAYERS = ("D", "f")
 
 
 @dataclasses.dataclass(frozen=True)
-class SMConfig:
-    """SM hyper-parameters (one set shared by every requirement's filter).
+class Config:
+    """SM hyper-parameters (the ``[sm]`` section; one set shared by every requirement's filter).
 
     Attributes:
       lam: weight of the adversarial term in the filter's loss.
       hidden: width of every hidden layer (filter and discriminators).
       layers: linear layers of the filter ``f_S``.
       head_layers: linear layers of each discriminator ``D_i``.
-      learning_rate, batch_size, epochs, patience: each filter's training loop (Adam, early stopping on its
-        validation NDCG@10).
-      adversary: ``"paper"`` or ``"confusion"``, as in :class:`jaxfair.methods.afrl.AFRLConfig`.
+      adversary: ``"paper"`` or ``"confusion"``, as in :class:`jaxfair.methods.afrl.Config`.
+      train: each filter's loop (``[sm.train]``: Adam per player, early stopping on its validation NDCG@10).
     """
 
     lam: float = 10.0
     hidden: int = 64
     layers: int = 2
     head_layers: int = 2
-    learning_rate: float = 1e-3
-    batch_size: int = 256
-    epochs: int = 15
-    patience: int = 5
     adversary: str = "paper"
+    train: TrainConfig = BASELINE_TRAIN
 
     def __post_init__(self):
-        if self.adversary not in afrl.ADVERSARIES:
-            raise ValueError(f"adversary must be one of {afrl.ADVERSARIES}, got {self.adversary!r}")
-        if self.lam < 0:
-            raise ValueError(f"lam must be non-negative, got {self.lam}")
-        if not self.learning_rate > 0:
-            raise ValueError(f"learning_rate must be positive, got {self.learning_rate}")
-        for name in ("hidden", "layers", "head_layers", "batch_size", "epochs", "patience"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        check_fields(self, choices={"adversary": ADVERSARIES}, non_negative=("lam",),
+                     at_least_one=("hidden", "layers", "head_layers"))
+
+
+SMConfig = Config
 
 
 def _selector(sensitive) -> jax.Array:
@@ -95,7 +95,7 @@ def _selector(sensitive) -> jax.Array:
     return jnp.asarray(np.asarray(sensitive, bool), jnp.float32)
 
 
-def init_params(key: jax.Array, dim: int, num_classes: tuple[int, ...], config: SMConfig) -> dict:
+def init_params(key: jax.Array, dim: int, num_classes: tuple[int, ...], config: Config) -> dict:
     """``{"f": filter MLP (d -> d), "D": stack of M discriminators (d -> max classes)}``."""
     kf, kd = jax.random.split(key)
     return {
@@ -104,21 +104,22 @@ def init_params(key: jax.Array, dim: int, num_classes: tuple[int, ...], config: 
     }
 
 
-def make_optimizer(config: SMConfig) -> optax.GradientTransformation:
-    return optax.adam(config.learning_rate)
+def make_players(config: Config) -> optim.Players:
+    """The filter and the discriminators, each with its own Adam."""
+    return optim.same_players(PLAYERS, config.train)
 
 
-def init_state(key: jax.Array, data: AFRLData, sensitive, config: SMConfig) -> TrainState:
-    """Parameters of the filter and the discriminators, and one optimizer state per player.
+def init_state(key: jax.Array, data: AttributeData, sensitive, config: Config) -> TrainState:
+    """Parameters of the filter and the discriminators, and the players' partitioned optimizer state.
 
     ``sensitive`` (bool ``(M,)``, the requirement) only fixes ``M`` here; every requirement starts from the same
     shapes.
     """
-    num_classes = afrl.num_classes_of(data)
+    num_classes = num_classes_of(data)
     if len(np.asarray(sensitive)) != len(num_classes):
         raise ValueError(f"sensitive has {len(np.asarray(sensitive))} entries for {len(num_classes)} attributes")
     params = init_params(key, data.user_vecs.shape[1], num_classes, config)
-    return afrl.init_player_state(params, PLAYERS, make_optimizer(config))
+    return optim.init_players(params, make_players(config))
 
 
 def filter_embeddings(params: dict, user_vecs: jax.Array) -> jax.Array:
@@ -129,13 +130,13 @@ def filter_embeddings(params: dict, user_vecs: jax.Array) -> jax.Array:
 def selected_nll(d_params, z: jax.Array, labels: jax.Array, mask: jax.Array, select: jax.Array) -> jax.Array:
     """``sum_{i in S} -log q(a_i | z; D_i)`` per user: ``z (B, d)`` -> ``(B,)``; ``select (M,)`` is the 0/1 selector."""
     m = labels.shape[1]
-    nll = afrl.head_nll(d_params, jnp.broadcast_to(z, (m,) + z.shape), labels, mask)  # (M, B)
+    nll = adversaries.head_nll(d_params, jnp.broadcast_to(z, (m,) + z.shape), labels, mask)  # (M, B)
     return jnp.sum(select[:, None] * nll, axis=0)
 
 
 def discriminator_loss(d_params, z, labels, weight, mask, select) -> jax.Array:
     """D's objective: weighted mean over users of ``sum_{i in S} CE(D_i(z), a_i)``."""
-    return afrl._weighted_mean(selected_nll(d_params, z, labels, mask, select), weight)
+    return adversaries.weighted_mean(selected_nll(d_params, z, labels, mask, select), weight)
 
 
 def filter_loss(
@@ -155,17 +156,17 @@ def filter_loss(
     if adversary == "paper":
         return ranking - lam * discriminator_loss(d_params, z, labels, attr_weight, mask, select)
     # A zero prior row makes attribute i's cross-entropy (and its gradient) exactly zero.
-    return ranking + lam * afrl.confusion_loss(d_params, z, prior * select[:, None], attr_weight, mask)
+    return ranking + lam * adversaries.confusion_loss(d_params, z, prior * select[:, None], attr_weight, mask)
 
 
-def make_train_step(data: AFRLData, score: Callable, sensitive, config: SMConfig):
+def make_train_step(data: AttributeData, score: Callable, sensitive, config: Config):
     """One batch of SM training for requirement ``sensitive`` (bool ``(M,)``): a D update, then an f update.
 
     ``batch`` holds BPR rows: ``user``, ``pos``, ``neg`` (int32 ``(B,)``) and ``weight`` (``(B,)``, 0 on padding).
     ``score(u (..., d), v (..., d)) -> (...)`` is the frozen backbone's scorer. Returns
     ``(state, batch, key) -> (state, metrics)`` with metrics ``loss`` (f's objective) and ``loss_D``.
     """
-    tx = make_optimizer(config)
+    players = make_players(config)
     select = _selector(sensitive)
     if select.shape != (data.labels.shape[1],):
         raise ValueError(f"sensitive must have shape ({data.labels.shape[1]},), got {select.shape}")
@@ -179,17 +180,17 @@ def make_train_step(data: AFRLData, score: Callable, sensitive, config: SMConfig
         attr_weight = weight * data.attribute_weight[batch["user"]]
 
         z = jax.lax.stop_gradient(mlp_apply(params["f"], u))
-        params, opt_state, loss_d = afrl.update_player(
-            params, opt_state, "D", lambda d: discriminator_loss(d, z, labels, attr_weight, data.class_mask, select), tx
+        params, opt_state, loss_d = optim.update_player(
+            players, params, opt_state, "D",
+            lambda d: discriminator_loss(d, z, labels, attr_weight, data.class_mask, select),
         )
         pos_vecs, neg_vecs = data.item_vecs[batch["pos"]], data.item_vecs[batch["neg"]]
-        params, opt_state, loss_f = afrl.update_player(
-            params, opt_state, "f",
+        params, opt_state, loss_f = optim.update_player(
+            players, params, opt_state, "f",
             lambda f: filter_loss(
                 f, params["D"], u, pos_vecs, neg_vecs, labels, weight, attr_weight, data.class_mask, data.class_prior,
                 select, score, config.lam, config.adversary,
             ),
-            tx,
         )
         return TrainState(params, opt_state, state.step + 1), {"loss": loss_f, "loss_D": loss_d}
 
@@ -201,56 +202,56 @@ def _embed(params, user_vecs, sensitive, config):
     return filter_embeddings(params, user_vecs)
 
 
-def train_one(split, data: AFRLData, score, sensitive, config: SMConfig, seed: int, valid_user_vecs, log=print,
-              out_dir=None, name: str = "sm", ks=(10,)):
-    """Fit the filter of one requirement with the shared trainer; early stopping on its validation NDCG@``ks[0]``."""
-    return fit_method(
-        split,
-        init_state=lambda key: init_state(key, data, sensitive, config),
-        train_step=make_train_step(data, score, sensitive, config),
-        embed=_embed,
-        config=config,
-        requirements=np.asarray(sensitive, bool)[None, :],
-        score=score, valid_user_vecs=valid_user_vecs, item_vecs=data.item_vecs, seed=seed, out_dir=out_dir,
-        log=log, name=name, ks=ks,
-    )
+def model_name(sensitive, attribute_names) -> str:
+    """The filter of a requirement: ``sm_G``, ``sm_G_A``, ..."""
+    return "sm_" + requirement_name(sensitive, attribute_names).replace("+", "_")
 
 
-def train_all(split, data: AFRLData, score, config: SMConfig, seed: int, valid_user_vecs, log=print, out_dir=None):
-    """Train the ``2^M - 1`` filters one after another (never batched together: this is SM's cost).
+# --- the method contract -------------------------------------------------------------------------------------
 
-    Args:
-      split: the :class:`jaxfair.data.dataset.Split` (BPR rows, validation targets and negatives, attribute names).
-      data: AFRL's constant inputs (:func:`jaxfair.experiments.afrl.afrl_data`).
-      score: the frozen backbone scorer ``(u, v) -> scores``; pass a ``jax.tree_util.Partial`` (as AFRL's experiment
-        does) so its parameters are traced.
-      valid_user_vecs: ``(U, d)`` validation-time backbone user embeddings.
-      out_dir: optional; each filter then checkpoints (and resumes) under ``checkpoints/sm_<requirement>``.
 
-    Returns:
-      requirement name (``"G"``, ``"A"``, ``"G+A"``, ...; the empty requirement is not trained) ->
-      ``(best params, seconds, FitResult)``, in :func:`jaxfair.methods.afrl.all_requirements` order. The total is
-      logged; it is also ``sum(seconds)`` up to the loop's bookkeeping.
-    """
-    if not isinstance(score, jax.tree_util.Partial):
-        score = jax.tree_util.Partial(score)
-    names = split.attribute_names
-    out = {}
-    start = time.perf_counter()
-    for sensitive in afrl.all_requirements(len(names))[1:]:
-        name = afrl.requirement_name(sensitive, names)
-        tick = time.perf_counter()
-        result = train_one(
-            split, data, score, sensitive, config, seed, valid_user_vecs, log, out_dir, "sm_" + name.replace("+", "_")
+def _prepare(context, config: Config):
+    return {"attributes": split_attribute_data(context.split, context.frozen),
+            "attribute_names": context.split.attribute_names}
+
+
+def _models(context, data: dict, config: Config, fitted: dict):
+    """One filter per non-empty requirement, trained from scratch with the same seed (never batched together: this
+    is SM's cost)."""
+    attributes, names = data["attributes"], data["attribute_names"]
+    return [
+        requirement_model(
+            model_name(sensitive, names), context, attributes, config,
+            init=lambda key, sensitive=sensitive: init_state(key, attributes, sensitive, config),
+            step=make_train_step(attributes, context.frozen.score, sensitive, config),
+            embed=_embed, requirements=np.asarray(sensitive, bool)[None, :],
         )
-        jax.block_until_ready(result.best_params)
-        seconds = time.perf_counter() - tick
-        out[name] = (result.best_params, seconds, result)
-        log(f"[sm] {name}: {seconds:.2f}s, {result.epochs_run} epochs, best epoch {result.best_epoch}")
-    log(f"[sm] {len(out)} filters trained in {time.perf_counter() - start:.2f}s")
-    return out
+        for sensitive in all_requirements(len(names))[1:]
+    ]
 
 
-def total_seconds(runs: dict) -> float:
-    """Summed training time of :func:`train_all`'s filters."""
-    return float(sum(seconds for _, seconds, _ in runs.values()))
+def serve(data: dict, params: dict, config: Config, user_vecs: jax.Array, sensitive) -> jax.Array:
+    """The embeddings of ``user_vecs (U, d)`` under one requirement ``sensitive`` (bool ``(M,)``, shared by every
+    row: SM has one filter per requirement): its own filter's output, or ``user_vecs`` unchanged for the empty
+    requirement."""
+    sensitive = np.asarray(sensitive, bool)
+    if sensitive.ndim != 1:
+        raise ValueError("SM serves one requirement at a time (one filter each): pass a bool (M,) mask")
+    if not sensitive.any():
+        return user_vecs
+    return filter_embeddings(params[model_name(sensitive, data["attribute_names"])], user_vecs)
+
+
+def _evaluate(context, data: dict, fitted: dict, config: Config) -> Evaluation:
+    params = best_params(fitted)
+
+    def serve_all(user_vecs, requirements):
+        return jnp.stack([serve(data, params, config, user_vecs, r) for r in np.asarray(requirements)])
+
+    return evaluate_requirements(context, serve_all)
+
+
+METHOD = Method(
+    "sm", Config, frozen_backbone=True, check=lambda config, run: check_sampled_split("sm", run), prepare=_prepare,
+    models=_models, evaluate=_evaluate, serve=serve, report=lambda results: requirements_report(results, "sm"),
+    description="SM (Li et al., SIGIR 2021): one adversarial filter per fairness requirement, trained separately")

@@ -118,6 +118,21 @@ def _seed_from_key(key: jax.Array) -> int:
     return int(jax.random.randint(jax.random.fold_in(key, 1), (), 0, np.iinfo(np.int32).max))
 
 
+def _bootstrap_ci(y: np.ndarray, proba: np.ndarray, key: jax.Array, config: ProbeConfig) -> list[float] | None:
+    """Percentile bootstrap interval of the AUC of ``proba (n, C)`` against ``y (n,)`` over ``config.bootstrap``
+    resamples of the ``n`` users (drawn from ``key``); None without resamples or users."""
+    if not config.bootstrap or not len(y):
+        return None
+    rng = np.random.default_rng(_seed_from_key(key))
+    counts = rng.multinomial(len(y), np.full(len(y), 1.0 / len(y)), size=config.bootstrap)
+    replicates = resampled_auc(y, proba, counts)
+    replicates = replicates[~np.isnan(replicates)]
+    if not replicates.size:
+        return None
+    tail = (1.0 - config.ci) / 2.0
+    return [float(v) for v in np.quantile(replicates, [tail, 1.0 - tail])]
+
+
 def probe_attribute(
     embeddings: np.ndarray,
     labels: np.ndarray,
@@ -189,15 +204,7 @@ def probe_attribute(
     auc = multiclass_auc(y_test, test_proba)
     majority = np.bincount(y_test, minlength=num_classes).max() / len(test) if len(test) else np.nan
 
-    auc_ci = None
-    if config.bootstrap and len(test):
-        rng = np.random.default_rng(_seed_from_key(key))
-        counts = rng.multinomial(len(test), np.full(len(test), 1.0 / len(test)), size=config.bootstrap)
-        replicates = resampled_auc(y_test, test_proba, counts)
-        replicates = replicates[~np.isnan(replicates)]
-        if replicates.size:
-            tail = (1.0 - config.ci) / 2.0
-            auc_ci = [float(v) for v in np.quantile(replicates, [tail, 1.0 - tail])]
+    auc_ci = _bootstrap_ci(y_test, test_proba, key, config)
 
     extra = {"test_proba": test_proba} if return_test_proba else {}
     return {
@@ -262,15 +269,7 @@ def cross_fitted_probe(
     proba, scored = np.concatenate(proba), np.concatenate(scored)
     y_scored = y[scored]
     auc = multiclass_auc(y_scored, proba)
-    auc_ci = None
-    if config.bootstrap:
-        rng = np.random.default_rng(_seed_from_key(key))
-        counts = rng.multinomial(len(scored), np.full(len(scored), 1.0 / len(scored)), size=config.bootstrap)
-        replicates = resampled_auc(y_scored, proba, counts)
-        replicates = replicates[~np.isnan(replicates)]
-        if replicates.size:
-            tail = (1.0 - config.ci) / 2.0
-            auc_ci = [float(v) for v in np.quantile(replicates, [tail, 1.0 - tail])]
+    auc_ci = _bootstrap_ci(y_scored, proba, key, config)
     return {"auc": auc, "auc_ci": auc_ci, "fold_auc": [float(a) for a in fold_auc], "num_users": int(len(scored))}
 
 

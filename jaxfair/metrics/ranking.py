@@ -194,13 +194,10 @@ def full_protocol(
 
     Args:
       score_fn: ``score_fn(users (B, 1, d), items (1, I, d)) -> (B, I)``; broadcasts leading axes.
-      user_vecs: ``(U, d)`` user representations.
-      item_vecs: ``(I, d)`` item representations.
       targets: int ``(U,)`` one target per user, or bool ``(U, I)`` multi-hot targets.
       exclude: bool ``(U, I)`` known positives to mask (score ``-inf``); a target is never masked, even when it is
         also marked here.
-      ks: cut-offs.
-      batch_size: users per jitted call.
+      user_vecs, item_vecs, ks, batch_size: as in :func:`sampled_protocol`.
 
     Returns:
       Metric name -> float ``(U,)`` numpy array (see :func:`ranking_metrics`).
@@ -243,3 +240,48 @@ def _full_batch_fn(score_fn: ScoreFn, multi_hot: bool, ks: tuple[int, ...]) -> C
 def summarize(per_user: dict[str, np.ndarray]) -> dict[str, float]:
     """Mean over users of each per-user metric array."""
     return {name: float(np.mean(values)) for name, values in per_user.items()}
+
+
+def split_ranking(
+    score_fn: ScoreFn,
+    user_vecs: dict,
+    item_vecs: jax.Array,
+    split,
+    protocols: tuple[str, ...],
+    ks: tuple[int, ...],
+    batch_size: int = 256,
+    stages: tuple[str, ...] = ("valid", "test"),
+) -> dict:
+    """Ranking metrics of one model on a :class:`~jaxfair.data.dataset.Split`, under each of ``protocols``.
+
+    ``sampled`` ranks each user's held-out item among the split's fixed negatives (leave-one-out splits);
+    ``full`` ranks each user's held-out positives among all items with the split's
+    :meth:`~jaxfair.data.dataset.Split.exclude_matrix` masked, and averages over the users that have a positive in
+    the stage.
+
+    Args:
+      score_fn: ``(users (..., d), items (..., d)) -> (...)``.
+      user_vecs: stage -> ``(U, d)`` user representations; item_vecs: ``(I, d)``.
+
+    Returns:
+      ``{protocol: {"protocol": name, "description": ..., stage: {metric@k: mean}}}``.
+    """
+    unsupported = [p for p in protocols if p not in split.protocols]
+    if unsupported:
+        raise ValueError(f"a {split.kind} split is ranked under {list(split.protocols)}, not {unsupported}")
+    out = {}
+    for protocol in protocols:
+        block = {"protocol": protocol, "description": split.protocol_description(protocol)}
+        for stage in stages:
+            if protocol == "sampled":
+                per_user = sampled_protocol(score_fn, user_vecs[stage], item_vecs, split.stage_items(stage),
+                                            split.negatives(stage), ks, batch_size)
+                block[stage] = summarize(per_user)
+            else:
+                targets = split.target_matrix(stage)
+                per_user = full_protocol(score_fn, user_vecs[stage], item_vecs, targets, split.exclude_matrix(stage),
+                                         ks, batch_size)
+                has_targets = targets.any(axis=1)
+                block[stage] = summarize({k: v[has_targets] for k, v in per_user.items()})
+        out[protocol] = block
+    return out

@@ -39,8 +39,12 @@ def make_train_step(
     return step
 
 
-def make_epoch_fn(step: Callable) -> Callable:
+def make_epoch_fn(step: Callable, end_epoch: Callable | None = None) -> Callable:
     """Jit a ``lax.scan`` of ``step`` over batches stacked on a leading axis.
+
+    Args:
+      step: ``(state, batch, key) -> (state, metrics)``.
+      end_epoch: optional ``state -> state`` applied once after the last batch (ITFR rolls its epoch statistics).
 
     Returns:
       ``epoch(state, batches, key) -> (state, metrics)`` where metrics are averaged over the epoch's batches. Each
@@ -53,6 +57,8 @@ def make_epoch_fn(step: Callable) -> Callable:
     @jax.jit
     def epoch(state, batches, key):
         state, metrics = jax.lax.scan(lambda s, b: body(s, b, key), state, batches)
+        if end_epoch is not None:
+            state = end_epoch(state)
         return state, jax.tree.map(jnp.mean, metrics)
 
     return epoch

@@ -1,7 +1,7 @@
 """The one training loop: epochs, shuffled batches, early stopping, progress with ETA, JSON-lines log, checkpoints.
 
-Methods do not loop; they hand the trainer a :class:`Task` (how to initialise a state, build an epoch's batches, run
-one jitted epoch and validate), and the trainer owns everything else. Randomness is explicit: the run's seed gives
+Methods do not loop; they hand the trainer a :class:`Model` (how to initialise a state, build an epoch's batches, take
+one step and validate), and the trainer owns everything else: it scans the step over each epoch in one jitted call. Randomness is explicit: the run's seed gives
 the initialisation key, and epoch ``e`` draws its batches from ``np.random.default_rng([seed, e])`` and its step keys
 from ``fold_in(train_key, e)``. A run resumed from its checkpoint therefore continues exactly as if it had never
 stopped.
@@ -21,19 +21,20 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxfair.training.checkpoint import Checkpointer
+from jaxfair.training.step import make_epoch_fn
 
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
-    """Loop settings shared by every method.
+    """One trained stage's loop and optimizer: the ``[backbone.train]`` and ``[<method>.train]`` sections.
 
     Attributes:
       epochs: maximum number of epochs.
       batch_size: rows per step (the last batch is padded, never dropped).
-      learning_rate: optimizer step size (methods read it when they build their optimizer).
+      learning_rate: Adam's step size (:func:`jaxfair.training.optim.make` builds every optimizer from this section).
+      weight_decay: coupled L2 added to the gradient before Adam (0: plain Adam).
       patience: stop after this many validations without improvement of ``monitor``.
       monitor: validation metric to maximise for early stopping and model selection.
-      seed: the run's seed.
       checkpoint_every: with an output folder, save the resumable state every this many epochs and at the last
         epoch (a resumed run replays the epochs after the newest checkpoint exactly; their log lines are rewritten).
     """
@@ -41,9 +42,9 @@ class TrainConfig:
     epochs: int = 100
     batch_size: int = 256
     learning_rate: float = 1e-3
+    weight_decay: float = 0.0
     patience: int = 5
     monitor: str = "ndcg@10"
-    seed: int = 0
     checkpoint_every: int = 1
 
     def __post_init__(self):
@@ -52,22 +53,31 @@ class TrainConfig:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         if not self.learning_rate > 0:
             raise ValueError(f"learning_rate must be positive, got {self.learning_rate}")
+        if self.weight_decay < 0:
+            raise ValueError(f"weight_decay must be non-negative, got {self.weight_decay}")
 
 
-class Task(NamedTuple):
-    """What a method gives the trainer.
+class Model(NamedTuple):
+    """One model the trainer fits (a backbone, a fairness method, one of SM's filters...).
 
     Attributes:
-      init_state: ``key -> state`` (any pytree with a ``params`` field).
-      epoch_batches: ``rng -> batches``, numpy arrays stacked ``(num_batches, B, ...)``.
-      run_epoch: jitted ``(state, batches, key) -> (state, metrics)``.
-      validate: ``params -> dict[str, float]``; must contain ``config.monitor``.
+      name: checkpoint folder (``checkpoints/<name>``) and log (``<name>_log.jsonl``) name.
+      train: its :class:`TrainConfig` (loop and optimizer settings).
+      init: ``key -> state``, any pytree with a ``params`` field.
+      step: ``(state, batch, key) -> (state, metrics)``; the trainer scans it over an epoch's batches and jits
+        that (:func:`jaxfair.training.step.make_epoch_fn`); ``metrics`` hold ``loss``.
+      batches: ``rng -> batches``, numpy arrays stacked ``(num_batches, B, ...)``.
+      validate: ``params -> dict[str, float]`` holding ``train.monitor``.
+      end_epoch: optional ``state -> state`` run after each epoch's last batch (inside the jitted epoch).
     """
 
-    init_state: Callable[[jax.Array], Any]
-    epoch_batches: Callable[[np.random.Generator], dict]
-    run_epoch: Callable[[Any, dict, jax.Array], tuple[Any, dict]]
+    name: str
+    train: TrainConfig
+    init: Callable[[jax.Array], Any]
+    step: Callable
+    batches: Callable[[np.random.Generator], dict]
     validate: Callable[[Any], dict]
+    end_epoch: Callable | None = None
 
 
 @dataclasses.dataclass
@@ -87,24 +97,28 @@ def _format_seconds(seconds: float) -> str:
 
 
 def fit(
-    task: Task,
-    config: TrainConfig,
+    model: Model,
+    seed: int,
     out_dir: str | pathlib.Path | None = None,
     *,
     log: Callable[[str], None] = print,
-    name: str = "train",
 ) -> FitResult:
-    """Train ``task`` until ``config.epochs`` or early stopping, keeping the best parameters by validation.
+    """Train ``model`` until ``model.train.epochs`` or early stopping, keeping the best parameters by validation.
 
-    With ``out_dir``: checkpoints go to ``out_dir/checkpoints/<name>`` every ``config.checkpoint_every`` epochs and
-    after the last one, and the loop resumes from the newest one; every epoch appends a JSON line to ``out_dir/<name>_log.jsonl``.
+    ``seed`` gives the initialisation key, the epochs' batch draws and their step keys (module docstring).
+
+    With ``out_dir``: checkpoints go to ``out_dir/checkpoints/<name>`` every ``train.checkpoint_every`` epochs and
+    after the last one, and the loop resumes from the newest one; every epoch appends a JSON line to
+    ``out_dir/<name>_log.jsonl``.
 
     Returns:
       :class:`FitResult` with the final state, the best parameters and their validation metrics.
     """
-    key = jax.random.key(config.seed)
+    config, name = model.train, model.name
+    run_epoch = make_epoch_fn(model.step, model.end_epoch)
+    key = jax.random.key(seed)
     init_key, train_key = jax.random.split(key)
-    state = task.init_state(init_key)
+    state = model.init(init_key)
     carry = {
         "state": state,
         "best_params": state.params,
@@ -134,9 +148,9 @@ def fit(
         epoch = int(carry["epoch"])
         while epoch < config.epochs and int(carry["bad_epochs"]) < config.patience:
             tick = time.perf_counter()
-            batches = task.epoch_batches(np.random.default_rng([config.seed, epoch]))
-            state, train_metrics = task.run_epoch(carry["state"], batches, jax.random.fold_in(train_key, epoch))
-            valid = {k: float(v) for k, v in task.validate(state.params).items()}
+            batches = model.batches(np.random.default_rng([seed, epoch]))
+            state, train_metrics = run_epoch(carry["state"], batches, jax.random.fold_in(train_key, epoch))
+            valid = {k: float(v) for k, v in model.validate(state.params).items()}
             if config.monitor not in valid:
                 raise KeyError(f"validation metrics lack the monitored {config.monitor!r}; have {sorted(valid)}")
             value = valid[config.monitor]
