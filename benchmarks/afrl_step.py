@@ -28,7 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from benchmarks.references import afrl as torch_afrl
-from benchmarks.timing import torch_or_reason, write_json
+from benchmarks.timing import parse_with_quick, torch_or_reason, write_json
 from jaxfair.methods import adversaries, afrl
 from jaxfair.methods.requirements import all_requirements, requirement_metrics
 from jaxfair.training.step import make_epoch_fn
@@ -142,13 +142,7 @@ def main(argv=None):
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--steps", type=int, default=100)
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--no-torch", action="store_true", help="skip the PyTorch reference")
-    parser.add_argument("--quick", action="store_true", help=f"tiny defaults for flags not given: {QUICK}")
-    parser.add_argument("--out", help="write the results as JSON here")
-    args = parser.parse_args(argv)
-    if args.quick:
-        parser.set_defaults(**QUICK)
-        args = parser.parse_args(argv)
+    args = parse_with_quick(parser, argv, QUICK)
 
     config = afrl.AFRLConfig()
     data, batches = make_inputs(args.users, args.items, 64, args.batch, args.steps)

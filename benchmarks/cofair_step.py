@@ -66,7 +66,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from benchmarks.references import cofair as torch_cofair
-from benchmarks.timing import device_info, finish, interleaved_ms, jaxlib_version, nothing, quartiles, torch_or_reason
+from benchmarks.timing import (device_info, finish, interleaved_ms, jaxlib_version, nothing, parse_with_quick, quartiles,
+                               torch_or_reason)
 from jaxfair.backbones.base import dot_score
 from jaxfair.methods import cofair
 
@@ -200,14 +201,7 @@ def main(argv=None):
     parser.add_argument("--repeats", type=int, default=50, help="timed steps per variant (median reported)")
     parser.add_argument("--batches", type=int, default=10, help="distinct random batches the timed steps cycle through")
     parser.add_argument("--torch-threads", type=int, default=2)
-    parser.add_argument("--no-torch", action="store_true", help="skip the PyTorch reference")
-    parser.add_argument("--quick", action="store_true", help=f"tiny shapes and few repeats: {QUICK}")
-    parser.add_argument("--out", help=f"results JSON (default {DEFAULT_OUT.relative_to(DEFAULT_OUT.parents[2])}; "
-                                      "with --quick, only written when given)")
-    args = parser.parse_args(argv)
-    if args.quick:
-        for key, value in QUICK.items():
-            setattr(args, key, value)
+    args = parse_with_quick(parser, argv, QUICK, DEFAULT_OUT.relative_to(DEFAULT_OUT.parents[2]))
     out = args.out if args.out or args.quick else str(DEFAULT_OUT)
 
     config = cofair.CofairConfig(levels=args.levels, shared_dim=args.dim, adapter_dim=args.dim,

@@ -91,7 +91,7 @@ import optax
 
 from benchmarks.references import diffairec as torch_diffairec
 from benchmarks.timing import (device_info, finish, interleaved_ms, jax_epoch_caller, jax_step_caller, jaxlib_version,
-                               median_and_quartiles, nothing, torch_or_reason)
+                               median_and_quartiles, nothing, parse_with_quick, torch_or_reason)
 from jaxfair.backbones import diffusion
 from jaxfair.methods import diffairec
 from jaxfair.training import optim
@@ -300,16 +300,9 @@ def parse_args(argv):
     parser.add_argument("--infer-repeats", type=int, default=5, help="timed calls of every inference variant")
     parser.add_argument("--torch-threads", type=int, default=2)
     parser.add_argument("--settle", type=float, default=0.2, help="untimed pause (s) before every timed call")
-    parser.add_argument("--no-torch", action="store_true", help="skip the PyTorch reference")
     parser.add_argument("--no-diffrec", action="store_true", help="time DifFaiRec only")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--quick", action="store_true", help=f"tiny defaults for flags not given: {QUICK}")
-    parser.add_argument("--out", help=f"results JSON (default {DEFAULT_OUT.relative_to(DEFAULT_OUT.parents[2])}; "
-                                      "with --quick, only written when given)")
-    args = parser.parse_args(argv)
-    if args.quick:
-        parser.set_defaults(**QUICK)
-        args = parser.parse_args(argv)
+    args = parse_with_quick(parser, argv, QUICK, DEFAULT_OUT.relative_to(DEFAULT_OUT.parents[2]))
     return args
 
 

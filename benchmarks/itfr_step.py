@@ -71,7 +71,7 @@ import optax
 
 from benchmarks.references import itfr as torch_itfr
 from benchmarks.timing import (device_info, finish, interleaved_ms, jax_epoch_caller, jax_step_caller, jaxlib_version,
-                               median_and_quartiles, nothing, torch_or_reason)
+                               median_and_quartiles, nothing, parse_with_quick, torch_or_reason)
 from jaxfair.data.groups import intersectional_groups
 from jaxfair.methods import itfr
 from jaxfair.training import optim
@@ -184,14 +184,7 @@ def parse_args(argv):
     parser.add_argument("--torch-threads", type=int, default=2, help="PyTorch threads at the headline G")
     parser.add_argument("--scaling-torch-threads", type=int, default=1, help="PyTorch threads at every G")
     parser.add_argument("--torch-max-groups", type=int, default=48, help="time PyTorch only at G up to this")
-    parser.add_argument("--no-torch", action="store_true", help="skip the PyTorch reference")
-    parser.add_argument("--quick", action="store_true", help=f"tiny defaults for flags not given: {QUICK}")
-    parser.add_argument("--out", help=f"results JSON (default {DEFAULT_OUT.relative_to(DEFAULT_OUT.parents[2])}; "
-                                      "with --quick, only written when given)")
-    args = parser.parse_args(argv)
-    if args.quick:
-        parser.set_defaults(**QUICK)
-        args = parser.parse_args(argv)
+    args = parse_with_quick(parser, argv, QUICK, DEFAULT_OUT.relative_to(DEFAULT_OUT.parents[2]))
     args.groups = sorted(set(args.groups) | {args.headline_groups})
     if any(g < 2 or g % 2 for g in args.groups):
         parser.error(f"every G must be an even number >= 2 (2 user groups x G/2 item groups), got {args.groups}")

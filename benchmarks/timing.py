@@ -26,6 +26,20 @@ import numpy as np
 TORCH_HINT = "pip install torch==2.13.0 (the bench extra)"
 
 
+def parse_with_quick(parser, argv, quick: dict, default_out=None):
+    """Add the options every step benchmark shares (``--no-torch``, ``--quick``, ``--out``) and parse ``argv``. With
+    ``--quick``, ``quick`` gives the defaults of the flags not given on the command line (tiny shapes, few repeats)."""
+    parser.add_argument("--no-torch", action="store_true", help="skip the PyTorch reference")
+    parser.add_argument("--quick", action="store_true", help=f"tiny defaults for flags not given: {quick}")
+    where = f" (default {default_out}; with --quick, only written when given)" if default_out else ""
+    parser.add_argument("--out", help="results JSON" + where)
+    args = parser.parse_args(argv)
+    if args.quick:
+        parser.set_defaults(**quick)
+        args = parser.parse_args(argv)
+    return args
+
+
 def interleaved_ms(variants: dict, repeats: int) -> dict[str, list[float]]:
     """Wall times (ms) of ``repeats`` calls of every variant, taken round-robin (one call of each variant in turn)
     so that load from other processes falls on all variants alike.

@@ -4,7 +4,7 @@
     jaxfair train CONFIG.toml --out DIR [--seed N] [--set section.key=value ...]
     jaxfair sweep CONFIG.toml --out DIR [--grid GRID.toml] [--seeds 0 1 2] [--set ...] [--select RULE ...]
     jaxfair report DIR [DIR ...] [--stage test|valid] [--rows ...] [--columns ...] [--points ...] [--transpose]
-                   [--paired POINT]
+                   [--paired POINT] [--update-docs FILE.md ...]
     jaxfair evaluate DIR [--protocol sampled|full ...] [--k 10 20 ...]
     jaxfair probe EMBEDDINGS.npy USERS.csv [--attributes gender age ...] [--seed N] [--bootstrap N]
     jaxfair methods
@@ -53,14 +53,13 @@ def _sweep(args) -> None:
 
 
 def _report(args) -> None:
-    from jaxfair.report import paired, render
+    from jaxfair.report import output, update_markdown
 
-    if args.paired:
-        print(paired(args.dirs, args.paired, stage=args.stage, rows=args.rows, columns=args.columns,
-                     points=args.points, digits=args.digits), end="")
+    if args.update_docs:
+        for path in args.update_docs:
+            print(f"{path}: {'updated' if update_markdown(path) else 'up to date'}")
         return
-    print(render(args.dirs, stage=args.stage, rows=args.rows, columns=args.columns, points=args.points,
-                 digits=args.digits, transpose=args.transpose), end="")
+    print(output(args), end="")
 
 
 def _evaluate(args) -> None:
@@ -158,6 +157,12 @@ def _probe(args) -> None:
         write_json(pathlib.Path(args.out), {"embeddings": str(embeddings_path), "users": str(users_path), "probe": results})
 
 
+def add_report_arguments(parser) -> None:
+    from jaxfair.report import add_arguments
+
+    add_arguments(parser)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="jaxfair", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -187,15 +192,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_sweep)
 
     p = sub.add_parser("report", help="Markdown tables (mean ± std over seeds) of finished sweeps and runs")
-    p.add_argument("dirs", nargs="+", metavar="DIR", help="sweep folders (summary.json) or run folders")
-    p.add_argument("--stage", choices=["test", "valid"], default="test")
-    p.add_argument("--rows", nargs="+", help="rows to show, in order (default: all)")
-    p.add_argument("--columns", nargs="+", help="columns to show, in order (default: all)")
-    p.add_argument("--points", nargs="+", help="sweep points to show, in order (default: all)")
-    p.add_argument("--digits", type=int, default=3)
-    p.add_argument("--transpose", action="store_true", help="swap the table's rows and columns")
-    p.add_argument("--paired", metavar="POINT",
-                   help="per point: the mean per-seed difference to POINT and its paired t statistic")
+    add_report_arguments(p)
     p.set_defaults(func=_report)
 
     p = sub.add_parser("methods", help="list the registered methods")

@@ -15,6 +15,10 @@ from what is asked:
 Cells are ``mean ± std`` (population std over the seeds) when a point has several runs, the value otherwise, ``-``
 when a row has no such number. Reading JSON only, it needs no accelerator and starts in a blink.
 
+In the docs, every table is the output of the ``jaxfair report`` command printed above it, between
+``<!-- report -->`` and ``<!-- /report -->`` markers; ``jaxfair report --update-docs FILE.md ...`` rewrites every such
+table from its command (:func:`update_markdown`), and the test suite checks that none would change.
+
 ``--paired REFERENCE`` compares every other point with the reference point seed by seed (the runs of a sweep with
 the same seed share the split and the seed): each cell is the mean of the per-seed differences ``point - reference``
 and the paired t statistic ``mean / (sd / sqrt(n))`` (``sd`` with ``n - 1``; none with one seed or identical
@@ -23,8 +27,11 @@ differences).
 
 from __future__ import annotations
 
+import argparse
 import json
 import pathlib
+import re
+import shlex
 
 import numpy as np
 
@@ -157,3 +164,68 @@ def render(paths, stage: str = "test", rows=None, columns=None, points=None, dig
         body = [[row, *[_cell(stats(label, row, column), digits) for label in tables]] for row in rows]
         blocks.append(f"{column}:\n\n" + table(["row", *tables], body))
     return caption + "\n\n".join(blocks) + "\n"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of ``jaxfair report`` (shared by the command and the docs' embedded commands)."""
+    parser.add_argument("dirs", nargs="*", metavar="DIR", help="sweep folders (summary.json) or run folders")
+    parser.add_argument("--stage", choices=["test", "valid"], default="test")
+    parser.add_argument("--rows", nargs="+", help="rows to show, in order (default: all)")
+    parser.add_argument("--columns", nargs="+", help="columns to show, in order (default: all)")
+    parser.add_argument("--points", nargs="+", help="sweep points to show, in order (default: all)")
+    parser.add_argument("--digits", type=int, default=3)
+    parser.add_argument("--transpose", action="store_true", help="swap the table's rows and columns")
+    parser.add_argument("--paired", metavar="POINT",
+                        help="per point: the mean per-seed difference to POINT and its paired t statistic")
+    parser.add_argument("--update-docs", nargs="+", metavar="FILE.md",
+                        help="rewrite every <!-- report --> table in these Markdown files from the command above it")
+
+
+def output(args) -> str:
+    """What ``jaxfair report`` prints for parsed ``args``."""
+    if not args.dirs:
+        raise ReportError("name at least one sweep or run folder")
+    if args.paired:
+        return paired(args.dirs, args.paired, stage=args.stage, rows=args.rows, columns=args.columns,
+                      points=args.points, digits=args.digits)
+    return render(args.dirs, stage=args.stage, rows=args.rows, columns=args.columns, points=args.points,
+                  digits=args.digits, transpose=args.transpose)
+
+
+_EMBEDDED = re.compile(r"```bash\n((?:[^`]|`(?!``))*?jaxfair report (?:[^`]|`(?!``))*?)\n```\n<!-- report -->\n(.*?)<!-- /report -->",
+                       re.S)
+
+
+def embedded_reports(text: str) -> list[tuple[str, str]]:
+    """``(command, table)`` of every report embedded in a Markdown text: a ``bash`` block holding one ``jaxfair
+    report`` command (``\\`` continuations allowed), then the table between ``<!-- report -->`` markers."""
+    return [(match.group(1).replace("\\\n", " "), match.group(2)) for match in _EMBEDDED.finditer(text)]
+
+
+def run_embedded(command: str, root: pathlib.Path) -> str:
+    """The output of an embedded ``jaxfair report`` command, its folders relative to ``root``."""
+    words = shlex.split(command)
+    if words[:2] != ["jaxfair", "report"]:
+        raise ReportError(f"not a jaxfair report command: {command!r}")
+    parser = argparse.ArgumentParser(prog="jaxfair report", exit_on_error=False)
+    add_arguments(parser)
+    args = parser.parse_args(words[2:])
+    args.dirs = [str(root / d) for d in args.dirs]
+    return output(args)
+
+
+def update_markdown(path, root=None) -> bool:
+    """Rewrite every embedded report table of a Markdown file from its command; returns whether anything changed.
+    Folders in the commands are relative to ``root`` (default: the current folder)."""
+    path = pathlib.Path(path)
+    root = pathlib.Path(root or ".")
+    text = path.read_text()
+
+    def replace(match):
+        command = match.group(1).replace("\\\n", " ")
+        return match.group(0)[: match.start(2) - match.start(0)] + run_embedded(command, root) + "<!-- /report -->"
+
+    new = _EMBEDDED.sub(replace, text)
+    if new != text:
+        path.write_text(new)
+    return new != text

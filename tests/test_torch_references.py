@@ -5,10 +5,10 @@ own random draws given to PyTorch where the step draws any) and compares real nu
 moments, method state and metrics. Tolerances are those of the step benchmarks' checks:
 
 * AFRL (no check in its benchmark): ITFR's, below;
-* Cofair: metrics within ``1e-4`` absolute (``check_max_abs_diff_*`` of ``benchmarks/cofair_step.py``); parameters
+* Cofair: metrics within ``1e-4`` absolute (``check_max_abs_diff_*`` of ``benchmarks.cofair_step``); parameters
   within ``1e-4 * max(1, largest |value|)``;
 * ITFR: every compared quantity within ``1e-4 * max(1, largest |value|)``;
-* DifFaiRec / DiffRec: ``benchmarks/diffairec_step.py``'s :func:`passes` (parameters where Adam is well conditioned
+* DifFaiRec / DiffRec: ``benchmarks.diffairec_step``'s :func:`passes` (parameters where Adam is well conditioned
   within ``1e-5``, everywhere within the learning rate; moments, loss history, metrics and scores within
   ``1e-5 * max(1, largest |value|)``).
 

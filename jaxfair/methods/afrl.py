@@ -54,7 +54,7 @@ Choices where the paper is silent (recorded here on purpose):
   as in the paper in every case (under ``mean_gap`` it only reports).
 * Whose embeddings F's adversarial term covers. The paper's term needs each user's label, so it covers the users
   whose labels AFRL may use. On MovieLens-100k that debiasing carries over poorly to the other users: a probe fitted
-  and scored only on users whose labels AFRL never saw still finds most of the gender signal (README, AFRL section;
+  and scored only on users whose labels AFRL never saw still finds most of the gender signal (`docs/afrl.md`;
   :func:`jaxfair.metrics.probe.cross_fitted_probe`). The confusion target needs no label, so
   ``confusion_on_all_users = True`` (off by default; only with ``adversary = "confusion"``) applies it to every
   user of the batch, labelled or not, while D_i still learns from labelled users only. No withheld label is used;

@@ -53,29 +53,31 @@ Choices where the paper is silent or its public code (WeixinChen98/Cofair) diffe
   variance (so rescaling the embedding buys nothing), and is in ``[0, 1]``. There is no attacker lag to exploit and
   no encoding to flip. It is not Fisher's ratio, so variance added in directions without the attribute lowers it too.
   ``D`` is still trained, and Eq. (10) and ``R`` still use its losses ``l_t``. On MovieLens-100k its order over the
-  levels held for the labelled users but not for unseen users' probe AUC (README, Cofair).
+  levels held for the labelled users but not for unseen users' probe AUC (`docs/cofair.md`).
   ``adversary = "linear_share"`` uses Fisher's form instead, ``V_t = tr(S_t^{-1} S_b)`` with ``S_t`` the total
   *covariance* (:func:`~jaxfair.methods.class_means.linear_share`, a small ridge on ``S_t``): for two classes the
   R^2 of the best linear least-squares probe, unchanged by any invertible linear map of ``e_t``, so variance added
   elsewhere buys nothing. ``D``, Eq. (10) and ``R`` as for ``mean_gap``.
 * The exposure term (not in the paper; off by default). The paper's Lemma 1 bounds DP by the adversarial objective,
   but on MovieLens-100k the filter stops moving exposure once ``D`` is at chance: the capped attacker's term has no
-  gradient left, and test DP@10 stayed flat from level 2-3 about 0.015 above the random-group floor (README,
-  Cofair). With ``exposure_weight = gamma > 0`` each level's objective also gets ``+ gamma lambda_t X_t``, ``X_t``
+  gradient left, and test DP@10 stayed flat from level 2-3 about 0.015 above the random-group floor
+  (``docs/cofair.md``). With ``exposure_weight = gamma > 0`` each level's objective also gets ``+ gamma lambda_t X_t``, ``X_t``
   the Jensen-Shannon divergence between the classes' *soft* top-K exposure
   (:func:`~jaxfair.methods.soft_exposure.soft_exposure_gap`: a sigmoid around each user's own top-K cut-off,
   training positives masked, over the labelled users of the batch), the smooth counterpart of the DP@K the paper
   reports. It shares Eq. (10)'s ``lambda_t``, so a higher level is pushed harder on exposure too; Eq. (10) and ``R``
   still read ``D``'s losses. It scores every item for every level and user once per step, which makes the configs'
-  step 4.0x slower at MovieLens-100k's shapes on a 2-core CPU (``benchmarks/cofair_step.py --exposure-weight``).
+  step 4.0x slower at MovieLens-100k's shapes on a 2-core CPU (``python -m benchmarks.cofair_step
+  --exposure-weight``).
   Scores are inner products (``e_t . v_i``), the scorer of both backbones Cofair is configured with here (PMF,
   LightGCN); the experiment refuses the term for other backbones.
 * ``D`` is one multi-class softmax head for any ``K >= 2`` (binary gender is ``K = 2``), without dropout. The public
   code takes one ``D`` step per level *before* the filter's backward pass that reuses ``D`` (an in-place update
   current PyTorch rejects); here ``D`` takes its steps on all levels at once, then the filter is differentiated
   against the updated ``D``.
-* Users of the probe test split contribute no attribute labels (their adversarial and regulariser weight is 0), so
-  the probe that measures leakage scores users whose attribute Cofair never saw.
+* Users of the probe validation and probe test splits contribute no attribute labels (their adversarial and
+  regulariser weight is 0; :data:`jaxfair.methods.base.WITHHELD_STAGES`), so the probe that measures leakage is
+  selected and scored, and the unseen-user audit fitted, on users whose attribute Cofair never saw.
 * The per-user terms use the users of the BPR batch (a user counts once per training positive), as the public code
   does. Weights are He-normal with zero biases (:mod:`jaxfair.methods.mlp`).
 """
@@ -373,7 +375,7 @@ def filter_loss(filter_params, disc_params, users: dict, rows: dict, score: Call
         "weight": (B,) 0 on padding}``.
       score: the frozen backbone scorer ``(u (..., d), v (..., d)) -> (...)``.
       levels_fn: ``(filter_params, vecs (N, d), config) -> (T, N, d)``; :func:`adapted_embeddings` (one vmap over the
-        adapter stack) by default. ``benchmarks/cofair_step.py`` passes a per-level loop to time the vmap against.
+        adapter stack) by default. ``benchmarks.cofair_step`` passes a per-level loop to time the vmap against.
 
     Returns:
       ``(loss, metrics)`` with per-level ``bpr``, ``attacker_loss``, ``lambda`` and ``exposure_gap`` ``(T,)`` (the
