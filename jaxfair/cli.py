@@ -9,8 +9,9 @@
     jaxfair probe EMBEDDINGS.npy USERS.csv [--attributes gender age ...] [--seed N] [--bootstrap N]
     jaxfair methods
 
-Errors in the input (bad config key, malformed data file, missing run folder) print one line naming the problem and
-exit with status 2; they never end in a traceback.
+Errors in the input or the environment (bad config key, malformed data file, missing or busy run folder, unreadable
+checkpoint, a file that cannot be written) print one line naming the problem and exit with status 2; they never end
+in a traceback. An unexpected error prints one line saying where its full trace was written and exits with status 1.
 """
 
 from __future__ import annotations
@@ -18,6 +19,9 @@ from __future__ import annotations
 import argparse
 import pathlib
 import sys
+import tempfile
+import time
+import traceback
 
 import numpy as np
 import pandas as pd
@@ -41,14 +45,15 @@ def _train(args) -> None:
     from jaxfair.pipeline import load_config, run
 
     config = load_config(args.config, args.set, seed=args.seed)
-    run(config, args.out)
+    run(config, args.out, restart=args.restart)
     print(f"results written to {pathlib.Path(args.out) / 'results.json'}")
 
 
 def _sweep(args) -> None:
     from jaxfair.harness import sweep
 
-    sweep(args.config, args.out, grid=args.grid, seeds=args.seeds, overrides=args.set, select=args.select)
+    sweep(args.config, args.out, grid=args.grid, seeds=args.seeds, overrides=args.set, select=args.select,
+          restart=args.restart)
     print(f"summary written to {pathlib.Path(args.out) / 'summary.json'}; render it with: jaxfair report {args.out}")
 
 
@@ -136,7 +141,8 @@ def _probe(args) -> None:
     key = jax.random.key(args.seed)
     results = probe_all(embeddings.astype(np.float32), codes, classes, parts, key, config)
     rows = [
-        {"attribute": n, "classes": len(classes[n]), "auc": r["auc"], "ci_low": r["auc_ci"][0], "ci_high": r["auc_ci"][1]}
+        {"attribute": n, "classes": len(classes[n]), "auc": r["auc"], "ci_low": (r["auc_ci"] or [np.nan])[0],
+         "ci_high": (r["auc_ci"] or [np.nan, np.nan])[1]}
         for n, r in results.items()
     ]
     columns = ["attribute", "classes", "auc", "ci_low", "ci_high"]
@@ -145,14 +151,17 @@ def _probe(args) -> None:
             audit = cross_fitted_probe(embeddings.astype(np.float32), codes[name], unseen_users, len(classes[name]),
                                        jax.random.fold_in(key, 100 + i), config)
             results[name]["unseen"] = audit
-            row.update(unseen_auc=audit["auc"], unseen_low=audit["auc_ci"][0], unseen_high=audit["auc_ci"][1])
-        columns += ["unseen_auc", "unseen_low", "unseen_high"]
+            ci = audit["auc_ci"] or [np.nan, np.nan]
+            row.update(unseen_auc=audit["auc"], unseen_std=audit["auc_std"], repeats=audit["repeats"],
+                       unseen_low=ci[0], unseen_high=ci[1])
+        columns += ["unseen_auc", "unseen_std", "repeats", "unseen_low", "unseen_high"]
     print(f"probe: {len(parts['train'])} train / {len(parts['valid'])} valid / {len(parts['test'])} test users")
     print(format_table(rows, columns))
     print("AUC 0.5 = the attribute cannot be predicted from the embeddings; 1.0 = it leaks completely.")
     if unseen_users is not None:
         print(f"unseen_*: 5-fold cross-fitted probes on the {len(unseen_users)} users of probe_split "
-              f"{', '.join(args.unseen)} only (use it when the embeddings were trained with the other users' labels).")
+              f"{', '.join(args.unseen)} only (use it when the embeddings were trained with the other users' labels); "
+              "unseen_auc is the mean over `repeats` fresh draws of the folds, unseen_std their spread.")
     if args.out:
         write_json(pathlib.Path(args.out), {"embeddings": str(embeddings_path), "users": str(users_path), "probe": results})
 
@@ -174,7 +183,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="train and evaluate the experiment described by a config file")
     p.add_argument("config", help="a TOML file from configs/")
-    p.add_argument("--out", required=True, help="output folder (resumes if it holds an unfinished run)")
+    p.add_argument("--out", required=True, help="output folder (resumes if it holds an unfinished run of this config)")
+    p.add_argument("--restart", action="store_true",
+                   help="start afresh even if --out holds a run (the old folder is kept as <out>.old-<time>)")
     p.add_argument("--seed", type=int, help="override the config's seed")
     p.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
                    help="override config keys, e.g. afrl.lam=1.0 afrl.train.epochs=5 (values in TOML syntax)")
@@ -183,6 +194,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("sweep", help="run a config over a grid of overrides and several seeds, then summarise")
     p.add_argument("config", help="a TOML file from configs/")
     p.add_argument("--out", required=True, help="sweep folder (an interrupted sweep resumes)")
+    p.add_argument("--restart", action="store_true",
+                   help="rerun every point afresh (each old run folder is kept as <folder>.old-<time>)")
     p.add_argument("--grid", help="grid file: [points.<label>] tables and/or a [grid] table of dotted keys")
     p.add_argument("--seeds", nargs="+", type=int, help="seeds to run every point with (default: the config's)")
     p.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", help="override config keys of every point")
@@ -218,19 +231,43 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _os_message(err: OSError) -> str:
+    """``path: reason`` for a failed file operation (disk full, permission denied, ...)."""
+    where = err.filename if err.filename is not None else ""
+    return f"{where}: {err.strerror or err}" if where else str(err)
+
+
+def write_trace(error: BaseException) -> pathlib.Path:
+    """Write ``error``'s full traceback to a fresh ``jaxfair-error-*.txt`` in the temp folder; returns its path."""
+    handle, name = tempfile.mkstemp(prefix=f"jaxfair-error-{time.strftime('%Y%m%d-%H%M%S')}-", suffix=".txt")
+    with open(handle, "w") as out:
+        out.write(f"jaxfair {' '.join(sys.argv[1:])}\n\n")
+        out.write("".join(traceback.format_exception(error)))
+    return pathlib.Path(name)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from jaxfair.pipeline.outputs import RunError
     from jaxfair.report import ReportError
+    from jaxfair.training.checkpoint import CheckpointError
 
     try:
         args.func(args)
-    except (ConfigError, DataError, UsageError, RunError, ReportError) as err:
+    except (ConfigError, DataError, UsageError, RunError, ReportError, CheckpointError) as err:
         print(f"jaxfair: error: {err}", file=sys.stderr)
+        return 2
+    except OSError as err:
+        print(f"jaxfair: error: {_os_message(err)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("jaxfair: interrupted; rerun the same command to resume from the last checkpoint", file=sys.stderr)
         return 130
+    except Exception as err:  # noqa: BLE001 - the last line of defence: no traceback on the terminal
+        trace = write_trace(err)
+        print(f"jaxfair: unexpected error ({type(err).__name__}: {err}); the full trace is in {trace}",
+              file=sys.stderr)
+        return 1
     return 0
 
 

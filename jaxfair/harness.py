@@ -47,7 +47,8 @@ import numpy as np
 from jaxfair._version import __version__
 from jaxfair.config import ConfigError, apply_overrides, read_toml
 from jaxfair.pipeline import parse_config, run
-from jaxfair.pipeline.outputs import git_commit, write_json, write_text
+from jaxfair.pipeline.folder import FolderLock, prepare_folder
+from jaxfair.pipeline.outputs import RunError, git_commit, write_json, write_text
 
 Log = Callable[[str], None]
 
@@ -104,7 +105,7 @@ def _folder(label: str) -> str:
 
 
 def sweep(config_path, out, grid=None, seeds=None, overrides=(), select=(), log: Log = print,
-          command: str | None = None) -> dict:
+          command: str | None = None, restart: bool = False) -> dict:
     """Run every point of ``grid`` for every seed (module docstring); returns the summary.
 
     Args:
@@ -112,10 +113,12 @@ def sweep(config_path, out, grid=None, seeds=None, overrides=(), select=(), log:
       out: the sweep folder. grid: a grid file (None: the config alone). seeds: default the config's seed.
       select: selection rules (``admit:``, ``min:``, ``max:``); the summary gets ``selection``.
       command: recorded in ``provenance.json`` (default: this process's command line).
+      restart: rerun every point afresh (each old run folder is moved aside); otherwise a finished point is read,
+        an unfinished one resumes, and a point folder holding another config stops the sweep (RunError).
     """
     out = pathlib.Path(out)
     if out.exists() and not out.is_dir():
-        raise ConfigError(f"{out}: --out names a file, not a folder")
+        raise RunError(f"{out}: --out names a file, not a folder")
     base = apply_overrides(read_toml(config_path), overrides)
     points = read_grid(grid)
     seeds = list(seeds) if seeds else [parse_config(base).seed]
@@ -127,23 +130,24 @@ def sweep(config_path, out, grid=None, seeds=None, overrides=(), select=(), log:
                 configs[label, seed] = parse_config(apply_overrides(base, {**point, "seed": seed}))
             except ConfigError as err:
                 raise ConfigError(f"point {label!r}, seed {seed}: {err}") from err
-    out.mkdir(parents=True, exist_ok=True)
+    with FolderLock(prepare_folder(out), log):
+        return _sweep(out, config_path, grid, overrides, base, points, seeds, rules, configs, log, command, restart)
+
+
+def _sweep(out, config_path, grid, overrides, base, points, seeds, rules, configs, log, command, restart) -> dict:
     write_json(out / "config.json", parse_config(base).to_dict())
     if grid is not None:
         write_text(out / "grid.toml", pathlib.Path(grid).read_text())  # (the copy itself may be the grid)
-    write_json(out / "provenance.json", provenance(command))
+    if not (out / "provenance.json").exists():  # what started the sweep; a resumed or reread sweep keeps it
+        write_json(out / "provenance.json", provenance(command))
     results: dict[str, list[dict]] = {label: [] for label in points}
     total, done = len(configs), 0
     start = time.perf_counter()
     for (label, seed), config in configs.items():
         run_dir = out / "runs" / _folder(label) / f"seed{seed}"
         done += 1
-        if (run_dir / "results.json").exists():
-            log(f"[sweep] {done}/{total} {label} seed {seed}: finished before, read")
-            results[label].append(json.loads((run_dir / "results.json").read_text()))
-            continue
         log(f"[sweep] {done}/{total} {label} seed {seed} -> {run_dir}")
-        results[label].append(run(config, run_dir, log=log, backbone_cache=out / ".backbones"))
+        results[label].append(run(config, run_dir, log=log, backbone_cache=out / ".backbones", restart=restart))
         log(f"[sweep] {done}/{total} done, {time.perf_counter() - start:.0f}s so far")
     summary = summarize(results, points, seeds)
     summary.update(config=str(config_path), grid=None if grid is None else str(grid), overrides=list(overrides))

@@ -137,14 +137,24 @@ def test_probe_rejects_mismatched_rows_with_a_clear_message(finished_run, tmp_pa
     assert "79 rows, but" in capsys.readouterr().err
 
 
-def test_rerunning_a_finished_run_resumes_instead_of_starting_over(data_folder, tmp_path, capsys):
+def test_a_rerun_reports_complete_and_another_config_stops_unless_restart(data_folder, tmp_path, capsys):
     config = write_config(tmp_path / "pmf.toml", data_folder, epochs=2)
-    assert main(["train", str(config), "--out", str(tmp_path / "out")]) == 0
+    out = tmp_path / "out"
+    assert main(["train", str(config), "--out", str(out)]) == 0
+    first = (out / "results.json").read_bytes()
     capsys.readouterr()
+    assert main(["train", str(config), "--out", str(out)]) == 0
+    assert "complete" in capsys.readouterr().out and (out / "results.json").read_bytes() == first
     config = write_config(tmp_path / "pmf.toml", data_folder, epochs=3)
-    assert main(["train", str(config), "--out", str(tmp_path / "out")]) == 0
-    out = capsys.readouterr().out
-    assert "resuming after epoch 2" in out and "epoch 3/3" in out and "epoch 1/3" not in out
+    assert main(["train", str(config), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "backbone.train.epochs: 2 -> 3" in err and "--restart" in err and err.count("\n") == 1
+    assert (out / "results.json").read_bytes() == first  # nothing was touched
+    assert main(["train", str(config), "--out", str(out), "--restart"]) == 0
+    kept = [p for p in tmp_path.iterdir() if p.name.startswith("out.old-")]
+    assert len(kept) == 1 and (kept[0] / "results.json").read_bytes() == first
+    assert json.loads((out / "config.json").read_text())["backbone"]["train"]["epochs"] == 3
+    assert "epoch 3/3" in capsys.readouterr().out
 
 
 def test_set_overrides_config_keys_on_the_command_line(data_folder, tmp_path):

@@ -116,7 +116,7 @@ def test_an_interrupted_sweep_resumes_reading_the_finished_runs(swept, config):
     messages = []
     again = sweep(config, out, grid=out / "grid.toml", seeds=[0, 1], log=messages.append)
     assert again["points"] == summary["points"]
-    assert sum("finished before, read" in m for m in messages) == 4
+    assert sum(": complete" in m for m in messages) == 4
     assert (out / "runs" / "afrl.lam=0.1" / "seed0" / "results.json").stat().st_mtime_ns == stamp
 
 

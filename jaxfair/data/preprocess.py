@@ -64,9 +64,15 @@ RECIPES: dict[str, dict] = {
 }
 
 
+DUPLICATE_POLICIES = ("error", "keep_last", "keep_first")
+
+
 @dataclasses.dataclass(frozen=True)
 class PrepConfig:
-    """Knobs of :func:`prepare`; defaults follow the AFRL paper."""
+    """Knobs of :func:`prepare`; defaults follow the AFRL paper. ``duplicates`` is what a repeated (user, item)
+    rating does: ``"error"`` (the default: a repeated pair most often means a broken export, and left in it can put
+    the same item in a user's training and evaluation parts), ``"keep_last"`` (the latest rating by time, then by
+    file order) or ``"keep_first"``."""
 
     rating_threshold: float = 4.0
     min_positives: int = 10
@@ -78,8 +84,11 @@ class PrepConfig:
     ratios: tuple[float, float, float] = (0.8, 0.1, 0.1)
     genre_groups: tuple[str, ...] = ()
     k_core: int = 0
+    duplicates: str = "error"
 
     def __post_init__(self):
+        if self.duplicates not in DUPLICATE_POLICIES:
+            raise ValueError(f"duplicates must be one of {list(DUPLICATE_POLICIES)}, got {self.duplicates!r}")
         if self.k_core < 0:
             raise ValueError(f"k_core must be non-negative (0 = off), got {self.k_core}")
         if len(set(self.genre_groups)) != len(self.genre_groups):
@@ -93,6 +102,50 @@ class PrepConfig:
             raise ValueError("eval_negatives must be positive")
         if len(self.probe_fractions) != 3 or abs(sum(self.probe_fractions) - 1.0) > 1e-6 or min(self.probe_fractions) <= 0:
             raise ValueError("probe_fractions must be three positive numbers summing to 1")
+
+
+def deduplicate(interactions: pd.DataFrame, policy: str = "error", name: str = "the data") -> pd.DataFrame:
+    """Apply a duplicates policy (:data:`DUPLICATE_POLICIES`) to repeated ``(user, item)`` rows.
+
+    Raises:
+      DataError: ``policy == "error"`` and a pair repeats; the message names the first one, its rows and the count.
+    """
+    repeated = interactions.duplicated(["user", "item"], keep=False).to_numpy()
+    if not repeated.any():
+        return interactions
+    if policy == "error":
+        rows = np.flatnonzero(repeated)
+        first = interactions.iloc[rows[0]]
+        same = rows[(interactions["user"].to_numpy()[rows] == first["user"])
+                    & (interactions["item"].to_numpy()[rows] == first["item"])]
+        count = int(interactions.duplicated(["user", "item"]).sum())
+        raise DataError(f"{name}: {count} repeated (user, item) ratings, the first user index {int(first['user'])}, "
+                        f"item index {int(first['item'])} at interaction rows {same.tolist()}; set data.duplicates = "
+                        "\"keep_last\" or \"keep_first\" to keep one of each")
+    ordered = interactions.sort_values("timestamp", kind="stable")
+    kept = ordered.drop_duplicates(["user", "item"], keep="last" if policy == "keep_last" else "first")
+    return kept.sort_index().reset_index(drop=True)
+
+
+def check_held_out(split: "Split") -> None:
+    """No validation or test positive of a user is also one of their training positives, and (for leave-one-out)
+    no user's validation item is their test item: a leak into evaluation otherwise.
+
+    Raises:
+      DataError: naming the first user at fault.
+    """
+    train = split.train_matrix()
+    for stage in ("valid", "test"):
+        users, items = (split.valid_users, split.valid_items) if stage == "valid" else (split.test_users,
+                                                                                          split.test_items)
+        leak = np.flatnonzero(train[users, items])
+        if leak.size:
+            raise DataError(f"{split.name}: user index {int(users[leak[0]])} has item index {int(items[leak[0]])} in "
+                            f"both its training and its {stage} positives ({leak.size} such pairs)")
+    both = split.target_matrix("valid") & split.target_matrix("test")
+    if both.any():
+        user = int(np.flatnonzero(both.any(axis=1))[0])
+        raise DataError(f"{split.name}: user index {user} has the same item among its validation and test positives")
 
 
 def binarize(interactions: pd.DataFrame, threshold: float = 4.0) -> pd.DataFrame:
@@ -197,15 +250,19 @@ def encode_attributes(users: pd.DataFrame, names: tuple[str, ...]) -> tuple[dict
     """Encode raw attribute strings to class indices.
 
     ``gender`` -> ``F``/``M``; ``age`` -> the 7 ML-1M buckets; anything else -> its sorted distinct values.
-    Attributes listed in ``names`` but absent from ``users`` are skipped.
+
+    Raises:
+      DataError: an attribute of ``names`` is not a column of ``users`` (most often a spelling mistake).
 
     Returns:
       (name -> int32 ``(U,)`` class index, name -> class labels).
     """
     values, classes = {}, {}
+    unknown = [name for name in names if name not in users.columns]
+    if unknown:
+        have = [c for c in users.columns if c != "raw_id"]
+        raise DataError(f"data.attributes: {unknown} are not user attributes of this dataset (it has {have})")
     for name in names:
-        if name not in users.columns:
-            continue
         raw = users[name].astype(str).str.strip()
         if name == "gender":
             labels = GENDER_LABELS
@@ -293,8 +350,16 @@ def _split_metadata(raw: RawDataset, config: PrepConfig, old_users: np.ndarray, 
 
 
 def prepare(raw: RawDataset, config: PrepConfig = PrepConfig()) -> Split:
-    """Run every step on ``raw``; returns a :class:`Split` of kind ``config.split``."""
-    positives = binarize(raw.interactions, config.rating_threshold)
+    """Run every step on ``raw``; returns a :class:`Split` of kind ``config.split`` (checked by
+    :func:`check_held_out`)."""
+    split = _prepare(raw, config)
+    check_held_out(split)
+    return split
+
+
+def _prepare(raw: RawDataset, config: PrepConfig) -> Split:
+    interactions = deduplicate(raw.interactions, config.duplicates, raw.name)
+    positives = binarize(interactions, config.rating_threshold)
     positives = k_core(filter_genre_items(positives, raw.items, config.genre_groups), config.k_core)
     positives = filter_users(positives, config.min_positives)
     positives, old_users, old_items = reindex(positives)

@@ -169,6 +169,7 @@ def _ratings_and_times(table: _Table, rating: str | None, timestamp: str | None)
         seconds, bad = _parse_floats(table.frame[timestamp])
         times = np.floor(seconds).astype(np.int64)
         problems.append((bad, lambda r: f"timestamp {_shown(table.frame[timestamp], r)} is not a number"))
+        problems.append((~bad & (seconds < 0), lambda r: f"timestamp {_shown(table.frame[timestamp], r)} is negative"))
     return ratings, times, problems
 
 
@@ -256,13 +257,21 @@ def _assemble(
     )
 
 
+MOVIELENS_SCALE = (1.0, 5.0)  # the star ratings of every MovieLens release
+
+
 def _interactions(table: _Table):
-    """Integer user and item ids, ratings and timestamps of a MovieLens interaction file, all validated."""
+    """Integer user and item ids, ratings and timestamps of a MovieLens interaction file, all validated (ratings on
+    MovieLens's 1-5 scale)."""
     if len(table) == 0:
         raise table.error(None, "no interactions")
     user_ids, user_problem = _int_ids(table, "user_id", "user")
     item_ids, item_problem = _int_ids(table, "item_id", "item")
     ratings, times, problems = _ratings_and_times(table, "rating", "timestamp")
+    low, high = MOVIELENS_SCALE
+    off_scale = (ratings < low) | (ratings > high)
+    problems.append((off_scale, lambda r: f"rating {_shown(table.frame['rating'], r)} is outside MovieLens's "
+                                          f"{low:g}-{high:g} scale"))
     table.check(user_problem, item_problem, *problems)
     return user_ids, item_ids, ratings, times
 

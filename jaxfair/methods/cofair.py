@@ -85,7 +85,7 @@ Choices where the paper is silent or its public code (WeixinChen98/Cofair) diffe
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable, NamedTuple
+from typing import Callable, ClassVar, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -152,6 +152,9 @@ class Config:
         validation ``monitor`` at level ``T``: any full-ranking metric such as ``recall@10``, the public code's
         choice, ``dp@k``/``eopp@k``, or ``parity@k = 1 - DP@k`` to keep the fairest epoch of the top level).
     """
+
+    # Validation metrics a [cofair.train] monitor may name besides the ranking ones (the pipeline checks it).
+    extra_monitors: ClassVar[tuple[str, ...]] = ("parity",)
 
     attribute: str = "gender"
     levels: int = 5
@@ -582,7 +585,8 @@ def _evaluate(context, data: CofairData, fitted: dict, config: Config) -> Evalua
                "valid_metrics": {k: float(v[t]) for k, v in valid_report.items()},
                "probe_auc": probes[t]["auc"], "probe_auc_ci": probes[t]["auc_ci"],
                "probe_valid_auc": probes[t]["valid_auc"], "unseen_auc": audits[t]["auc"],
-               "unseen_auc_ci": audits[t]["auc_ci"]}
+               "unseen_auc_ci": audits[t]["auc_ci"], "unseen_auc_std": audits[t]["auc_std"],
+               "unseen_repeats": audits[t]["repeats"]}
               for t in range(config.levels + 1)]
 
     baseline = None

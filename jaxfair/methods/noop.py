@@ -75,6 +75,7 @@ def _evaluate(context, data, fitted: dict, config: Config) -> Evaluation:
         for stage in tables:
             tables[stage][model] = {f"{p}/{m}": v for p, block in protocols.items() for m, v in block[stage].items()}
     tables["test"]["backbone"].update({f"unseen_auc/{a}": r["auc"] for a, r in unseen.items()})
+    tables["test"]["backbone"].update({f"unseen_auc_std/{a}": r["auc_std"] for a, r in unseen.items()})
     tables["test"]["backbone"].update({f"auc/{a}": r["auc"] for a, r in probe.items()})
     tables["valid"]["backbone"].update({f"probe_valid_auc/{a}": r["valid_auc"] for a, r in probe.items()})
     results = {"metrics": metrics, "probe": probe, "unseen": unseen}

@@ -225,6 +225,8 @@ def evaluate_requirements(context, serve_all, requirements: np.ndarray | None = 
             "mean_auc": probes[name]["mean_auc"],
             "unseen_auc": {a: p["auc"] for a, p in unseen.items()},
             "unseen_auc_ci": {a: p["auc_ci"] for a, p in unseen.items()},
+            "unseen_auc_std": {a: p["auc_std"] for a, p in unseen.items()},
+            "unseen_repeats": {a: p["repeats"] for a, p in unseen.items()},
             "mean_unseen_auc": probes[name]["mean_unseen_auc"],
         }
         test_rows[name] = _row(per_requirement[name], backbone_probe, backbone_metrics["test"], sensitive)
@@ -255,10 +257,13 @@ def evaluate_requirements(context, serve_all, requirements: np.ndarray | None = 
 
 def _row(block: dict, backbone_probe: dict, backbone_test: dict, sensitive: list[str]) -> dict:
     """A requirement's test row: the unseen-user audit first (the measure that matters most), then the standard
-    probe, the backbone's own AUCs on the same attributes, then accuracy and its ratio to the backbone's."""
+    probe, the backbone's own AUCs on the same attributes, then accuracy and its ratio to the backbone's.
+    ``unseen_auc`` is a mean over redrawn folds (:func:`~jaxfair.metrics.probe.cross_fitted_probe`);
+    ``unseen_auc_std`` is the spread of one draw, averaged over the sensitive attributes."""
     row = {}
     if sensitive:
         row["unseen_auc"] = block["mean_unseen_auc"]
+        row["unseen_auc_std"] = float(np.mean([block["unseen_auc_std"][a] for a in sensitive]))
         row["backbone_unseen_auc"] = float(np.mean([backbone_probe["unseen_auc"][a]["auc"] for a in sensitive]))
         row["auc"] = block["mean_auc"]
         row["backbone_auc"] = float(np.mean([backbone_probe["auc"][a]["auc"] for a in sensitive]))

@@ -95,6 +95,56 @@ def binary_auc(y_true: np.ndarray, scores: np.ndarray) -> float:
     return float(_weighted_binary_auc(y.astype(bool), scores, np.ones((1, y.shape[0])))[0])
 
 
+def _average_ranks(scores: np.ndarray) -> np.ndarray:
+    """Ranks ``1..n`` along the last axis of ``scores (..., n)``, ties sharing their average rank."""
+    n = scores.shape[-1]
+    order = np.argsort(scores, axis=-1, kind="stable")
+    ordered = np.take_along_axis(scores, order, axis=-1)
+    index = np.broadcast_to(np.arange(n), ordered.shape)
+    opens = np.ones(ordered.shape, bool)
+    opens[..., 1:] = ordered[..., 1:] != ordered[..., :-1]
+    closes = np.ones(ordered.shape, bool)
+    closes[..., :-1] = opens[..., 1:]
+    first = np.maximum.accumulate(np.where(opens, index, 0), axis=-1)
+    last = np.flip(np.minimum.accumulate(np.flip(np.where(closes, index, n - 1), -1), axis=-1), -1)
+    ranks = np.empty(ordered.shape, np.float64)
+    np.put_along_axis(ranks, order, (first + last) / 2.0 + 1.0, axis=-1)
+    return ranks
+
+
+def batched_multiclass_auc(y_true: np.ndarray, proba: np.ndarray) -> np.ndarray:
+    """:func:`multiclass_auc` of many probability tables against the same labels at once.
+
+    Uses the rank form of the Mann-Whitney statistic, ``AUC_c = (sum of the positives' average ranks - P(P+1)/2) /
+    (P N)``, so every table and class is ranked in one vectorised sort.
+
+    Args:
+      y_true: int ``(n,)`` class indices in ``[0, C)``.
+      proba: float ``(..., n, C)``.
+
+    Returns:
+      float64 ``(...)``, equal to ``multiclass_auc(y_true, proba[i])`` for each leading index ``i`` (to rounding).
+    """
+    y = np.asarray(y_true)
+    proba = np.asarray(proba, dtype=np.float64)
+    num_classes = proba.shape[-1]
+    if proba.shape[-2] != y.shape[0]:
+        raise ValueError(f"shape mismatch: y_true {y.shape}, proba {proba.shape}")
+    if num_classes < 2:
+        return np.full(proba.shape[:-2], np.nan)
+    classes = [1] if num_classes == 2 else list(range(num_classes))
+    positive = np.stack([y == c for c in classes])  # (K, n)
+    ranks = _average_ranks(np.moveaxis(proba[..., classes], -1, -2))  # (..., K, n)
+    pos = positive.sum(axis=1).astype(np.float64)
+    neg = y.shape[0] - pos
+    num = (ranks * positive).sum(axis=-1) - pos * (pos + 1) / 2.0
+    defined = (pos > 0) & (neg > 0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        per_class = np.where(defined, num / np.where(defined, pos * neg, 1.0), 0.0)
+        count = defined.sum()
+        return per_class.sum(axis=-1) / count if count else np.full(proba.shape[:-2], np.nan)
+
+
 def multiclass_auc(y_true: np.ndarray, proba: np.ndarray) -> float:
     """AUC of class probabilities: binary for two classes, macro one-vs-rest for more.
 

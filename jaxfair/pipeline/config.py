@@ -229,8 +229,31 @@ def parse_config(values: dict) -> RunConfig:
         )
     config = RunConfig(seed=seed, method=method, data=data, backbone=backbone, evaluate=evaluate,
                        probe=from_dict(ProbeConfig, values.get("probe"), "probe"), sections=sections)
+    _check_monitors(config)
     get_method(method).check(config.method_config, config)
     return config
+
+
+RANKING_MONITORS = ("ndcg", "hr", "recall", "precision")
+
+
+def _check_monitors(config: RunConfig) -> None:
+    """Every loop's ``monitor`` names a validation metric its stage reports: ``<ranking metric>@<cut-off>`` (a
+    method's Config may add names in its ``extra_monitors``); the backbone's cut-off must be one of ``evaluate.ks``
+    (its validation ranks at those). Caught here, before any data is read, instead of at the first validation."""
+    loops = [("backbone.train", config.backbone.train, ())]
+    loops += [(f"{name}.train", section.train, getattr(type(section), "extra_monitors", ()))
+              for name, section in config.sections.items() if isinstance(getattr(section, "train", None), TrainConfig)]
+    for key, train, extra in loops:
+        metric, _, cutoff = train.monitor.partition("@")
+        names = RANKING_MONITORS + tuple(extra)
+        if metric not in names or not cutoff.isdigit() or int(cutoff) < 1:
+            raise ConfigError(f"{key}.monitor: {train.monitor!r} is not a validation metric; use <metric>@<k> with "
+                              f"metric one of {', '.join(names)} (e.g. \"ndcg@10\")")
+    ks = list(config.evaluate.ks)
+    if int(config.backbone.train.monitor.partition("@")[2]) not in ks:
+        raise ConfigError(f"backbone.train.monitor: {config.backbone.train.monitor!r} needs its cut-off in "
+                          f"evaluate.ks ({ks})")
 
 
 def load_config(path: str | pathlib.Path, overrides=(), seed: int | None = None) -> RunConfig:

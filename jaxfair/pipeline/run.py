@@ -18,7 +18,9 @@ point and seed. Outputs in ``DIR``:
 
 ``results.json`` is written last. Re-running the same command on a folder whose run was interrupted resumes: a
 finished backbone is restored from ``checkpoints/best``, a model whose checkpoint shows it finished is not trained
-again, and an unfinished one continues from its newest checkpoint.
+again, and an unfinished one continues from its newest checkpoint, exactly as if it had not stopped; a finished run
+is reported complete. A folder is one run's only (:mod:`jaxfair.pipeline.folder`: a lock while it runs, and a rerun
+of another config stops unless ``--restart``).
 """
 
 from __future__ import annotations
@@ -44,9 +46,10 @@ from jaxfair.data.preprocess import prepare
 from jaxfair.methods import get_method
 from jaxfair.methods.base import Context, Evaluation, Method
 from jaxfair.pipeline.config import DataConfig, RunConfig, parse_config
+from jaxfair.pipeline.folder import RunFolder
 from jaxfair.pipeline.outputs import RunError, git_commit, write_figure, write_json, write_npy, write_users_csv
 from jaxfair.training.checkpoint import Checkpointer
-from jaxfair.training.trainer import FitResult, fit
+from jaxfair.training.trainer import FitResult, fault_point, fit
 
 Log = Callable[[str], None]
 
@@ -60,22 +63,13 @@ def load_split(config: DataConfig, log: Log = print) -> Split:
     return split
 
 
-def _out_dir(out_dir) -> pathlib.Path:
-    out_dir = pathlib.Path(out_dir)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise RunError(f"{out_dir}: --out names a file, not a folder")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    return out_dir
-
-
-def start_run(config: RunConfig, out_dir, log: Log = print) -> tuple[pathlib.Path, Split]:
-    """Create ``out_dir``, load the split, and write ``split.npz``, ``config.json`` and ``users.csv``."""
-    out_dir = _out_dir(out_dir)
+def start_run(config: RunConfig, folder: RunFolder, log: Log = print) -> Split:
+    """Load the split, and write ``split.npz``, ``config.json`` and ``users.csv`` into the run's folder."""
     split = load_split(config.data, log)
-    save_split(split, out_dir / "split.npz")
-    write_json(out_dir / "config.json", config.to_dict())
-    write_users_csv(out_dir / "users.csv", split)
-    return out_dir, split
+    save_split(split, folder.path / "split.npz")
+    folder.record_config()
+    write_users_csv(folder.path / "users.csv", split)
+    return split
 
 
 def backbone_fingerprint(config: RunConfig) -> str:
@@ -171,12 +165,26 @@ def data_row(split: Split) -> dict:
     return row
 
 
-def run(config: RunConfig, out_dir, log: Log = print, backbone_cache=None) -> dict:
-    """Run one experiment end to end and write its outputs (module docstring); returns ``results.json``'s dict."""
+def run(config: RunConfig, out_dir, log: Log = print, backbone_cache=None, restart: bool = False) -> dict:
+    """Run one experiment end to end and write its outputs (module docstring); returns ``results.json``'s dict.
+
+    The folder is this run's alone while it runs (:class:`~jaxfair.pipeline.folder.RunFolder`): a folder holding a
+    run of another config stops the run (``restart=True`` moves it aside first), and a finished run of the same
+    config is reported complete and not run again.
+    """
+    with RunFolder(out_dir, config.to_dict(), restart=restart, log=log) as folder:
+        if folder.complete:
+            log(f"[run] {folder.path}: complete (its results.json was written by this config); nothing to do")
+            return json.loads((folder.path / "results.json").read_text())
+        return _run(config, folder, log, backbone_cache)
+
+
+def _run(config: RunConfig, folder: RunFolder, log: Log, backbone_cache) -> dict:
     method = get_method(config.method)
+    out_dir = folder.path
     start = time.perf_counter()
     timings = {}
-    out_dir, split = start_run(config, out_dir, log)
+    split = start_run(config, folder, log)
     timings["data_seconds"] = time.perf_counter() - start
 
     tick = time.perf_counter()
@@ -193,6 +201,7 @@ def run(config: RunConfig, out_dir, log: Log = print, backbone_cache=None) -> di
     fitted = fit_models(method, context, data, config.method_config, out_dir, log)
     timings["fit_seconds"] = time.perf_counter() - tick
 
+    fault_point("evaluate")
     tick = time.perf_counter()
     evaluation: Evaluation = method.evaluate(context, data, fitted, config.method_config)
     timings["evaluate_seconds"] = time.perf_counter() - tick
@@ -216,6 +225,7 @@ def run(config: RunConfig, out_dir, log: Log = print, backbone_cache=None) -> di
         write_npy(out_dir / f"{stem}.npy", array)
     for name, figure in evaluation.figures.items():
         write_figure(out_dir / name, figure(results))
+    fault_point("results")
     write_json(out_dir / "results.json", results)
     log(method.report(results))
     return results

@@ -3,25 +3,42 @@
 A checkpoint is any pytree of arrays (train state, best parameters, loop counters). PRNG keys must be stored as raw
 ``jax.random.key_data`` arrays. Restoring needs a template pytree of the same structure (e.g. a freshly initialised
 state), whose shapes and dtypes tell orbax what to build.
+
+A checkpoint that does not restore (a truncated file, an empty manifest, missing metadata: what a kill during a
+write or a damaged disk leaves) is reported in one line, moved aside (``<step>.damaged-<time>``, which orbax no
+longer lists) and the next older one is tried; the trainer keeps two, so a damaged newest one costs at most the
+epochs since the one before. When none restores, :class:`CheckpointError` says so and how to start afresh.
 """
 
 from __future__ import annotations
 
 import pathlib
+import time
 
 import jax
 import orbax.checkpoint as ocp
 
 
+class CheckpointError(RuntimeError):
+    """No checkpoint of a folder restores; the message names the folder and how to start afresh."""
+
+
 class Checkpointer:
     """Keeps the newest ``max_to_keep`` checkpoints of one run under ``directory``.
 
-    Use as a context manager, or call :meth:`close` when done (it waits for pending writes).
+    Use as a context manager, or call :meth:`close` when done (it waits for pending writes). ``log`` receives the
+    one-line reports of damaged checkpoints.
     """
 
-    def __init__(self, directory: str | pathlib.Path, max_to_keep: int = 1):
+    def __init__(self, directory: str | pathlib.Path, max_to_keep: int = 1, log=print):
+        self.directory = pathlib.Path(directory).absolute()
+        self.log = log
         options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True)
-        self._manager = ocp.CheckpointManager(pathlib.Path(directory).absolute(), options=options)
+        try:
+            self._manager = ocp.CheckpointManager(self.directory, options=options)
+        except Exception as err:  # orbax raises many kinds on a damaged folder
+            raise CheckpointError(f"{self.directory}: cannot be read as a checkpoint folder ({type(err).__name__}: "
+                                  f"{err}); rerun with --restart") from err
 
     def latest_step(self) -> int | None:
         return self._manager.latest_step()
@@ -32,12 +49,29 @@ class Checkpointer:
         self._manager.wait_until_finished()
 
     def restore(self, template, step: int | None = None):
-        """Read checkpoint ``step`` (default: the newest) into the structure of ``template``."""
-        step = self.latest_step() if step is None else step
-        if step is None:
+        """Read checkpoint ``step`` (default: the newest that restores) into the structure of ``template``.
+
+        Raises:
+          FileNotFoundError: there is no checkpoint. CheckpointError: none restores (each damaged one was reported
+            and removed).
+        """
+        steps = [step] if step is not None else sorted(self._manager.all_steps(), reverse=True)
+        if not steps or steps == [None]:
             raise FileNotFoundError("no checkpoint to restore")
         abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, template)
-        return self._manager.restore(step, args=ocp.args.StandardRestore(abstract))
+        damaged = []
+        for candidate in steps:
+            try:
+                return self._manager.restore(candidate, args=ocp.args.StandardRestore(abstract))
+            except Exception as err:  # orbax raises many kinds on a damaged checkpoint
+                damaged.append(candidate)
+                aside = self.directory / f"{candidate}.damaged-{time.strftime('%Y%m%d-%H%M%S')}"
+                self.log(f"[checkpoint] {self.directory / str(candidate)} does not restore ({type(err).__name__}); "
+                         f"moved to {aside.name}, trying an older one")
+                (self.directory / str(candidate)).rename(aside)
+                self._manager.reload()
+        raise CheckpointError(f"{self.directory}: no checkpoint restores (damaged steps {damaged} were moved aside); "
+                              "rerun with --restart to start afresh")
 
     def close(self) -> None:
         self._manager.wait_until_finished()

@@ -12,7 +12,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 import pathlib
+import signal
 import time
 from typing import Any, Callable, NamedTuple
 
@@ -91,6 +93,14 @@ class FitResult:
     resumed_from: int | None
 
 
+def fault_point(name: str) -> None:
+    """Kill this process (SIGKILL) when ``$JAXFAIR_FAULT`` names this point: how the kill-and-resume tests stop a run
+    at a chosen place (``<model>:<epoch>`` after an epoch's checkpoint, ``evaluate``, ``results``). A no-op
+    otherwise."""
+    if os.environ.get("JAXFAIR_FAULT") == name:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
 def _format_seconds(seconds: float) -> str:
     seconds = int(round(seconds))
     return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
@@ -133,13 +143,13 @@ def fit(
     if out_dir is not None:
         out_dir = pathlib.Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
-        checkpointer = Checkpointer(out_dir / "checkpoints" / name)
+        checkpointer = Checkpointer(out_dir / "checkpoints" / name, max_to_keep=2, log=log)
         if checkpointer.latest_step() is not None:
             carry = checkpointer.restore(carry)
             resumed_from = int(carry["epoch"])
             best_valid = _best_valid_from_log(out_dir / f"{name}_log.jsonl", int(carry["best_epoch"]))
             log(f"[{name}] resuming after epoch {resumed_from} from {checkpointer.latest_step()}")
-            _truncate_log(out_dir / f"{name}_log.jsonl", resumed_from)
+        _truncate_log(out_dir / f"{name}_log.jsonl", resumed_from or 0)
         log_file = open(out_dir / f"{name}_log.jsonl", "a")
 
     start = time.perf_counter()
@@ -171,11 +181,13 @@ def fit(
             epoch_times.append(time.perf_counter() - tick)
             train = {k: float(v) for k, v in train_metrics.items()}
             if checkpointer is not None:
+                # The log line first: a checkpoint always has its epoch's line (a resume truncates the log to it).
+                log_file.write(json.dumps({"epoch": epoch, "train": train, "valid": valid, "seconds": epoch_times[-1]}) + "\n")
+                log_file.flush()
                 last = epoch >= config.epochs or int(carry["bad_epochs"]) >= config.patience
                 if last or epoch % config.checkpoint_every == 0:
                     checkpointer.save(epoch, carry)
-                log_file.write(json.dumps({"epoch": epoch, "train": train, "valid": valid, "seconds": epoch_times[-1]}) + "\n")
-                log_file.flush()
+                fault_point(f"{name}:{epoch}")
             eta = float(np.mean(epoch_times)) * (config.epochs - epoch)
             log(
                 f"[{name}] epoch {epoch}/{config.epochs}  loss {train['loss']:.4f}  "
@@ -200,19 +212,29 @@ def fit(
     )
 
 
+def _log_records(path: pathlib.Path) -> list[dict]:
+    """The complete JSON lines of an epoch log (a line cut short by a kill is skipped)."""
+    records = []
+    for line in path.read_text().splitlines() if path.exists() else []:
+        try:
+            records.append(json.loads(line))
+        except ValueError:
+            continue
+    return records
+
+
 def _truncate_log(path: pathlib.Path, last_epoch: int) -> None:
-    """Drop the log lines of epochs after ``last_epoch`` (they are replayed after a resume)."""
+    """Keep the log lines of epochs up to ``last_epoch`` (the later ones are replayed after a resume)."""
     if path.exists():
-        lines = [line for line in path.read_text().splitlines() if json.loads(line)["epoch"] <= last_epoch]
-        path.write_text("".join(line + "\n" for line in lines))
+        kept = [record for record in _log_records(path) if record.get("epoch", 0) <= last_epoch]
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text("".join(json.dumps(record) + "\n" for record in kept))
+        os.replace(tmp, path)  # atomic: a kill leaves the old log or the new one
 
 
 def _best_valid_from_log(path: pathlib.Path, best_epoch: int) -> dict:
-    if not path.exists():
-        return {}
-    for line in path.read_text().splitlines():
-        record = json.loads(line)
-        if record["epoch"] == best_epoch:
+    for record in _log_records(path):
+        if record.get("epoch") == best_epoch:
             return record["valid"]
     return {}
 
