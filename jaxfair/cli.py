@@ -83,6 +83,26 @@ def _methods(args) -> None:
         print(f"{name.ljust(width)}  {method.description}")
 
 
+def read_users_csv(path: pathlib.Path) -> pd.DataFrame:
+    """A comma-separated users file (one row per embedding row, a header of column names), as strings.
+
+    Raises:
+      UsageError: the file is empty, does not parse, or its header is one column holding another separator (a
+        ``;``- or tab-separated file).
+    """
+    try:
+        users = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
+        raise UsageError(f"{path}: not a comma-separated users file ({str(err).splitlines()[0]})") from err
+    if len(users.columns) == 1:
+        header = users.columns[0]
+        other = next((sep for sep in (";", "\t", "|") if sep in header), None)
+        if other is not None:
+            raise UsageError(f"{path}, line 1: the header {header!r} is one column; the users file must be "
+                             f"comma-separated, this one looks {'tab' if other == chr(9) else repr(other)}-separated")
+    return users
+
+
 def _probe(args) -> None:
     import jax
 
@@ -95,15 +115,21 @@ def _probe(args) -> None:
     for path in (embeddings_path, users_path):
         if not path.is_file():
             raise UsageError(f"{path}: file not found")
+    if args.bootstrap < 0:
+        raise UsageError(f"--bootstrap {args.bootstrap}: the number of resamples must be 0 (no interval) or more")
+    with open(embeddings_path, "rb") as handle:
+        if handle.read(6) != b"\x93NUMPY":
+            raise UsageError(f"{embeddings_path}: not a .npy file (it lacks the NumPy header; write the array with "
+                             "numpy.save)")
     try:
         embeddings = np.load(embeddings_path, allow_pickle=False)
     except ValueError as err:
-        raise UsageError(f"{embeddings_path}: not a .npy array ({err})") from err
+        raise UsageError(f"{embeddings_path}: not a readable .npy array ({err})") from err
     if embeddings.ndim != 2 or not np.issubdtype(embeddings.dtype, np.number):
         raise UsageError(f"{embeddings_path}: expected a 2-d numeric array (users x dims), got shape {embeddings.shape}")
     if not np.isfinite(embeddings).all():
         raise UsageError(f"{embeddings_path}: contains NaN or infinite values")
-    users = pd.read_csv(users_path, dtype=str, keep_default_na=False)
+    users = read_users_csv(users_path)
     if len(users) != len(embeddings):
         raise UsageError(f"{users_path}: {len(users)} rows, but {embeddings_path} has {len(embeddings)} rows")
     reserved = {"user", "raw_id", "probe_split"}
@@ -121,6 +147,10 @@ def _probe(args) -> None:
         if len(bad):
             raise UsageError(f"{users_path}, line {bad[0] + 2}: probe_split must be train, valid or test")
         parts = {p: np.flatnonzero(users["probe_split"].to_numpy() == p).astype(np.int32) for p in ("train", "valid", "test")}
+        thin = [f"{p} ({len(parts[p])})" for p in parts if len(parts[p]) < 2]
+        if thin:
+            raise UsageError(f"{users_path}: probe_split needs at least 2 users in each of train, valid and test; "
+                             f"too few in {', '.join(thin)}")
     else:
         if args.unseen:
             raise UsageError(f"{users_path}: --unseen needs a probe_split column")

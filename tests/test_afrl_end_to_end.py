@@ -20,7 +20,7 @@ def afrl_run(tmp_path_factory):
             "backbone": {"name": "pmf", "dim": 16,
                          "train": {"epochs": 15, "batch_size": 256, "learning_rate": 0.01, "patience": 15}},
             "evaluate": {"protocols": ["sampled"], "ks": [10]},
-            "probe": {"steps": 100, "eval_every": 25, "bootstrap": 0},
+            "probe": {"steps": 100, "eval_every": 25, "bootstrap": 0, "audit_max_repeats": 5},
             "afrl": {
                 "lam": 10.0, "hidden": 16, "discriminator_steps": 5,
                 "train": {"learning_rate": 1e-3, "batch_size": 64, "epochs": 12, "patience": 12},

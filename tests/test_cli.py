@@ -30,6 +30,7 @@ protocols = ["sampled", "full"]
 ks = [5, 10]
 
 [probe]
+audit_max_repeats = 5
 steps = 50
 eval_every = 25
 bootstrap = 50

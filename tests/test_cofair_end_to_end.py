@@ -27,7 +27,7 @@ def config_values(data_dir, train=None, **cofair):
         "backbone": {"name": "pmf", "dim": 16, "train": {"epochs": 15, "batch_size": 256, "learning_rate": 0.01,
                                                          "patience": 15, "monitor": "recall@10"}},
         "evaluate": {"protocols": ["full"], "ks": [10, 20]},
-        "probe": {"steps": 100, "eval_every": 25, "bootstrap": 0},
+        "probe": {"steps": 100, "eval_every": 25, "bootstrap": 0, "audit_max_repeats": 5},
         "cofair": {
             "levels": LEVELS, "lambda0": 5.0, "alpha": 5.0, "adversary": "capped", "discriminator_layers": 2,
             "discriminator_steps": 5, "discriminator_learning_rate": 1e-2, "residual": True,

@@ -27,6 +27,7 @@ learning_rate = 0.01
 protocols = ["sampled"]
 ks = [10]
 [probe]
+audit_max_repeats = 5
 steps = 50
 eval_every = 25
 bootstrap = 0

@@ -157,6 +157,9 @@ def fetch(name: str, cache=None, *, log=print) -> pathlib.Path:
     if name not in DATASETS:
         raise DataError(f"unknown dataset {name!r}; known datasets: {', '.join(DATASETS)}")
     root = pathlib.Path(cache).expanduser() if cache is not None else cache_dir()
+    if root.exists() and not root.is_dir():
+        raise DataError(f"{root}: the cache must be a folder, but this is a file (pass --cache a folder, or set "
+                        "$JAXFAIR_DATA to one)")
     final = root / name
     if (final / MARKER).is_file():
         return final
@@ -168,7 +171,10 @@ def fetch(name: str, cache=None, *, log=print) -> pathlib.Path:
             raise DataError(f"{final} is not a complete copy of {name}: {exc}. Fix or remove that folder.") from None
         (final / MARKER).write_text(f"{name}: {len(raw.interactions)} ratings verified\n")
         return final
-    root.mkdir(parents=True, exist_ok=True)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise DataError(f"{root}: cannot create the cache folder ({err.strerror})") from err
 
     def from_grouplens(dest: pathlib.Path) -> None:
         _download_grouplens(name, dest)

@@ -8,7 +8,8 @@ Steps, in order:
 2. :func:`filter_users` - drop users with fewer than ``min_positives`` (10) positives.
 3. :func:`reindex` - contiguous ids over the remaining users and items (items seen only in dropped users vanish).
 4. :func:`leave_one_out` - per user, by timestamp: last positive = test, second last = validation, rest = train.
-   Ties in time keep the file's order (stable sort), so the split is a function of the input alone.
+   Ties in time keep the file's order (stable sort), so the split is a function of the input alone; data whose
+   timestamps are all equal is refused (:func:`check_timestamps`). The rows may come in any order.
 5. :func:`encode_attributes` - gender to 2 classes, age to the 7 MovieLens-1M buckets, any other attribute to its
    sorted categories.
 6. :func:`sample_eval_negatives` - 99 distinct negatives per user for validation and test (``sampled`` protocol).
@@ -104,11 +105,17 @@ class PrepConfig:
             raise ValueError("probe_fractions must be three positive numbers summing to 1")
 
 
-def deduplicate(interactions: pd.DataFrame, policy: str = "error", name: str = "the data") -> pd.DataFrame:
+def deduplicate(interactions: pd.DataFrame, policy: str = "error", name: str = "the data",
+                raw_ids: tuple[np.ndarray, np.ndarray] | None = None) -> pd.DataFrame:
     """Apply a duplicates policy (:data:`DUPLICATE_POLICIES`) to repeated ``(user, item)`` rows.
 
+    Args:
+      raw_ids: the file's user and item ids by code (``RawDataset.users["raw_id"]``, ``items["raw_id"]``), so the
+        error names the pair as the file writes it.
+
     Raises:
-      DataError: ``policy == "error"`` and a pair repeats; the message names the first one, its rows and the count.
+      DataError: ``policy == "error"`` and a pair repeats; the message names the first one, its lines in the
+        ratings file (interaction row + 1) and the count.
     """
     repeated = interactions.duplicated(["user", "item"], keep=False).to_numpy()
     if not repeated.any():
@@ -119,8 +126,11 @@ def deduplicate(interactions: pd.DataFrame, policy: str = "error", name: str = "
         same = rows[(interactions["user"].to_numpy()[rows] == first["user"])
                     & (interactions["item"].to_numpy()[rows] == first["item"])]
         count = int(interactions.duplicated(["user", "item"]).sum())
-        raise DataError(f"{name}: {count} repeated (user, item) ratings, the first user index {int(first['user'])}, "
-                        f"item index {int(first['item'])} at interaction rows {same.tolist()}; set data.duplicates = "
+        user, item = int(first["user"]), int(first["item"])
+        if raw_ids is not None:
+            user, item = raw_ids[0][user], raw_ids[1][item]
+        raise DataError(f"{name}: {count} repeated (user, item) ratings, the first user {user}, item {item} on lines "
+                        f"{', '.join(str(r + 1) for r in same)} of the ratings file; set data.duplicates = "
                         "\"keep_last\" or \"keep_first\" to keep one of each")
     ordered = interactions.sort_values("timestamp", kind="stable")
     kept = ordered.drop_duplicates(["user", "item"], keep="last" if policy == "keep_last" else "first")
@@ -351,14 +361,32 @@ def _split_metadata(raw: RawDataset, config: PrepConfig, old_users: np.ndarray, 
 
 def prepare(raw: RawDataset, config: PrepConfig = PrepConfig()) -> Split:
     """Run every step on ``raw``; returns a :class:`Split` of kind ``config.split`` (checked by
-    :func:`check_held_out`)."""
+    :func:`check_held_out`).
+
+    Before step 1, repeated ``(user, item)`` rows meet ``config.duplicates`` (:func:`deduplicate`) and a
+    leave-one-out split needs timestamps (:func:`check_timestamps`)."""
     split = _prepare(raw, config)
     check_held_out(split)
     return split
 
 
+def check_timestamps(interactions: pd.DataFrame, split: str, name: str = "the data") -> None:
+    """A leave-one-out split holds out each user's latest positives, so the data must carry times: all-equal
+    timestamps (a file without a timestamp column reads as all zeros) would make "latest" mean "last in the file".
+
+    Raises:
+      DataError: ``split == "leave_one_out"`` and every timestamp is the same.
+    """
+    times = interactions["timestamp"].to_numpy()
+    if split == "leave_one_out" and len(times) > 1 and (times == times[0]).all():
+        raise DataError(f"{name}: every timestamp is {times[0]}, so leave-one-out cannot tell a user's latest "
+                        "positives; give the interactions their times, or set data.split = \"random_ratio\"")
+
+
 def _prepare(raw: RawDataset, config: PrepConfig) -> Split:
-    interactions = deduplicate(raw.interactions, config.duplicates, raw.name)
+    check_timestamps(raw.interactions, config.split, raw.name)
+    interactions = deduplicate(raw.interactions, config.duplicates, raw.name,
+                               (raw.users["raw_id"].to_numpy(), raw.items["raw_id"].to_numpy()))
     positives = binarize(interactions, config.rating_threshold)
     positives = k_core(filter_genre_items(positives, raw.items, config.genre_groups), config.k_core)
     positives = filter_users(positives, config.min_positives)

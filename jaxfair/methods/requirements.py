@@ -263,10 +263,10 @@ def _row(block: dict, backbone_probe: dict, backbone_test: dict, sensitive: list
     row = {}
     if sensitive:
         row["unseen_auc"] = block["mean_unseen_auc"]
-        row["unseen_auc_std"] = float(np.mean([block["unseen_auc_std"][a] for a in sensitive]))
         row["backbone_unseen_auc"] = float(np.mean([backbone_probe["unseen_auc"][a]["auc"] for a in sensitive]))
         row["auc"] = block["mean_auc"]
         row["backbone_auc"] = float(np.mean([backbone_probe["auc"][a]["auc"] for a in sensitive]))
+        row["unseen_auc_std"] = float(np.mean([block["unseen_auc_std"][a] for a in sensitive]))
     row.update(block["metrics"])
     for name, value in block["metrics"].items():
         if backbone_test.get(name):

@@ -137,9 +137,17 @@ def _bootstrap_ci(y: np.ndarray, proba: np.ndarray, key: jax.Array, config: Prob
     resamples of the ``n`` users (drawn from ``key``); None without resamples or users."""
     if not config.bootstrap or not len(y):
         return None
+    return _percentile_interval(resampled_auc(y, proba, _bootstrap_counts(len(y), key, config)), config)
+
+
+def _bootstrap_counts(n: int, key: jax.Array, config: ProbeConfig) -> np.ndarray:
+    """``(config.bootstrap, n)`` multinomial multiplicities of ``n`` users, drawn from ``key``."""
     rng = np.random.default_rng(_seed_from_key(key))
-    counts = rng.multinomial(len(y), np.full(len(y), 1.0 / len(y)), size=config.bootstrap)
-    replicates = resampled_auc(y, proba, counts)
+    return rng.multinomial(n, np.full(n, 1.0 / n), size=config.bootstrap)
+
+
+def _percentile_interval(replicates: np.ndarray, config: ProbeConfig) -> list[float] | None:
+    """The ``config.ci`` percentile interval of bootstrap replicates (NaN ones dropped); None when none is left."""
     replicates = replicates[~np.isnan(replicates)]
     if not replicates.size:
         return None
@@ -309,13 +317,8 @@ def cross_fitted_probe(
     repeat_auc = np.asarray(repeat_auc)
     auc_ci = None
     if config.bootstrap:
-        rng = np.random.default_rng(_seed_from_key(key))
-        counts = rng.multinomial(len(users), np.full(len(users), 1.0 / len(users)), size=config.bootstrap)
-        replicates = np.mean([resampled_auc(y_users, proba, counts) for proba in probas], axis=0)
-        replicates = replicates[~np.isnan(replicates)]
-        if replicates.size:
-            tail = (1.0 - config.ci) / 2.0
-            auc_ci = [float(v) for v in np.quantile(replicates, [tail, 1.0 - tail])]
+        counts = _bootstrap_counts(len(users), key, config)
+        auc_ci = _percentile_interval(np.mean([resampled_auc(y_users, p, counts) for p in probas], axis=0), config)
     return {"auc": float(np.mean(repeat_auc)),
             "auc_std": float(np.std(repeat_auc, ddof=1)) if len(repeat_auc) > 1 else 0.0,
             "auc_se": _standard_error(repeat_auc), "repeat_auc": [float(a) for a in repeat_auc], "auc_ci": auc_ci,

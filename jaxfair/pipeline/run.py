@@ -202,9 +202,11 @@ def _run(config: RunConfig, folder: RunFolder, log: Log, backbone_cache) -> dict
     timings["fit_seconds"] = time.perf_counter() - tick
 
     fault_point("evaluate")
+    log(f"[evaluate] {method.name}: ranking metrics, attribute probes and the unseen-user audit")
     tick = time.perf_counter()
     evaluation: Evaluation = method.evaluate(context, data, fitted, config.method_config)
     timings["evaluate_seconds"] = time.perf_counter() - tick
+    log(f"[evaluate] done in {timings['evaluate_seconds']:.0f}s")
     timings["total_seconds"] = time.perf_counter() - start
 
     tables = {stage: dict(rows) for stage, rows in evaluation.tables.items()}

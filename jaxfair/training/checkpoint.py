@@ -12,11 +12,24 @@ epochs since the one before. When none restores, :class:`CheckpointError` says s
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import pathlib
 import time
 
 import jax
 import orbax.checkpoint as ocp
+
+
+@contextlib.contextmanager
+def _quiet_absl():
+    logger = logging.getLogger("absl")
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 class CheckpointError(RuntimeError):
@@ -35,7 +48,8 @@ class Checkpointer:
         self.log = log
         options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True)
         try:
-            self._manager = ocp.CheckpointManager(self.directory, options=options)
+            with _quiet_absl():
+                self._manager = ocp.CheckpointManager(self.directory, options=options)
         except Exception as err:  # orbax raises many kinds on a damaged folder
             raise CheckpointError(f"{self.directory}: cannot be read as a checkpoint folder ({type(err).__name__}: "
                                   f"{err}); rerun with --restart") from err
@@ -62,14 +76,16 @@ class Checkpointer:
         damaged = []
         for candidate in steps:
             try:
-                return self._manager.restore(candidate, args=ocp.args.StandardRestore(abstract))
+                with _quiet_absl():  # orbax logs its own errors about a damaged file; ours is the one line below
+                    return self._manager.restore(candidate, args=ocp.args.StandardRestore(abstract))
             except Exception as err:  # orbax raises many kinds on a damaged checkpoint
                 damaged.append(candidate)
                 aside = self.directory / f"{candidate}.damaged-{time.strftime('%Y%m%d-%H%M%S')}"
                 self.log(f"[checkpoint] {self.directory / str(candidate)} does not restore ({type(err).__name__}); "
                          f"moved to {aside.name}, trying an older one")
                 (self.directory / str(candidate)).rename(aside)
-                self._manager.reload()
+                with _quiet_absl():
+                    self._manager.reload()
         raise CheckpointError(f"{self.directory}: no checkpoint restores (damaged steps {damaged} were moved aside); "
                               "rerun with --restart to start afresh")
 
