@@ -104,3 +104,27 @@ def test_diffairec_step_benchmark_offers_only_the_conditional_group_vectors():
     assert diffairec_step.GROUP_VECTORS == ("mean", "pca")
     with pytest.raises(SystemExit):
         diffairec_step.parse_args(["--group-vectors", "none"])
+
+
+def test_audit_stability_benchmark_audits_every_file_setting_and_seed(tmp_path):
+    from benchmarks import audit_stability
+    from jaxfair.data.synthetic import make_synthetic, write_ml100k_folder
+    from jaxfair.pipeline import parse_config, run
+
+    write_ml100k_folder(make_synthetic(num_users=150, num_items=100, per_user=20, seed=3), tmp_path / "data")
+    config = parse_config({
+        "method": "afrl", "data": {"source": str(tmp_path / "data"), "eval_negatives": 20},
+        "backbone": {"name": "pmf", "dim": 8, "train": {"epochs": 2, "learning_rate": 0.01}},
+        "evaluate": {"protocols": ["sampled"], "ks": [10]},
+        "probe": {"steps": 40, "eval_every": 20, "bootstrap": 0, "audit_max_repeats": 2},
+        "afrl": {"hidden": 8, "train": {"epochs": 1}}})
+    run(config, tmp_path / "run", log=lambda message: None)
+    result = audit_stability.main(["--run", str(tmp_path / "run"), "--quick", "--out", str(tmp_path / "a.json")])
+    assert json.loads((tmp_path / "a.json").read_text()) == json.loads(json.dumps(result))
+    assert set(result["summary"]) == {"one draw", "se 0.005", "default"}
+    assert len(result["rows"]) == 3 * 3 * 2  # files x settings x seeds, gender only
+    for row in result["rows"]:
+        assert 0.0 <= row["auc"] <= 1.0
+        assert row["repeats"] == 1 if row["setting"] == "one draw" else row["repeats"] >= 5
+    for block in result["summary"].values():
+        assert block["max_seed_range"] == max(block["seed_range"].values()) >= 0.0
