@@ -79,20 +79,16 @@ class Case:
         path.write_text(text + extra)
         return str(path)
 
-    def data_copy(self, edit) -> pathlib.Path:
-        """A copy of the data folder whose ``u.data`` lines pass through ``edit(lines) -> lines``."""
+    def data_copy(self, edit, name: str = "u.data") -> pathlib.Path:
+        """A copy of the data folder whose file ``name`` has its lines passed through ``edit(lines) -> lines``."""
         folder = self.tmp / "data"
         shutil.copytree(self.data, folder)
-        lines = (folder / "u.data").read_text().splitlines()
-        (folder / "u.data").write_text("".join(line + "\n" for line in edit(lines)))
+        lines = (folder / name).read_text().splitlines()
+        (folder / name).write_text("".join(line + "\n" for line in edit(lines)))
         return folder
 
     def users_copy(self, edit) -> pathlib.Path:
-        folder = self.tmp / "data"
-        shutil.copytree(self.data, folder)
-        lines = (folder / "u.user").read_text().splitlines()
-        (folder / "u.user").write_text("".join(line + "\n" for line in edit(lines)))
-        return folder
+        return self.data_copy(edit, "u.user")
 
     def run_copy(self) -> pathlib.Path:
         shutil.copytree(self.run, self.out)
