@@ -49,14 +49,16 @@ def finished_run(run: pathlib.Path | None) -> pathlib.Path:
 def measure(run: pathlib.Path, seeds, attributes, base: ProbeConfig) -> list[dict]:
     users = pd.read_csv(run / "users.csv", dtype=str, keep_default_na=False)
     unseen = np.flatnonzero(users["probe_split"].isin(["valid", "test"]).to_numpy())
+    embeddings = {stem: np.load(run / f"user_embeddings_{stem}.npy").astype(np.float32) for stem in FILES}
+    classes = {a: sorted(users[a].unique()) for a in attributes}
+    codes = {a: users[a].map({v: i for i, v in enumerate(classes[a])}).to_numpy().astype(np.int32)
+             for a in attributes}
     rows = []
     for stem, attribute, (setting, changes), seed in itertools.product(FILES, attributes, SETTINGS.items(), seeds):
-        embeddings = np.load(run / f"user_embeddings_{stem}.npy").astype(np.float32)
-        labels = sorted(users[attribute].unique())
-        codes = users[attribute].map({v: i for i, v in enumerate(labels)}).to_numpy().astype(np.int32)
         config = dataclasses.replace(base, **changes)
         tick = time.perf_counter()
-        audit = cross_fitted_probe(embeddings, codes, unseen, len(labels), jax.random.key(seed), config)
+        audit = cross_fitted_probe(embeddings[stem], codes[attribute], unseen, len(classes[attribute]),
+                                   jax.random.key(seed), config)
         rows.append({"file": stem, "attribute": attribute, "setting": setting, "seed": seed, "auc": audit["auc"],
                      "auc_std": audit["auc_std"], "repeats": audit["repeats"],
                      "seconds": time.perf_counter() - tick})

@@ -267,13 +267,17 @@ def _os_message(err: OSError) -> str:
     return f"{where}: {err.strerror or err}" if where else str(err)
 
 
-def write_trace(error: BaseException) -> pathlib.Path:
-    """Write ``error``'s full traceback to a fresh ``jaxfair-error-*.txt`` in the temp folder; returns its path."""
-    handle, name = tempfile.mkstemp(prefix=f"jaxfair-error-{time.strftime('%Y%m%d-%H%M%S')}-", suffix=".txt")
-    with open(handle, "w") as out:
-        out.write(f"jaxfair {' '.join(sys.argv[1:])}\n\n")
-        out.write("".join(traceback.format_exception(error)))
-    return pathlib.Path(name)
+def write_trace(error: BaseException) -> str:
+    """Write ``error``'s full traceback to a fresh ``jaxfair-error-*.txt`` in the temp folder; returns where it went
+    (or, when even that fails, says so)."""
+    try:
+        handle, name = tempfile.mkstemp(prefix=f"jaxfair-error-{time.strftime('%Y%m%d-%H%M%S')}-", suffix=".txt")
+        with open(handle, "w") as out:
+            out.write(f"jaxfair {' '.join(sys.argv[1:])}\n\n")
+            out.write("".join(traceback.format_exception(error)))
+    except OSError as err:
+        return f"nowhere: it could not be written ({err})"
+    return name
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -236,3 +236,15 @@ def fingerprint(values: Any) -> str:
     """A short content hash of plain config data (key order does not matter)."""
     text = json.dumps(values, sort_keys=True, default=list)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def flatten(table: dict, prefix: str = "") -> dict:
+    """Nested tables to dotted keys: ``{"afrl": {"lam": 1}}`` -> ``{"afrl.lam": 1}``."""
+    out = {}
+    for key, value in table.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(flatten(value, dotted + "."))
+        else:
+            out[dotted] = value
+    return out

@@ -45,24 +45,12 @@ from typing import Callable
 import numpy as np
 
 from jaxfair._version import __version__
-from jaxfair.config import ConfigError, apply_overrides, read_toml
+from jaxfair.config import ConfigError, apply_overrides, flatten, read_toml
 from jaxfair.pipeline import parse_config, run
-from jaxfair.pipeline.folder import FolderLock, prepare_folder
+from jaxfair.pipeline.folder import FolderLock, changed_keys, prepare_folder
 from jaxfair.pipeline.outputs import RunError, git_commit, write_json, write_text
 
 Log = Callable[[str], None]
-
-
-def _flatten(table: dict, prefix: str = "") -> dict:
-    """Nested tables to dotted keys: ``{"afrl": {"lam": 1}}`` -> ``{"afrl.lam": 1}``."""
-    out = {}
-    for key, value in table.items():
-        dotted = f"{prefix}{key}"
-        if isinstance(value, dict):
-            out.update(_flatten(value, dotted + "."))
-        else:
-            out[dotted] = value
-    return out
 
 
 def _label_value(value) -> str:
@@ -84,8 +72,8 @@ def read_grid(path: str | pathlib.Path | None) -> dict[str, dict]:
     if unknown or not values:
         raise ConfigError(f"{path}: a grid file holds [points.<label>] tables and/or a [grid] table, not "
                           f"{unknown or 'nothing'}")
-    points = {label: _flatten(table) for label, table in values.get("points", {"base": {}}).items()}
-    grid = _flatten(values.get("grid", {}))
+    points = {label: flatten(table) for label, table in values.get("points", {"base": {}}).items()}
+    grid = flatten(values.get("grid", {}))
     for key, options in grid.items():
         if not isinstance(options, list) or not options:
             raise ConfigError(f"{path}: grid.{key}: expected a non-empty list of values")
@@ -117,8 +105,6 @@ def sweep(config_path, out, grid=None, seeds=None, overrides=(), select=(), log:
         an unfinished one resumes, and a point folder holding another config stops the sweep (RunError).
     """
     out = pathlib.Path(out)
-    if out.exists() and not out.is_dir():
-        raise RunError(f"{out}: --out names a file, not a folder")
     base = apply_overrides(read_toml(config_path), overrides)
     points = read_grid(grid)
     seeds = list(seeds) if seeds else [parse_config(base).seed]
@@ -135,7 +121,18 @@ def sweep(config_path, out, grid=None, seeds=None, overrides=(), select=(), log:
 
 
 def _sweep(out, config_path, grid, overrides, base, points, seeds, rules, configs, log, command, restart) -> dict:
-    write_json(out / "config.json", parse_config(base).to_dict())
+    resolved = json.loads(json.dumps(parse_config(base).to_dict()))
+    recorded = out / "config.json"
+    if recorded.exists() and not restart:
+        try:
+            old = json.loads(recorded.read_text())
+        except (OSError, ValueError):
+            old = None
+        if old != resolved:
+            changes = changed_keys(old, resolved) if isinstance(old, dict) else ["config.json is unreadable"]
+            raise RunError(f"{out} holds a sweep of another config ({'; '.join(changes[:8])}); rerun with "
+                           "--restart to run every point afresh, or choose another --out")
+    write_json(recorded, resolved)
     if grid is not None:
         write_text(out / "grid.toml", pathlib.Path(grid).read_text())  # (the copy itself may be the grid)
     if not (out / "provenance.json").exists():  # what started the sweep; a resumed or reread sweep keeps it

@@ -10,6 +10,7 @@ from jaxfair.config import ConfigError
 from jaxfair.data.synthetic import make_synthetic, write_ml100k_folder
 from jaxfair.harness import choose, parse_rule, read_grid, select_points, summarize, sweep
 from jaxfair.pipeline import load_config, run
+from jaxfair.pipeline.outputs import RunError
 from jaxfair.report import ReportError, paired, render
 
 CONFIG = """
@@ -206,3 +207,11 @@ def test_a_run_folder_reports_as_one_point(swept):
     results = json.loads((folder / "results.json").read_text())
     assert f"| G | {results['tables']['test']['G']['unseen_auc']:.3f} |" in table
     assert not table.startswith("mean ±")
+
+
+def test_a_sweep_folder_refuses_another_base_config_before_touching_anything(swept, config):
+    out, _, _ = swept
+    before = {p: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    with pytest.raises(RunError, match=r"holds a sweep of another config \(backbone.dim: 8 -> 4\).*--restart"):
+        sweep(config, out, grid=out / "grid.toml", seeds=[0, 1], overrides=["backbone.dim=4"], log=lambda m: None)
+    assert {p: p.read_bytes() for p in out.iterdir() if p.is_file()} == before

@@ -12,6 +12,7 @@ from jaxfair.data.preprocess import (
     PrepConfig,
     age_bucket,
     binarize,
+    check_held_out,
     encode_attributes,
     filter_users,
     leave_one_out,
@@ -152,3 +153,15 @@ def test_split_file_round_trip_is_exact(split, tmp_path):
         else:
             assert a == b, field.name
     assert not list(tmp_path.glob("*.tmp*"))
+
+
+def test_a_held_out_item_that_is_also_trained_on_or_both_validated_and_tested_is_refused():
+    split = prepare(make_synthetic(num_users=40, num_items=60, per_user=15, seed=1), PrepConfig(eval_negatives=5))
+    check_held_out(split)  # prepare's own split is clean
+    user, item = int(split.train_users[0]), int(split.train_items[0])
+    test_items = split.test_items.copy()
+    test_items[user] = item  # leave-one-out: test_users is every user, in order
+    with pytest.raises(DataError, match=f"user index {user} has item index {item} in both its training and its test"):
+        check_held_out(dataclasses.replace(split, test_items=test_items))
+    with pytest.raises(DataError, match="among both its validation and its test positives"):
+        check_held_out(dataclasses.replace(split, valid_items=split.test_items.copy()))

@@ -68,7 +68,8 @@ def replace_line(path, line, text):
 
 def assert_same(a, b):
     assert a.name == b.name
-    pd.testing.assert_frame_equal(a.interactions, b.interactions)
+    # Equal data; only the line numbers kept for messages may differ (an atomic file has a header line).
+    pd.testing.assert_frame_equal(a.interactions.drop(columns="line"), b.interactions.drop(columns="line"))
     pd.testing.assert_frame_equal(a.users, b.users)
     pd.testing.assert_frame_equal(a.items, b.items)
 
@@ -87,8 +88,9 @@ def test_ml100k_ids_are_contiguous_in_numeric_order_of_raw_ids(tmp_path):
 def test_ml100k_dtypes_attributes_and_genres(tmp_path):
     raw = read_ml100k(write_ml100k(tmp_path / "ml"))
     assert raw.interactions.dtypes.to_dict() == {
-        "user": np.int64, "item": np.int64, "rating": np.float64, "timestamp": np.int64
+        "user": np.int64, "item": np.int64, "rating": np.float64, "timestamp": np.int64, "line": np.int64
     }  # fmt: skip
+    assert list(raw.interactions["line"]) == list(range(1, len(raw.interactions) + 1))  # for messages
     assert raw.attribute_names == ("age", "gender", "occupation")
     assert raw.users.iloc[1][["raw_id", "age", "gender", "occupation"]].tolist() == ["2", "53", "F", "other"]
     assert all(isinstance(v, str) for v in raw.users["age"])
@@ -124,8 +126,9 @@ def test_atomic_maps_fields_and_drops_zip_code(tmp_path):
     assert raw.items["genres"].tolist()[0] == ("Animation", "Children's", "Comedy")
     assert raw.items["title"].tolist()[0] == "Toy Story (1995)"
     assert raw.interactions.dtypes.to_dict() == {
-        "user": np.int64, "item": np.int64, "rating": np.float64, "timestamp": np.int64
+        "user": np.int64, "item": np.int64, "rating": np.float64, "timestamp": np.int64, "line": np.int64
     }  # fmt: skip
+    assert list(raw.interactions["line"]) == list(range(2, len(raw.interactions) + 2))  # after the header
 
 
 def test_ml100k_and_atomic_files_of_the_same_data_give_equal_datasets(tmp_path):

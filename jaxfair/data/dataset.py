@@ -30,7 +30,8 @@ class RawDataset:
     Attributes:
       name: short dataset name, e.g. ``"ml-100k"``.
       interactions: DataFrame with columns ``user`` (int64 in ``[0, num_users)``), ``item`` (int64 in
-        ``[0, num_items)``), ``rating`` (float64) and ``timestamp`` (int64), one row per rating.
+        ``[0, num_items)``), ``rating`` (float64) and ``timestamp`` (int64), one row per rating; read from files, also
+        ``line`` (int64, the rating's 1-based line in its file, for messages).
       users: DataFrame indexed ``0..num_users-1`` with column ``raw_id`` (str, the id in the source files) and one
         column per user attribute holding raw values as str (``gender``, ``age``, ``occupation``, ...).
       items: DataFrame indexed ``0..num_items-1`` with columns ``raw_id`` (str), ``title`` (str, may be empty) and

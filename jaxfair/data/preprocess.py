@@ -72,8 +72,8 @@ DUPLICATE_POLICIES = ("error", "keep_last", "keep_first")
 class PrepConfig:
     """Knobs of :func:`prepare`; defaults follow the AFRL paper. ``duplicates`` is what a repeated (user, item)
     rating does: ``"error"`` (the default: a repeated pair most often means a broken export, and left in it can put
-    the same item in a user's training and evaluation parts), ``"keep_last"`` (the latest rating by time, then by
-    file order) or ``"keep_first"``."""
+    the same item in a user's training and evaluation parts), ``"keep_last"`` (the latest rating by time, then the
+    last in the file) or ``"keep_first"`` (the earliest by time, then the first in the file)."""
 
     rating_threshold: float = 4.0
     min_positives: int = 10
@@ -115,7 +115,7 @@ def deduplicate(interactions: pd.DataFrame, policy: str = "error", name: str = "
 
     Raises:
       DataError: ``policy == "error"`` and a pair repeats; the message names the first one, its lines in the
-        ratings file (interaction row + 1) and the count.
+        ratings file (the ``line`` column; interaction rows for data not read from a file) and the count.
     """
     repeated = interactions.duplicated(["user", "item"], keep=False).to_numpy()
     if not repeated.any():
@@ -125,37 +125,43 @@ def deduplicate(interactions: pd.DataFrame, policy: str = "error", name: str = "
         first = interactions.iloc[rows[0]]
         same = rows[(interactions["user"].to_numpy()[rows] == first["user"])
                     & (interactions["item"].to_numpy()[rows] == first["item"])]
-        count = int(interactions.duplicated(["user", "item"]).sum())
+        count = int(repeated.sum() - len(interactions.loc[repeated, ["user", "item"]].drop_duplicates()))
         user, item = int(first["user"]), int(first["item"])
         if raw_ids is not None:
             user, item = raw_ids[0][user], raw_ids[1][item]
-        raise DataError(f"{name}: {count} repeated (user, item) ratings, the first user {user}, item {item} on lines "
-                        f"{', '.join(str(r + 1) for r in same)} of the ratings file; set data.duplicates = "
-                        "\"keep_last\" or \"keep_first\" to keep one of each")
+        where = (f"lines {', '.join(str(n) for n in interactions['line'].to_numpy()[same])} of the ratings file"
+                 if "line" in interactions else f"interaction rows {same.tolist()}")
+        raise DataError(f"{name}: {count} repeated (user, item) ratings, the first user {user}, item {item} on "
+                        f"{where}; set data.duplicates = \"keep_last\" or \"keep_first\" to keep one of each")
     ordered = interactions.sort_values("timestamp", kind="stable")
     kept = ordered.drop_duplicates(["user", "item"], keep="last" if policy == "keep_last" else "first")
     return kept.sort_index().reset_index(drop=True)
 
 
 def check_held_out(split: "Split") -> None:
-    """No validation or test positive of a user is also one of their training positives, and (for leave-one-out)
-    no user's validation item is their test item: a leak into evaluation otherwise.
+    """No validation or test positive of a user is also one of their training positives, and no user has the same
+    item among their validation and test positives: a leak into evaluation otherwise. Compares (user, item) pair
+    codes, so memory grows with the positives, not with users x items.
 
     Raises:
       DataError: naming the first user at fault.
     """
-    train = split.train_matrix()
-    for stage in ("valid", "test"):
-        users, items = (split.valid_users, split.valid_items) if stage == "valid" else (split.test_users,
-                                                                                          split.test_items)
-        leak = np.flatnonzero(train[users, items])
+    width = np.int64(split.num_items)
+
+    def codes(users, items):
+        return np.asarray(users, np.int64) * width + np.asarray(items, np.int64)
+
+    train = codes(split.train_users, split.train_items)
+    held = {"valid": codes(split.valid_users, split.valid_items), "test": codes(split.test_users, split.test_items)}
+    for stage, pairs in held.items():
+        leak = pairs[np.isin(pairs, train)]
         if leak.size:
-            raise DataError(f"{split.name}: user index {int(users[leak[0]])} has item index {int(items[leak[0]])} in "
-                            f"both its training and its {stage} positives ({leak.size} such pairs)")
-    both = split.target_matrix("valid") & split.target_matrix("test")
-    if both.any():
-        user = int(np.flatnonzero(both.any(axis=1))[0])
-        raise DataError(f"{split.name}: user index {user} has the same item among its validation and test positives")
+            raise DataError(f"{split.name}: user index {int(leak[0] // width)} has item index {int(leak[0] % width)} "
+                            f"in both its training and its {stage} positives ({leak.size} such pairs)")
+    both = held["valid"][np.isin(held["valid"], held["test"])]
+    if both.size:
+        raise DataError(f"{split.name}: user index {int(both[0] // width)} has item index {int(both[0] % width)} "
+                        "among both its validation and its test positives")
 
 
 def binarize(interactions: pd.DataFrame, threshold: float = 4.0) -> pd.DataFrame:

@@ -251,7 +251,8 @@ def _assemble(
         item_frame["genres"] = [()] * len(item_frame)
     return RawDataset(
         name=name,
-        interactions=pd.DataFrame({"user": user_codes, "item": item_codes, "rating": ratings, "timestamp": times}),
+        interactions=pd.DataFrame({"user": user_codes, "item": item_codes, "rating": ratings, "timestamp": times,
+                                   "line": np.asarray(inter.lines, np.int64)}),
         users=user_frame,
         items=item_frame,
     )

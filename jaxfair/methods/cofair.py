@@ -154,7 +154,7 @@ class Config:
     """
 
     # Validation metrics a [cofair.train] monitor may name besides the ranking ones (the pipeline checks it).
-    extra_monitors: ClassVar[tuple[str, ...]] = ("parity",)
+    extra_monitors: ClassVar[tuple[str, ...]] = ("parity", "dp", "eopp")
 
     attribute: str = "gender"
     levels: int = 5

@@ -130,6 +130,8 @@ def batched_multiclass_auc(y_true: np.ndarray, proba: np.ndarray) -> np.ndarray:
     num_classes = proba.shape[-1]
     if proba.shape[-2] != y.shape[0]:
         raise ValueError(f"shape mismatch: y_true {y.shape}, proba {proba.shape}")
+    if np.isnan(proba).any():
+        raise ValueError("proba contains NaN")
     if num_classes < 2:
         return np.full(proba.shape[:-2], np.nan)
     classes = [1] if num_classes == 2 else list(range(num_classes))

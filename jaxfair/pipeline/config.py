@@ -32,7 +32,7 @@ from jaxfair.config import ConfigError, apply_overrides, from_dict, read_toml, t
 from jaxfair.data.preprocess import RECIPES, PrepConfig
 from jaxfair.methods import METHODS, get_method
 from jaxfair.metrics.probe import ProbeConfig
-from jaxfair.metrics.ranking import PROTOCOLS
+from jaxfair.metrics.ranking import PROTOCOLS, metric_names
 from jaxfair.training.trainer import TrainConfig
 
 TOP_LEVEL_KEYS = ("extends", "method", "seed")
@@ -234,7 +234,7 @@ def parse_config(values: dict) -> RunConfig:
     return config
 
 
-RANKING_MONITORS = ("ndcg", "hr", "recall", "precision")
+RANKING_MONITORS = tuple(name.split("@")[0] for name in metric_names((1,)))
 
 
 def _check_monitors(config: RunConfig) -> None:

@@ -1,18 +1,22 @@
 """A run folder has one owner and one config.
 
-* **One owner.** While a run is active its folder holds ``run.lock`` (the holder's pid, host, start time and
-  command), created atomically. A second run into the same folder stops at once with a message naming the holder; a
-  lock left by a process that no longer runs (on this host) is taken over.
+* **One owner.** While a run is active it holds an exclusive lock on its folder (``flock`` on the folder itself,
+  which the kernel releases when the process ends, however it ends), and ``run.lock`` names the holder (pid, host,
+  start time, command). A second run into the same folder stops at once with a message naming the holder. A
+  ``run.lock`` left by a killed run is no lock at all: the next run takes the folder and says whose record it
+  replaces. A sweep folder is locked the same way while the sweep runs.
 * **One config.** The first run records the resolved config (``config.json``) and its fingerprint. A later run into
   the folder with a different config stops with a message listing the changed keys, instead of resuming one run's
   checkpoints under another's settings; ``--restart`` moves the old folder aside (``<folder>.old-<time>``) and starts
-  afresh. A sweep folder holds the same lock while the sweep runs.
+  afresh.
 * **Complete is complete.** A folder whose ``results.json`` matches the config is finished: a rerun reports it and
   trains nothing.
 """
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import json
 import os
 import pathlib
@@ -20,87 +24,67 @@ import socket
 import sys
 import time
 
-from jaxfair.config import fingerprint
-from jaxfair.pipeline.outputs import RunError, write_json
+from jaxfair.config import fingerprint, flatten
+from jaxfair.pipeline.outputs import RunError, write_json, write_text
 
 LOCK = "run.lock"
 
 
-def _flat(values, prefix: str = "") -> dict:
-    out = {}
-    for key, value in values.items():
-        if isinstance(value, dict):
-            out.update(_flat(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
-
-
 def changed_keys(old: dict, new: dict) -> list[str]:
     """``key: old -> new`` for every dotted key whose value differs (absent keys shown as ``-``)."""
-    a, b = _flat(old), _flat(new)
+    a, b = flatten(old), flatten(new)
     return [f"{k}: {json.dumps(a.get(k, '-'))} -> {json.dumps(b.get(k, '-'))}"
             for k in sorted(set(a) | set(b)) if a.get(k, "-") != b.get(k, "-")]
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # someone else's process
-        return True
-    return True
-
-
 class FolderLock:
-    """``with FolderLock(path, log):`` holds ``path/run.lock`` (created atomically) for the block.
+    """``with FolderLock(path, log):`` holds the exclusive lock of the folder ``path`` for the block.
 
     Raises:
-      RunError: another live process on this host holds it (the message names its pid, start time and command).
-        A lock whose process no longer runs is taken over, with a log line.
+      RunError: another process holds it (the message names its pid, start time and command from ``run.lock``).
     """
 
     def __init__(self, path, log=print):
         self.path = pathlib.Path(path)
         self.log = log
-        self.held = False
+        self._fd = None
 
     def __enter__(self) -> "FolderLock":
-        lock = self.path / LOCK
+        fd = os.open(self.path, os.O_RDONLY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as err:
+            os.close(fd)
+            if err.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                raise RunError(f"{self.path}: cannot lock the folder ({err.strerror}); is it on a file system "
+                               "without locks?") from err
+            holder = _holder(self.path / LOCK) or {}
+            raise RunError(f"{self.path}: in use by another run (pid {holder.get('pid', '?')}, started "
+                           f"{holder.get('started', '?')}: {holder.get('command', '?')}); wait for it to finish or "
+                           "stop it") from None
+        self._fd = fd
+        left = _holder(self.path / LOCK)
+        if left:
+            self.log(f"[run] {self.path}: a run that no longer runs left its lock (pid {left.get('pid', '?')}, "
+                     f"started {left.get('started', '?')}); taking the folder over")
         record = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%d %H:%M:%S"),
                   "command": " ".join(sys.argv)}
-        for _ in range(2):
-            try:
-                handle = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-            except FileExistsError:
-                holder = _holder(lock)
-                if holder and holder.get("host") == record["host"] and _alive(int(holder.get("pid", -1))) \
-                        and int(holder["pid"]) != os.getpid():
-                    raise RunError(f"{self.path}: in use by another run (pid {holder['pid']}, started "
-                                   f"{holder.get('started', '?')}: {holder.get('command', '?')}); wait for it to "
-                                   "finish or stop it") from None
-                self.log(f"[run] taking over the lock of a run that no longer runs "
-                         f"(pid {(holder or {}).get('pid', '?')}, started {(holder or {}).get('started', '?')})")
-                lock.unlink(missing_ok=True)
-                continue
-            with os.fdopen(handle, "w") as out:
-                out.write(json.dumps(record))
-            self.held = True
-            return self
-        raise RunError(f"{self.path}: could not take the run lock {lock}")
+        write_text(self.path / LOCK, json.dumps(record))
+        return self
 
     def __exit__(self, *exc) -> None:
-        if self.held:
-            (self.path / LOCK).unlink(missing_ok=True)
-            self.held = False
+        if self._fd is not None:
+            (self.path / LOCK).unlink(missing_ok=True)  # the record only; the lock is released by closing
+            os.close(self._fd)
+            self._fd = None
 
 
 def _holder(lock: pathlib.Path) -> dict | None:
     try:
-        return json.loads(lock.read_text())
+        record = json.loads(lock.read_text())
     except (OSError, ValueError):
         return None
+    return record if isinstance(record, dict) else None
 
 
 def prepare_folder(path) -> pathlib.Path:
@@ -157,12 +141,21 @@ class RunFolder:
         if not recorded.exists():
             return
         if self.restart:
-            aside = self.path.with_name(f"{self.path.name}.old-{time.strftime('%Y%m%d-%H%M%S')}")
-            self._lock.__exit__()
-            self.path.rename(aside)
-            self.log(f"[run] --restart: the previous run is kept in {aside}")
+            # Moved while locked (the lock moves with the folder), then the new folder is locked before the old
+            # one is let go: no other run can slip in between.
+            resolved = self.path.resolve()
+            if resolved == pathlib.Path.cwd().resolve():
+                raise RunError(f"{self.path}: --restart cannot move the current folder aside; run it from the "
+                               "folder above")
+            aside = resolved.with_name(f"{resolved.name}.old-{time.strftime('%Y%m%d-%H%M%S')}")
+            resolved.rename(aside)
+            (aside / LOCK).unlink(missing_ok=True)
+            old_lock, self._lock = self._lock, FolderLock(self.path, self.log)
             self.path.mkdir(parents=True)
             self._lock.__enter__()
+            old_lock.path = aside
+            old_lock.__exit__()
+            self.log(f"[run] --restart: the previous run is kept in {aside}")
             return
         try:
             old = json.loads(recorded.read_text())
@@ -179,4 +172,4 @@ class RunFolder:
     def record_config(self) -> None:
         """Write ``config.json`` (the resolved config) and ``fingerprint``."""
         write_json(self.path / "config.json", self.config)
-        (self.path / "fingerprint").write_text(self.fingerprint + "\n")
+        write_text(self.path / "fingerprint", self.fingerprint + "\n")

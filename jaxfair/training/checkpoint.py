@@ -5,9 +5,10 @@ A checkpoint is any pytree of arrays (train state, best parameters, loop counter
 state), whose shapes and dtypes tell orbax what to build.
 
 A checkpoint that does not restore (a truncated file, an empty manifest, missing metadata: what a kill during a
-write or a damaged disk leaves) is reported in one line, moved aside (``<step>.damaged-<time>``, which orbax no
-longer lists) and the next older one is tried; the trainer keeps two, so a damaged newest one costs at most the
-epochs since the one before. When none restores, :class:`CheckpointError` says so and how to start afresh.
+write or a damaged disk leaves) is passed over for the next older one; once one restores, each that did not is
+reported in one line and moved aside (``<step>.damaged-<time>``, which orbax no longer lists). The trainer keeps two,
+so a damaged newest one costs at most the epochs since the one before. When none restores, nothing is moved and
+:class:`CheckpointError` says why and how to start afresh.
 """
 
 from __future__ import annotations
@@ -65,29 +66,38 @@ class Checkpointer:
     def restore(self, template, step: int | None = None):
         """Read checkpoint ``step`` (default: the newest that restores) into the structure of ``template``.
 
+        Steps that fail are moved aside only once an older one has restored: when none restores (damage, or a
+        template that no longer matches what was saved), nothing is moved.
+
         Raises:
-          FileNotFoundError: there is no checkpoint. CheckpointError: none restores (each damaged one was reported
-            and removed).
+          FileNotFoundError: there is no checkpoint. CheckpointError: none restores.
         """
         steps = [step] if step is not None else sorted(self._manager.all_steps(), reverse=True)
-        if not steps or steps == [None]:
+        if not steps:
             raise FileNotFoundError("no checkpoint to restore")
         abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, template)
-        damaged = []
+        failed = []
         for candidate in steps:
             try:
-                with _quiet_absl():  # orbax logs its own errors about a damaged file; ours is the one line below
-                    return self._manager.restore(candidate, args=ocp.args.StandardRestore(abstract))
+                with _quiet_absl():  # orbax logs its own errors about a damaged file; ours is one line per step
+                    restored = self._manager.restore(candidate, args=ocp.args.StandardRestore(abstract))
             except Exception as err:  # orbax raises many kinds on a damaged checkpoint
-                damaged.append(candidate)
-                aside = self.directory / f"{candidate}.damaged-{time.strftime('%Y%m%d-%H%M%S')}"
-                self.log(f"[checkpoint] {self.directory / str(candidate)} does not restore ({type(err).__name__}); "
-                         f"moved to {aside.name}, trying an older one")
-                (self.directory / str(candidate)).rename(aside)
+                failed.append((candidate, err))
+                continue
+            for bad, err in failed:
+                aside = self.directory / f"{bad}.damaged-{time.strftime('%Y%m%d-%H%M%S')}"
+                (self.directory / str(bad)).rename(aside)
+                self.log(f"[checkpoint] {self.directory / str(bad)} does not restore ({type(err).__name__}); moved "
+                         f"to {aside.name}, resuming from step {candidate}")
+            if failed:
                 with _quiet_absl():
                     self._manager.reload()
-        raise CheckpointError(f"{self.directory}: no checkpoint restores (damaged steps {damaged} were moved aside); "
-                              "rerun with --restart to start afresh")
+            return restored
+        newest, err = failed[0]
+        reason = (str(err).splitlines() or [""])[0][:200]
+        raise CheckpointError(f"{self.directory}: no checkpoint restores (steps {[s for s, _ in failed]}; the newest "
+                              f"fails with {type(err).__name__}: {reason}); rerun with --restart to start afresh "
+                              "(the old folder is kept aside)")
 
     def close(self) -> None:
         self._manager.wait_until_finished()
