@@ -39,7 +39,7 @@ class ProbeConfig:
         reports the mean AUC over the draws and their spread.
       audit_se: it keeps drawing until the standard error of that mean (spread / sqrt(draws)) is at most this ...
       audit_max_repeats: ... or this many draws were made (it wins over ``audit_repeats`` when smaller). One draw's AUC moves by about 0.02 with the fold seed on
-        the few hundred unseen users of MovieLens-100k, so the default target takes about 60 draws there and the
+        the few hundred unseen users of MovieLens-100k, so the default target takes about 45 draws there and the
         mean then moves by well under 0.01 between master seeds (``tests/test_probe.py``, ``docs/protocol.md``).
     """
 
