@@ -12,12 +12,16 @@
 Errors in the input or the environment (bad config key, malformed data file, missing or busy run folder, unreadable
 checkpoint, a file that cannot be written) print one line naming the problem and exit with status 2; they never end
 in a traceback. An unexpected error prints one line saying where its full trace was written and exits with status 1.
+
+``train``, ``sweep``, ``evaluate`` and ``probe`` keep compiled programs in a persistent cache
+(:mod:`jaxfair.compile_cache`; ``JAXFAIR_COMPILE_CACHE=off`` turns it off).
 """
 
 from __future__ import annotations
 
 import argparse
 import pathlib
+import shlex
 import sys
 import tempfile
 import time
@@ -53,7 +57,7 @@ def _sweep(args) -> None:
     from jaxfair.harness import sweep
 
     sweep(args.config, args.out, grid=args.grid, seeds=args.seeds, overrides=args.set, select=args.select,
-          restart=args.restart)
+          restart=args.restart, command=args.invocation)
     print(f"summary written to {pathlib.Path(args.out) / 'summary.json'}; render it with: jaxfair report {args.out}")
 
 
@@ -267,21 +271,30 @@ def _os_message(err: OSError) -> str:
     return f"{where}: {err.strerror or err}" if where else str(err)
 
 
-def write_trace(error: BaseException) -> str:
+def write_trace(error: BaseException, invocation: str = "jaxfair") -> str:
     """Write ``error``'s full traceback to a fresh ``jaxfair-error-*.txt`` in the temp folder; returns where it went
     (or, when even that fails, says so)."""
     try:
         handle, name = tempfile.mkstemp(prefix=f"jaxfair-error-{time.strftime('%Y%m%d-%H%M%S')}-", suffix=".txt")
         with open(handle, "w") as out:
-            out.write(f"jaxfair {' '.join(sys.argv[1:])}\n\n")
+            out.write(f"{invocation}\n\n")
             out.write("".join(traceback.format_exception(error)))
     except OSError as err:
         return f"nowhere: it could not be written ({err})"
     return name
 
 
+COMPILING = ("train", "sweep", "evaluate", "probe")  # the commands that turn on the compilation cache
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
+    args.invocation = shlex.join(["jaxfair", *argv])  # what provenance.json and error traces record
+    if args.command in COMPILING:
+        from jaxfair.compile_cache import enable_compile_cache
+
+        enable_compile_cache()
     from jaxfair.pipeline.outputs import RunError
     from jaxfair.report import ReportError
     from jaxfair.training.checkpoint import CheckpointError
@@ -298,7 +311,7 @@ def main(argv: list[str] | None = None) -> int:
         print("jaxfair: interrupted; rerun the same command to resume from the last checkpoint", file=sys.stderr)
         return 130
     except Exception as err:  # noqa: BLE001 - the last line of defence: no traceback on the terminal
-        trace = write_trace(err)
+        trace = write_trace(err, args.invocation)
         print(f"jaxfair: unexpected error ({type(err).__name__}: {err}); the full trace is in {trace}",
               file=sys.stderr)
         return 1

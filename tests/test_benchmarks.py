@@ -128,3 +128,14 @@ def test_audit_stability_benchmark_audits_every_file_setting_and_seed(tmp_path):
         assert row["repeats"] == 1 if row["setting"] == "one draw" else row["repeats"] >= 5
     for block in result["summary"].values():
         assert block["max_seed_range"] == max(block["seed_range"].values()) >= 0.0
+
+
+@pytest.mark.slow  # three tiny `jaxfair train` processes, about a minute on the 2-core machine
+def test_compile_cache_benchmark_runs_off_cold_and_warm_with_identical_outputs(tmp_path):
+    from benchmarks import compile_cache
+
+    result = compile_cache.main(["--quick", "--out", str(tmp_path / "c.json")])
+    assert json.loads((tmp_path / "c.json").read_text()) == json.loads(json.dumps(result))
+    assert set(result["seconds"]) == {"off", "cold", "warm"} and result["identical_outputs"] is True
+    assert all(len(times) == 1 and times[0] > 0 for times in result["seconds"].values())  # timings are reported,
+    # never asserted (benchmarks measure; tests check)

@@ -141,6 +141,23 @@ def test_sampled_protocol_matches_numpy_loop():
     assert all(v.shape == (num_users,) and isinstance(v, np.ndarray) for v in got.values())
 
 
+def test_sampled_protocol_compiles_once_per_scorer_and_batch_shape():
+    from jaxfair.metrics.ranking import _sampled_batch_fn
+
+    user_vecs, item_vecs, rng = _tiny_model()
+    targets = rng.integers(0, len(item_vecs), len(user_vecs))
+    negatives = rng.integers(0, len(item_vecs), (len(user_vecs), 4))
+
+    def score(users, items):  # a scorer no other test uses
+        return jnp.sum(users * items, axis=-1) * 2.0
+
+    first = sampled_protocol(score, user_vecs, item_vecs, targets, negatives, ks=(2,), batch_size=3)
+    again = sampled_protocol(score, -user_vecs, item_vecs, targets, negatives, ks=(2,), batch_size=3)
+    batch = _sampled_batch_fn(score, (2,))
+    assert batch._cache_size() == 1  # one compilation served both calls and every batch of each
+    assert not all(np.array_equal(first[k], again[k]) for k in first)  # the embeddings are arguments, not constants
+
+
 def test_full_protocol_matches_numpy_loop_single_and_multi_hot():
     user_vecs, item_vecs, rng = _tiny_model(seed=1, users=9, items=12)
     num_users, num_items = len(user_vecs), len(item_vecs)

@@ -169,6 +169,20 @@ def sampled_protocol(
     if targets.shape[0] == 0:
         return {name: np.zeros(0, np.float32) for name in metric_names(ks)}
 
+    try:
+        batch = _sampled_batch_fn(score_fn, ks)
+    except TypeError:  # an unhashable scorer: compile for this call only
+        batch = _sampled_batch_fn.__wrapped__(score_fn, ks)
+    users = np.arange(targets.shape[0], dtype=np.int32)
+    # Embeddings are arguments, not closed-over constants, so they are not baked into the compiled program.
+    return _run_batched(batch, (user_vecs, item_vecs), (users, targets, negatives), batch_size)
+
+
+@functools.lru_cache(maxsize=64)
+def _sampled_batch_fn(score_fn: ScoreFn, ks: tuple[int, ...]) -> Callable:
+    """The jitted per-batch body of :func:`sampled_protocol`, cached per scorer (as :func:`_full_batch_fn` is) so that
+    evaluating many requirements, levels or epochs with one scorer compiles once per batch shape."""
+
     @jax.jit
     def batch(user_vecs, item_vecs, users, tgt, neg):
         cands = jnp.concatenate([tgt[:, None], neg], axis=1)
@@ -176,9 +190,7 @@ def sampled_protocol(
         relevant = jnp.zeros(cands.shape, bool).at[:, 0].set(True)
         return ranking_metrics(scores, relevant, ks)
 
-    users = np.arange(targets.shape[0], dtype=np.int32)
-    # Embeddings are arguments, not closed-over constants, so they are not baked into the compiled program.
-    return _run_batched(batch, (user_vecs, item_vecs), (users, targets, negatives), batch_size)
+    return batch
 
 
 def full_protocol(

@@ -1,0 +1,51 @@
+"""The persistent XLA compilation cache: a second run of any config loads its compiled programs from disk instead of
+compiling them again.
+
+The ``jaxfair`` command and the sweep harness (:func:`jaxfair.harness.sweep`) turn it on before they build anything.
+Its folder is ``$JAXFAIR_COMPILE_CACHE`` when that is set, else ``xla/`` inside the dataset cache
+(:func:`jaxfair.data.fetch.cache_dir`, ``~/.cache/jaxfair`` by default); ``JAXFAIR_COMPILE_CACHE=off`` turns it off.
+A cached program is the same executable the compiler would have produced, so results do not change (tested in
+``tests/test_compile_cache.py``). Every program is cached however quickly it compiled: on a CPU most of ours take
+under a second each, but there are many. The folder is not trimmed (JAX's size bound needs the ``filelock``
+package, which jaxfair does not depend on); deleting it at any time only costs the next run its compilations.
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+
+OFF = ("off", "0", "false", "no", "none")
+
+
+def cache_folder() -> pathlib.Path | None:
+    """Where compiled programs are kept, or ``None`` when ``$JAXFAIR_COMPILE_CACHE`` turns the cache off."""
+    env = os.environ.get("JAXFAIR_COMPILE_CACHE", "").strip()
+    if env.lower() in OFF and env:
+        return None
+    if env:
+        return pathlib.Path(env).expanduser()
+    from jaxfair.data.fetch import cache_dir
+
+    return cache_dir() / "xla"
+
+
+def enable_compile_cache(folder: str | os.PathLike | None = None) -> pathlib.Path | None:
+    """Point JAX's persistent compilation cache at ``folder`` (default :func:`cache_folder`); returns the folder in
+    use, or ``None`` when the cache is off or its folder cannot be created (then nothing changes: a run compiles as
+    it would without a cache)."""
+    import jax
+
+    path = pathlib.Path(folder).expanduser() if folder is not None else cache_folder()
+    if path is None:
+        return None
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        return None
+    if not os.access(path, os.W_OK):
+        return None
+    jax.config.update("jax_compilation_cache_dir", str(path))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+    return path
