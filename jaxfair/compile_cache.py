@@ -8,6 +8,10 @@ A cached program is the same executable the compiler would have produced, so res
 ``tests/test_compile_cache.py``). Every program is cached however quickly it compiled: on a CPU most of ours take
 under a second each, but there are many. The folder is not trimmed (JAX's size bound needs the ``filelock``
 package, which jaxfair does not depend on); deleting it at any time only costs the next run its compilations.
+JAX writes an entry in place, so a process killed while writing one can leave it truncated: JAX then warns that it
+could not read the entry and compiles instead, on every run until the folder is deleted. Keep the folder on the machine
+it was filled on (the default, under the home folder); a folder shared between machines of different CPU types is not
+tested.
 """
 
 from __future__ import annotations
@@ -33,9 +37,16 @@ def cache_folder() -> pathlib.Path | None:
 def enable_compile_cache(folder: str | os.PathLike | None = None) -> pathlib.Path | None:
     """Point JAX's persistent compilation cache at ``folder`` (default :func:`cache_folder`); returns the folder in
     use, or ``None`` when the cache is off or its folder cannot be created (then nothing changes: a run compiles as
-    it would without a cache)."""
+    it would without a cache).
+
+    Without ``folder`` and without ``$JAXFAIR_COMPILE_CACHE``, a cache folder the caller already gave JAX is kept as
+    it is. JAX opens its cache once per process, so a change of folder also resets JAX's handle on the old one.
+    """
     import jax
 
+    current = jax.config.jax_compilation_cache_dir
+    if folder is None and current and not os.environ.get("JAXFAIR_COMPILE_CACHE", "").strip():
+        return pathlib.Path(current)
     path = pathlib.Path(folder).expanduser() if folder is not None else cache_folder()
     if path is None:
         return None
@@ -45,7 +56,20 @@ def enable_compile_cache(folder: str | os.PathLike | None = None) -> pathlib.Pat
         return None
     if not os.access(path, os.W_OK):
         return None
-    jax.config.update("jax_compilation_cache_dir", str(path))
+    if current != str(path):
+        jax.config.update("jax_compilation_cache_dir", str(path))
+        _reopen()
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
     return path
+
+
+def _reopen() -> None:
+    """Make JAX open the cache folder now configured (it opens one per process, at its first compilation)."""
+    try:
+        from jax._src import compilation_cache
+    except ImportError:  # a JAX without this module: the folder applies from the next process on
+        return
+    reset = getattr(compilation_cache, "reset_cache", None)
+    if reset is not None:
+        reset()

@@ -56,7 +56,8 @@ def test_a_program_is_written_once_and_loaded_with_the_same_result(shared_compil
     assert loaded.tobytes() == compiled.tobytes()
 
 
-def test_the_commands_that_compile_turn_it_on(monkeypatch, tmp_path, shared_compile_cache):
+def test_the_commands_that_compile_turn_it_on_and_programs_land_in_the_new_folder(monkeypatch, tmp_path,
+                                                                                   shared_compile_cache):
     folder = tmp_path / "cli-cache"
     monkeypatch.setenv("JAXFAIR_COMPILE_CACHE", str(folder))
     try:
@@ -64,5 +65,12 @@ def test_the_commands_that_compile_turn_it_on(monkeypatch, tmp_path, shared_comp
         assert not folder.exists()  # listing methods compiles nothing
         assert main(["probe", str(tmp_path / "missing.npy"), str(tmp_path / "users.csv")]) == 2
         assert folder.is_dir() and pathlib.Path(jax.config.jax_compilation_cache_dir) == folder
+        jax.jit(lambda x: jnp.tanh(x) * 5.0 - 1.0)(jnp.arange(17.0)).block_until_ready()
+        assert list(folder.iterdir()), "the program went to the folder JAX opened first, not the new one"
     finally:
         compile_cache.enable_compile_cache(shared_compile_cache)
+
+
+def test_a_folder_the_caller_gave_jax_is_kept(monkeypatch, shared_compile_cache):
+    monkeypatch.delenv("JAXFAIR_COMPILE_CACHE")
+    assert compile_cache.enable_compile_cache() == shared_compile_cache  # jaxfair.harness.sweep from Python

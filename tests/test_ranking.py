@@ -141,21 +141,30 @@ def test_sampled_protocol_matches_numpy_loop():
     assert all(v.shape == (num_users,) and isinstance(v, np.ndarray) for v in got.values())
 
 
-def test_sampled_protocol_compiles_once_per_scorer_and_batch_shape():
-    from jaxfair.metrics.ranking import _sampled_batch_fn
+def scaled_dot(scale, users, items):
+    return jnp.sum(users * items, axis=-1) * scale
+
+
+@pytest.mark.parametrize("protocol", ["sampled", "full"])
+def test_a_scorer_bound_to_other_parameters_reuses_the_compiled_batch(protocol):
+    from jaxfair.metrics import ranking
 
     user_vecs, item_vecs, rng = _tiny_model()
-    targets = rng.integers(0, len(item_vecs), len(user_vecs))
-    negatives = rng.integers(0, len(item_vecs), (len(user_vecs), 4))
-
-    def score(users, items):  # a scorer no other test uses
-        return jnp.sum(users * items, axis=-1) * 2.0
-
-    first = sampled_protocol(score, user_vecs, item_vecs, targets, negatives, ks=(2,), batch_size=3)
-    again = sampled_protocol(score, -user_vecs, item_vecs, targets, negatives, ks=(2,), batch_size=3)
-    batch = _sampled_batch_fn(score, (2,))
-    assert batch._cache_size() == 1  # one compilation served both calls and every batch of each
-    assert not all(np.array_equal(first[k], again[k]) for k in first)  # the embeddings are arguments, not constants
+    num_users, num_items = len(user_vecs), len(item_vecs)
+    targets = rng.integers(0, num_items, num_users)
+    if protocol == "sampled":
+        batch, extra = ranking._sampled_batch, rng.integers(0, num_items, (num_users, 4))
+        evaluate = ranking.sampled_protocol
+    else:
+        batch, extra = ranking._full_batch, rng.random((num_users, num_items)) < 0.2
+        evaluate = ranking.full_protocol
+    before = batch._cache_size()
+    up = evaluate(jax.tree_util.Partial(scaled_dot, jnp.float32(2.0)), user_vecs, item_vecs, targets, extra, (10,), 3)
+    compiled = batch._cache_size()
+    down = evaluate(jax.tree_util.Partial(scaled_dot, jnp.float32(-1.0)), user_vecs, item_vecs, targets, extra, (10,),
+                    3)
+    assert compiled == before + 1 and batch._cache_size() == compiled  # the parameter is traced, not a constant
+    assert not all(np.array_equal(up[k], down[k]) for k in up)  # and it is used
 
 
 def test_full_protocol_matches_numpy_loop_single_and_multi_hot():

@@ -35,7 +35,7 @@ def backbone_model(name: str, split, backbone: Backbone, context, train: TrainCo
     user_fn = jax.jit(lambda p: backbone.user_embeddings(p, context, "valid"))
 
     def validate(params):
-        score = lambda u, v: backbone.score(params, u, v)
+        score = jax.tree_util.Partial(backbone.score, params)  # traced: one compilation for every epoch
         metrics = split_ranking(score, {"valid": user_fn(params)}, item_fn(params), split, (protocol,), tuple(ks),
                                 eval_batch_size, ("valid",))
         return metrics[protocol]["valid"]

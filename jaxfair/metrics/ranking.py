@@ -169,28 +169,26 @@ def sampled_protocol(
     if targets.shape[0] == 0:
         return {name: np.zeros(0, np.float32) for name in metric_names(ks)}
 
-    try:
-        batch = _sampled_batch_fn(score_fn, ks)
-    except TypeError:  # an unhashable scorer: compile for this call only
-        batch = _sampled_batch_fn.__wrapped__(score_fn, ks)
     users = np.arange(targets.shape[0], dtype=np.int32)
-    # Embeddings are arguments, not closed-over constants, so they are not baked into the compiled program.
-    return _run_batched(batch, (user_vecs, item_vecs), (users, targets, negatives), batch_size)
+    # The scorer and the embeddings are arguments, not closed-over constants: one compilation per scorer function
+    # and batch shape, whatever parameters the scorer holds.
+    return _run_batched(functools.partial(_sampled_batch, ks=ks), (as_partial(score_fn), user_vecs, item_vecs),
+                        (users, targets, negatives), batch_size)
 
 
-@functools.lru_cache(maxsize=64)
-def _sampled_batch_fn(score_fn: ScoreFn, ks: tuple[int, ...]) -> Callable:
-    """The jitted per-batch body of :func:`sampled_protocol`, cached per scorer (as :func:`_full_batch_fn` is) so that
-    evaluating many requirements, levels or epochs with one scorer compiles once per batch shape."""
+def as_partial(score_fn: ScoreFn) -> jax.tree_util.Partial:
+    """``score_fn`` as a ``jax.tree_util.Partial``: a pytree whose bound arguments (a backbone's parameters, say) are
+    traced when it is passed to a jitted function, and whose function is part of the compilation key."""
+    return score_fn if isinstance(score_fn, jax.tree_util.Partial) else jax.tree_util.Partial(score_fn)
 
-    @jax.jit
-    def batch(user_vecs, item_vecs, users, tgt, neg):
-        cands = jnp.concatenate([tgt[:, None], neg], axis=1)
-        scores = score_fn(user_vecs[users][:, None, :], item_vecs[cands])
-        relevant = jnp.zeros(cands.shape, bool).at[:, 0].set(True)
-        return ranking_metrics(scores, relevant, ks)
 
-    return batch
+@functools.partial(jax.jit, static_argnames="ks")
+def _sampled_batch(score_fn, user_vecs, item_vecs, users, tgt, neg, *, ks):
+    """The per-batch body of :func:`sampled_protocol`."""
+    cands = jnp.concatenate([tgt[:, None], neg], axis=1)
+    scores = score_fn(user_vecs[users][:, None, :], item_vecs[cands])
+    relevant = jnp.zeros(cands.shape, bool).at[:, 0].set(True)
+    return ranking_metrics(scores, relevant, ks)
 
 
 def full_protocol(
@@ -226,27 +224,18 @@ def full_protocol(
     if targets.shape[0] == 0:
         return {name: np.zeros(0, np.float32) for name in metric_names(ks)}
 
-    try:
-        batch = _full_batch_fn(score_fn, multi_hot, ks)
-    except TypeError:  # an unhashable scorer: compile for this call only
-        batch = _full_batch_fn.__wrapped__(score_fn, multi_hot, ks)
     users = np.arange(targets.shape[0], dtype=np.int32)
-    return _run_batched(batch, (user_vecs, item_vecs), (users, targets, exclude), batch_size)
+    return _run_batched(functools.partial(_full_batch, ks=ks), (as_partial(score_fn), user_vecs, item_vecs),
+                        (users, targets, exclude), batch_size)
 
 
-@functools.lru_cache(maxsize=64)
-def _full_batch_fn(score_fn: ScoreFn, multi_hot: bool, ks: tuple[int, ...]) -> Callable:
-    """The jitted per-batch body of :func:`full_protocol`, cached per scorer so that validating every epoch with the
-    same scorer compiles once."""
-
-    @jax.jit
-    def batch(user_vecs, item_vecs, users, tgt, excl):
-        scores = score_fn(user_vecs[users][:, None, :], item_vecs[None])
-        relevant = tgt if multi_hot else jnp.arange(item_vecs.shape[0])[None, :] == tgt[:, None]
-        scores = jnp.where(excl & ~relevant, -jnp.inf, scores)
-        return ranking_metrics(scores, relevant, ks)
-
-    return batch
+@functools.partial(jax.jit, static_argnames="ks")
+def _full_batch(score_fn, user_vecs, item_vecs, users, tgt, excl, *, ks):
+    """The per-batch body of :func:`full_protocol`; ``tgt`` is int ``(B,)`` or multi-hot bool ``(B, I)``."""
+    scores = score_fn(user_vecs[users][:, None, :], item_vecs[None])
+    relevant = tgt if tgt.ndim == 2 else jnp.arange(item_vecs.shape[0])[None, :] == tgt[:, None]
+    scores = jnp.where(excl & ~relevant, -jnp.inf, scores)
+    return ranking_metrics(scores, relevant, ks)
 
 
 def summarize(per_user: dict[str, np.ndarray]) -> dict[str, float]:
