@@ -32,12 +32,25 @@ QUICK_OVERRIDES = ["backbone.dim=8", "backbone.train.epochs=2", "afrl.hidden=8",
 
 
 def comparable(value):
-    """``results.json`` without wall times (everything else must match)."""
+    """``results.json`` without wall times and the checkout's commit (everything else must match)."""
     if isinstance(value, dict):
-        return {k: comparable(v) for k, v in value.items() if "seconds" not in k and k not in ("timings", "run")}
+        return {k: comparable(v) for k, v in value.items()
+                if "seconds" not in k and k not in ("timings", "run", "commit")}
     if isinstance(value, list):
         return [comparable(v) for v in value]
     return value
+
+
+def differences(got, want, path="") -> list[str]:
+    """The paths at which two ``outputs`` differ (first 20)."""
+    if isinstance(got, dict) and isinstance(want, dict):
+        found = [f"{path}/{k}" for k in sorted(set(got) ^ set(want))]
+        for k in sorted(set(got) & set(want)):
+            found += differences(got[k], want[k], f"{path}/{k}")
+        return found[:20]
+    if isinstance(got, list) and isinstance(want, list) and len(got) == len(want):
+        return [d for i, (a, b) in enumerate(zip(got, want)) for d in differences(a, b, f"{path}[{i}]")][:20]
+    return [] if got == want else [path]
 
 
 def outputs(folder: pathlib.Path) -> dict:
@@ -74,7 +87,7 @@ def main(argv=None) -> dict:
             write_ml100k_folder(make_synthetic(num_users=90, num_items=120, per_user=25, seed=9), scratch / "data")
             overrides = [f'data.source="{scratch / "data"}"', *QUICK_OVERRIDES, *overrides]
         seconds = {v: [] for v in VARIANTS}
-        reference, identical = None, True
+        reference, differing = None, []
         for repeat in range(args.repeats):
             cache = scratch / f"cache{repeat}"
             for variant in VARIANTS:
@@ -82,16 +95,17 @@ def main(argv=None) -> dict:
                 seconds[variant].append(train(config, overrides, out, "off" if variant == "off" else str(cache)))
                 got = outputs(out)
                 reference = reference or got
-                identical = identical and got == reference
+                differing += [f"{variant}{repeat}: {d}" for d in differences(got, reference)]
                 print(f"[compile_cache] repeat {repeat + 1}/{args.repeats} {variant}: {seconds[variant][-1]:.1f} s",
                       flush=True)
     median = {v: statistics.median(s) for v, s in seconds.items()}
     result = {"config": config, "overrides": list(args.set), "quick": args.quick, "repeats": args.repeats,
               "seconds": seconds, "median_seconds": median, "cold_over_off": median["cold"] / median["off"],
-              "warm_over_off": median["warm"] / median["off"], "identical_outputs": identical}
+              "warm_over_off": median["warm"] / median["off"], "identical_outputs": not differing,
+              "differing": differing[:20]}
     print(f"median wall s: off {median['off']:.1f}, cold {median['cold']:.1f}, warm {median['warm']:.1f}; "
           f"warm/off {result['warm_over_off']:.2f}, cold/off {result['cold_over_off']:.2f}; "
-          f"outputs identical: {identical}")
+          f"outputs identical: {not differing}" + (f" (differ at {differing[:5]})" if differing else ""))
     if args.out or not args.quick:
         write_json(pathlib.Path(args.out or "benchmarks/results/compile_cache.json"), result)
     return result
