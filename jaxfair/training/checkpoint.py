@@ -56,12 +56,17 @@ class Checkpointer:
                                   f"{err}); rerun with --restart") from err
 
     def latest_step(self) -> int | None:
+        self._manager.wait_until_finished()
         return self._manager.latest_step()
 
     def save(self, step: int, tree) -> None:
-        """Write ``tree`` as checkpoint ``step`` and wait until it is complete on disk."""
+        """Start writing ``tree`` as checkpoint ``step`` and return while the files are written in the background.
+
+        Orbax copies the arrays off the device before returning and finishes a pending save before it starts the
+        next; :meth:`restore` and :meth:`close` wait for it. A checkpoint becomes visible only once complete, so a
+        run killed mid-write resumes from the one before (epochs are deterministic, so the results do not change).
+        """
         self._manager.save(step, args=ocp.args.StandardSave(tree), force=True)
-        self._manager.wait_until_finished()
 
     def restore(self, template, step: int | None = None):
         """Read checkpoint ``step`` (default: the newest that restores) into the structure of ``template``.
@@ -72,6 +77,7 @@ class Checkpointer:
         Raises:
           FileNotFoundError: there is no checkpoint. CheckpointError: none restores.
         """
+        self._manager.wait_until_finished()
         steps = [step] if step is not None else sorted(self._manager.all_steps(), reverse=True)
         if not steps:
             raise FileNotFoundError("no checkpoint to restore")
