@@ -62,9 +62,10 @@ class Checkpointer:
     def save(self, step: int, tree) -> None:
         """Start writing ``tree`` as checkpoint ``step`` and return while the files are written in the background.
 
-        Orbax copies the arrays off the device before returning and finishes a pending save before it starts the
-        next; :meth:`restore` and :meth:`close` wait for it. A checkpoint becomes visible only once complete, so a
-        run killed mid-write resumes from the one before (epochs are deterministic, so the results do not change).
+        Orbax finishes a pending save before it starts the next; :meth:`latest_step`, :meth:`restore` and
+        :meth:`close` wait for it. A checkpoint is written into a temporary folder renamed once complete, so a run
+        killed mid-write resumes from the one before (epochs are deterministic, so the results do not change;
+        ``tests/test_resume.py``).
         """
         self._manager.save(step, args=ocp.args.StandardSave(tree), force=True)
 
