@@ -48,7 +48,7 @@ from jaxfair._version import __version__
 from jaxfair.compile_cache import enable_compile_cache
 from jaxfair.config import ConfigError, apply_overrides, flatten, read_toml
 from jaxfair.pipeline import parse_config, run
-from jaxfair.pipeline.folder import FolderLock, changed_keys, prepare_folder
+from jaxfair.pipeline.folder import FolderLock, describe_changes, prepare_folder, recorded_changes
 from jaxfair.pipeline.outputs import RunError, git_commit, write_json, write_text
 
 Log = Callable[[str], None]
@@ -124,17 +124,11 @@ def sweep(config_path, out, grid=None, seeds=None, overrides=(), select=(), log:
 
 def _sweep(out, config_path, grid, overrides, base, points, seeds, rules, configs, log, command, restart) -> dict:
     resolved = json.loads(json.dumps(parse_config(base).to_dict()))
-    recorded = out / "config.json"
-    if recorded.exists() and not restart:
-        try:
-            old = json.loads(recorded.read_text())
-        except (OSError, ValueError):
-            old = None
-        if old != resolved:
-            changes = changed_keys(old, resolved) if isinstance(old, dict) else ["config.json is unreadable"]
-            raise RunError(f"{out} holds a sweep of another config ({'; '.join(changes[:8])}); rerun with "
-                           "--restart to run every point afresh, or choose another --out")
-    write_json(recorded, resolved)
+    changes = None if restart else recorded_changes(out / "config.json", resolved)
+    if changes:
+        raise RunError(f"{out} holds a sweep of another config ({describe_changes(changes)}); rerun with "
+                       "--restart to run every point afresh, or choose another --out")
+    write_json(out / "config.json", resolved)
     if grid is not None:
         write_text(out / "grid.toml", pathlib.Path(grid).read_text())  # (the copy itself may be the grid)
     if not (out / "provenance.json").exists():  # what started the sweep; a resumed or reread sweep keeps it

@@ -37,6 +37,27 @@ def changed_keys(old: dict, new: dict) -> list[str]:
             for k in sorted(set(a) | set(b)) if a.get(k, "-") != b.get(k, "-")]
 
 
+def recorded_changes(recorded: pathlib.Path, config: dict) -> list[str] | None:
+    """How ``config`` differs from the one recorded in the ``config.json`` at ``recorded``: ``None`` when nothing is
+    recorded, ``[]`` when they are the same, else :func:`changed_keys` (or that the file is unreadable)."""
+    if not recorded.exists():
+        return None
+    try:
+        old = json.loads(recorded.read_text())
+    except (OSError, ValueError):
+        old = None
+    if not isinstance(old, dict):
+        return ["config.json is unreadable"]
+    if old == config:
+        return []
+    return changed_keys(old, config) or ["config.json differs in the shape of its tables"]
+
+
+def describe_changes(changes: list[str]) -> str:
+    """The first eight changes, and how many more there are."""
+    return "; ".join(changes[:8]) + (f"; and {len(changes) - 8} more" if len(changes) > 8 else "")
+
+
 class FolderLock:
     """``with FolderLock(path, log):`` holds the exclusive lock of the folder ``path`` for the block.
 
@@ -137,8 +158,8 @@ class RunFolder:
         self._lock.__exit__()
 
     def _check_config(self) -> None:
-        recorded = self.path / "config.json"
-        if not recorded.exists():
+        changes = recorded_changes(self.path / "config.json", self.config)
+        if changes is None:
             return
         if self.restart:
             # Moved while locked (the lock moves with the folder), then the new folder is locked before the old
@@ -157,17 +178,11 @@ class RunFolder:
             old_lock.__exit__()
             self.log(f"[run] --restart: the previous run is kept in {aside}")
             return
-        try:
-            old = json.loads(recorded.read_text())
-        except (OSError, ValueError):
-            old = None
-        if old == self.config:
+        if not changes:
             self.complete = (self.path / "results.json").exists()
             return
-        changes = changed_keys(old or {}, self.config) if old is not None else ["config.json is unreadable"]
-        shown = "; ".join(changes[:8]) + (f"; and {len(changes) - 8} more" if len(changes) > 8 else "")
-        raise RunError(f"{self.path} holds a run of another config ({shown}); rerun with --restart to start afresh "
-                       "(the old folder is kept aside), or choose another --out")
+        raise RunError(f"{self.path} holds a run of another config ({describe_changes(changes)}); rerun with "
+                       "--restart to start afresh (the old folder is kept aside), or choose another --out")
 
     def record_config(self) -> None:
         """Write ``config.json`` (the resolved config) and ``fingerprint``."""
