@@ -73,3 +73,45 @@ def _reopen() -> None:
     reset = getattr(compilation_cache, "reset_cache", None)
     if reset is not None:
         reset()
+
+
+class CompileCount:
+    """How many XLA programs each jitted function built while it was open: a context manager over JAX's
+    ``/jax/core/compile/backend_compile_duration`` monitoring event, which fires once per program whether it was
+    compiled or loaded from the persistent cache, so the count is the same with a cold or a warm cache.
+
+    ``with CompileCount() as count: ...`` then ``count.by_function`` (function name -> programs) and ``count.total``.
+    A function that compiles more often than its distinct input shapes is rebuilding its program (a jitted closure
+    defined inside a loop, or shapes that drift); ``tests/test_compile_count.py`` holds the pipeline to a budget.
+    """
+
+    EVENT = "/jax/core/compile/backend_compile_duration"
+    _open: list["CompileCount"] = []
+    _registered = False
+
+    def __init__(self):
+        self.by_function: dict[str, int] = {}
+
+    @property
+    def total(self) -> int:
+        return sum(self.by_function.values())
+
+    @classmethod
+    def _listen(cls, event: str, duration: float, **kwargs) -> None:
+        if event != cls.EVENT:
+            return
+        name = str(kwargs.get("fun_name", "?"))
+        for count in cls._open:
+            count.by_function[name] = count.by_function.get(name, 0) + 1
+
+    def __enter__(self) -> "CompileCount":
+        if not CompileCount._registered:
+            from jax import monitoring
+
+            monitoring.register_event_duration_secs_listener(CompileCount._listen)
+            CompileCount._registered = True
+        CompileCount._open.append(self)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        CompileCount._open.remove(self)

@@ -2,11 +2,13 @@ import dataclasses
 import math
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxfair.metrics.auc import binary_auc, multiclass_auc, resampled_auc
-from jaxfair.metrics.probe import ProbeConfig, cross_fitted_probe, probe_all, probe_attribute
+from jaxfair.metrics.auc import binary_auc, mean_resampled_auc, multiclass_auc, resampled_auc
+from jaxfair.metrics.probe import (ProbeConfig, _pair_count, _selected_checkpoints, audit_folds,
+                                  cross_fitted_probe, probe_all, probe_attribute)
 
 FAST = ProbeConfig(steps=100, eval_every=20, bootstrap=200)
 
@@ -67,6 +69,36 @@ def test_resampled_auc_equals_auc_of_materialized_resample():
     for r in range(5):
         idx = np.repeat(np.arange(40), counts[r])
         assert got[r] == pytest.approx(multiclass_auc(y[idx], proba[idx]), abs=1e-12)
+
+
+def test_the_mean_resampled_auc_of_many_tables_equals_the_mean_of_their_resampled_aucs():
+    rng = np.random.default_rng(4)
+    n = 60
+    for num_classes, tables in ((2, 1), (2, 11), (4, 3), (4, 17)):
+        y = rng.integers(0, num_classes, n)
+        y[y == num_classes - 1] = 0  # an absent class: excluded from the mean
+        probas = rng.dirichlet(np.ones(num_classes), (tables, n)).round(1).astype(np.float32)  # ties
+        counts = rng.multinomial(n, np.full(n, 1 / n), size=40)
+        counts[0] = 0
+        counts[0, y == 0] = 1  # a resample holding one class only: undefined
+        expected = np.mean([resampled_auc(y, p, counts) for p in probas], axis=0)
+        got = mean_resampled_auc(y, probas, counts)
+        assert np.isnan(got[0]) and np.isnan(expected[0])
+        np.testing.assert_allclose(got[1:], expected[1:], rtol=0, atol=1e-14)
+
+
+def test_the_probe_selects_on_exact_validation_aucs_from_device_pair_counts():
+    rng = np.random.default_rng(5)
+    for num_classes in (2, 5):
+        y = rng.integers(0, num_classes, 70)
+        proba = rng.dirichlet(np.ones(num_classes), (3, 4, 70)).round(2).astype(np.float32)  # (W, E, n, C)
+        classes = [1] if num_classes == 2 else range(num_classes)
+        counts = np.array([[[int(_pair_count(jnp.asarray(p[:, c]), jnp.asarray(y == c), jnp.asarray(y != c)))
+                             for c in classes] for p in row] for row in proba])
+        valid_auc, e, w = _selected_checkpoints(counts, y, num_classes)
+        expected = np.array([[multiclass_auc(y, proba[w_, e_]) for w_ in range(3)] for e_ in range(4)])
+        np.testing.assert_allclose(valid_auc, expected, rtol=0, atol=1e-15)
+        assert valid_auc[e, w] == valid_auc.max() and (e, w) == np.unravel_index(np.argmax(valid_auc), (4, 3))
 
 
 # ---------------------------------------------------------------- probes
@@ -169,47 +201,56 @@ def test_hidden_layer_probe_and_probe_all():
 # ---------------------------------------------------------------- cross-fitted probe
 
 
-def test_cross_fitted_probe_scores_every_user_once_by_a_probe_that_never_saw_them(monkeypatch):
-    from jaxfair.metrics import probe as probe_module
-
+def test_each_audit_fold_is_trained_selected_and_tested_on_disjoint_users_and_tests_each_user_once():
     emb, labels, _ = _weak_signal(seed=6, n=300)
     users = np.arange(40, 290)
-    calls = []
-    real = probe_module.probe_attribute
-
-    def recording(embeddings, y, split, *args, **kwargs):
-        calls.append({k: np.asarray(v) for k, v in split.items()})
-        return real(embeddings, y, split, *args, **kwargs)
-
-    monkeypatch.setattr(probe_module, "probe_attribute", recording)
-    once = dataclasses.replace(FAST, audit_repeats=1, audit_max_repeats=1)
-    out = cross_fitted_probe(emb, labels, users, 2, jax.random.key(0), once, folds=5)
-    assert len(calls) == 5 and out["num_users"] == len(users) and out["repeats"] == 1
-    tested = np.concatenate([c["test"] for c in calls])
+    splits = audit_folds(users, labels.astype(np.int32), jax.random.key(0), 5)
+    assert len(splits) == 5
+    tested = np.concatenate([s["test"] for s in splits])
     np.testing.assert_array_equal(np.sort(tested), users)  # each user scored exactly once
-    for c in calls:
-        parts = [set(c[s].tolist()) for s in ("train", "valid", "test")]
+    for k, s in enumerate(splits):
+        parts = [set(s[name].tolist()) for name in ("train", "valid", "test")]
         assert not (parts[0] & parts[1] or parts[0] & parts[2] or parts[1] & parts[2])
         assert set().union(*parts) == set(users.tolist())  # only the given users are used
-    assert len(out["fold_auc"]) == 5
+        np.testing.assert_array_equal(s["valid"], splits[(k + 1) % 5]["test"])  # selected on the next fold
+
+
+def test_the_audit_pools_the_out_of_fold_probabilities_of_one_probe_per_fold():
+    # The batched audit equals fitting probe_attribute on each fold of audit_folds and pooling its test users, to
+    # float rounding: a program fitting 5 problems at once rounds differently from one fitting 1, and pooling
+    # compares probabilities of different folds' probes, so a near-tie can flip one pair (1/(P N) ~ 6e-5 here).
+    emb, labels, _ = _weak_signal(seed=6, n=300)
+    users = np.arange(40, 290)
+    key = jax.random.key(0)
+    once = dataclasses.replace(FAST, audit_repeats=1, audit_max_repeats=1)
+    out = cross_fitted_probe(emb, labels, users, 2, key, once, folds=5)
+    assert out["num_users"] == len(users) and out["repeats"] == 1 and len(out["fold_auc"]) == 5
+    pooled = np.zeros((len(labels), 2))
+    for k, split in enumerate(audit_folds(users, labels.astype(np.int32), key, 5)):
+        fold = probe_attribute(emb, labels, split, 2, jax.random.fold_in(key, k), once, return_test_proba=True)
+        pooled[split["test"]] = fold["test_proba"]
+        assert out["fold_auc"][k] == pytest.approx(fold["auc"], abs=1e-6)
+    assert out["auc"] == pytest.approx(multiclass_auc(labels[users], pooled[users]), abs=2e-4)
     assert out["auc_ci"][0] <= out["auc"] <= out["auc_ci"][1]
-    again = cross_fitted_probe(emb, labels, users, 2, jax.random.key(0), once, folds=5)
-    assert again["auc"] == out["auc"]
+    again = cross_fitted_probe(emb, labels, users, 2, key, once, folds=5)
+    assert again == out
 
 
-def test_cross_fitting_deals_each_class_evenly_over_the_folds(monkeypatch):
-    from jaxfair.metrics import probe as probe_module
+def test_cross_fitting_deals_each_class_evenly_over_the_folds():
+    labels = (np.arange(400) % 10 < 3).astype(np.int32)  # 30% positives
+    for part in (s["test"] for s in audit_folds(np.arange(400), labels, jax.random.key(4), 5)):
+        assert len(part) == 80 and labels[part].sum() == 24  # 120 positives over 5 folds: 24 each
 
-    emb, labels, _ = _weak_signal(seed=3, n=400)
-    labels = (np.arange(400) % 10 < 3).astype(int)  # 30% positives
-    tests = []
-    real = probe_module.probe_attribute
-    monkeypatch.setattr(probe_module, "probe_attribute",
-                        lambda e, y, split, *a, **k: tests.append(split["test"]) or real(e, y, split, *a, **k))
-    once = dataclasses.replace(FAST, audit_repeats=1, audit_max_repeats=1, bootstrap=0)
-    cross_fitted_probe(emb, labels, np.arange(400), 2, jax.random.key(4), once, folds=5)
-    for part in tests:  # 120 positives over 5 folds: 24 each
-        assert len(part) == 80 and labels[part].sum() == 24
+
+def test_the_audit_does_not_depend_on_how_many_draws_are_fitted_per_call():
+    emb, labels, _ = _weak_signal(seed=5, n=300)
+    config = dataclasses.replace(FAST, audit_repeats=3, audit_se=0.0, audit_max_repeats=5)
+    runs = [cross_fitted_probe(emb, labels, np.arange(300), 2, jax.random.key(1),
+                               dataclasses.replace(config, audit_batch=b)) for b in (1, 2, 8)]
+    for other in runs[1:]:
+        assert other["repeats"] == runs[0]["repeats"] == 5
+        np.testing.assert_allclose(other["repeat_auc"], runs[0]["repeat_auc"], atol=2e-4)  # float rounding only
+        np.testing.assert_allclose(other["auc_ci"], runs[0]["auc_ci"], atol=2e-4)
 
 
 def test_the_audit_redraws_its_folds_until_the_mean_is_precise():

@@ -5,7 +5,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxfair.metrics.ranking import PROTOCOLS, full_protocol, ranking_metrics, sampled_protocol, summarize
+from jaxfair.metrics.ranking import (PROTOCOLS, full_protocol, ranking_metrics, sampled_protocol, summarize,
+                                    target_rank_metrics)
 
 L3, L4, L5 = math.log2(3), math.log2(4), math.log2(5)
 
@@ -249,3 +250,21 @@ def test_top_k_path_equals_full_sort_under_heavy_ties(seed):
     exact = _ranking_metrics(jnp.asarray(scores), jnp.asarray(relevant), ks)
     for name in exact:
         np.testing.assert_allclose(np.asarray(fast[name]), np.asarray(exact[name]), rtol=1e-6, atol=1e-7, err_msg=name)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_the_target_rank_count_equals_the_sorted_ranking_bit_for_bit(seed):
+    # The sampled protocol's single relevant candidate (column 0): a count of candidates at or above it, with ties
+    # against it, gives exactly the sort's metrics, for ties, -inf scores, and cut-offs at and beyond the row.
+    rng = np.random.default_rng(seed)
+    scores = rng.integers(0, 6, (300, 101)).astype(np.float32)  # heavy ties, the target's among them
+    scores[:20, 0] = -np.inf
+    scores[10:30, 1:50] = -np.inf
+    relevant = np.zeros(scores.shape, bool)
+    relevant[:, 0] = True
+    for ks in ((10,), (1, 5, 20), (101, 150)):
+        expected = ranking_metrics(jnp.asarray(scores), jnp.asarray(relevant), ks)
+        got = target_rank_metrics(jnp.asarray(scores), ks)
+        assert set(got) == set(expected)
+        for name in expected:
+            np.testing.assert_array_equal(np.asarray(got[name]), np.asarray(expected[name]), err_msg=name)

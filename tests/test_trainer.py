@@ -142,3 +142,12 @@ def test_the_model_name_names_its_checkpoints_and_log(tmp_path):
         log=lambda m: None)
     assert (tmp_path / "afrl_log.jsonl").exists() and (tmp_path / "checkpoints" / "afrl").is_dir()
     assert not (tmp_path / "train_log.jsonl").exists()
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2**31, 2**32 + 5, -3])
+def test_the_host_built_seed_key_is_jax_random_key_of_the_seed(seed):
+    from jaxfair.training.trainer import _run_keys, seed_key
+
+    np.testing.assert_array_equal(jax.random.key_data(seed_key(seed)), jax.random.key_data(jax.random.key(seed)))
+    for expected, got in zip(jax.random.split(jax.random.key(seed)), _run_keys(seed)):
+        np.testing.assert_array_equal(jax.random.key_data(got), jax.random.key_data(expected))

@@ -31,12 +31,14 @@ def backbone_model(name: str, split, backbone: Backbone, context, train: TrainCo
     tx = optim.make(train)
     loss = loss or (lambda p, b, k: backbone.loss(p, context, b, k))
     protocol = split.validation_protocol
-    item_fn = jax.jit(lambda p: backbone.item_embeddings(p, context))
-    user_fn = jax.jit(lambda p: backbone.user_embeddings(p, context, "valid"))
+    # One program for both tables (a graph backbone propagates once for both).
+    embeddings_fn = jax.jit(lambda p: (backbone.user_embeddings(p, context, "valid"),
+                                       backbone.item_embeddings(p, context)))
 
     def validate(params):
         score = jax.tree_util.Partial(backbone.score, params)  # traced: one compilation for every epoch
-        metrics = split_ranking(score, {"valid": user_fn(params)}, item_fn(params), split, (protocol,), tuple(ks),
+        user_vecs, item_vecs = embeddings_fn(params)
+        metrics = split_ranking(score, {"valid": user_vecs}, item_vecs, split, (protocol,), tuple(ks),
                                 eval_batch_size, ("valid",))
         return metrics[protocol]["valid"]
 

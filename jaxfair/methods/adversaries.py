@@ -49,13 +49,14 @@ def make_data(user_vecs, item_vecs, labels, num_classes: tuple[int, ...], attrib
     labels = np.asarray(labels, np.int32)
     weight = np.ones(len(labels), np.float32) if attribute_weight is None else np.asarray(attribute_weight, np.float32)
     mask = class_mask(tuple(num_classes))
+    # Cast on the host and copy with device_put: jnp.asarray builds one small program per array shape.
     return AttributeData(
-        user_vecs=jnp.asarray(user_vecs, jnp.float32),
-        item_vecs=jnp.asarray(item_vecs, jnp.float32),
-        labels=jnp.asarray(labels),
-        attribute_weight=jnp.asarray(weight),
-        class_mask=jnp.asarray(mask),
-        class_prior=jnp.asarray(class_prior(labels, weight, mask)),
+        user_vecs=jax.device_put(np.asarray(user_vecs, np.float32)),
+        item_vecs=jax.device_put(np.asarray(item_vecs, np.float32)),
+        labels=jax.device_put(labels),
+        attribute_weight=jax.device_put(weight),
+        class_mask=jax.device_put(np.asarray(mask, np.float32 if np.asarray(mask).dtype.kind == "f" else bool)),
+        class_prior=jax.device_put(np.asarray(class_prior(labels, weight, mask), np.float32)),
     )
 
 

@@ -35,7 +35,7 @@ import numpy as np
 
 from jaxfair.backbones.base import FrozenBackbone
 from jaxfair.config import ConfigError
-from jaxfair.training.trainer import Model
+from jaxfair.training.trainer import Model, seed_key
 
 __all__ = ["Context", "Evaluation", "Method", "Model", "WITHHELD_STAGES", "audit_users", "best_params",
            "label_weight", "no_check", "require", "require_attribute", "require_monitor_cutoff",
@@ -64,7 +64,7 @@ class Context(NamedTuple):
     @property
     def key(self) -> jax.Array:
         """The evaluation key, ``fold_in(key(seed), 1)`` (probes draw from it)."""
-        return jax.random.fold_in(jax.random.key(self.seed), 1)
+        return jax.random.fold_in(seed_key(self.seed), 1)
 
 
 class Evaluation(NamedTuple):

@@ -18,6 +18,8 @@ user's recommendations. A method of this family serves ``embed(params, user_vecs
 
 from __future__ import annotations
 
+import dataclasses
+
 import functools
 import itertools
 
@@ -30,7 +32,7 @@ from jaxfair.data.sampling import bpr_pairs
 from jaxfair.methods.adversaries import split_attribute_data
 from jaxfair.methods.base import Evaluation, Method, Model, audit_users, require, withheld_labels
 from jaxfair.metrics.probe import cross_fitted_probe, probe_attribute
-from jaxfair.metrics.ranking import ranking_metrics, split_ranking
+from jaxfair.metrics.ranking import split_ranking, target_rank_metrics
 from jaxfair.tables import format_table
 from jaxfair.training.trainer import TrainConfig
 
@@ -63,17 +65,17 @@ def monitor_cutoff(monitor: str) -> int:
 
 
 def _candidates(item_vecs, targets, negatives):
-    candidates = jnp.concatenate([targets[:, None], negatives], axis=1)
-    return item_vecs[candidates], jnp.zeros(candidates.shape, bool).at[:, 0].set(True)  # (U, 1+N, d), (U, 1+N)
+    """``(U, 1 + N, d)``: each user's target item's vector, then its negatives'."""
+    return item_vecs[jnp.concatenate([targets[:, None], negatives], axis=1)]
 
 
-def _sampled_means(score, u_star, cand_vecs, relevant, ks):
-    scores = score(u_star[:, None, :], cand_vecs)
-    return {k: jnp.mean(v) for k, v in ranking_metrics(scores, relevant, ks).items()}
+def _sampled_means(score, u_star, cand_vecs, ks):
+    return {k: jnp.mean(v) for k, v in target_rank_metrics(score(u_star[:, None, :], cand_vecs), ks).items()}
 
 
-@functools.partial(jax.jit, static_argnames=("config", "ks", "embed"))
-def requirement_metrics(params, score, user_vecs, item_vecs, targets, negatives, requirements, *, config, ks, embed):
+@functools.partial(jax.jit, static_argnames=("config", "ks", "embed", "mean"))
+def requirement_metrics(params, score, user_vecs, item_vecs, targets, negatives, requirements, *, config, ks, embed,
+                        mean=False):
     """Sampled-protocol metrics of every requirement in one vmapped pass.
 
     Args:
@@ -82,27 +84,32 @@ def requirement_metrics(params, score, user_vecs, item_vecs, targets, negatives,
       user_vecs: ``(U, d)`` backbone user embeddings; item_vecs: ``(I, d)``.
       targets: int ``(U,)``; negatives: int ``(U, N)``; requirements: bool ``(K, M)``.
       config: the method's (hashable) config; ks: cut-offs; embed: the method's serving function.
+      mean: also average over the requirements (the validation monitor), in the same program.
 
     Returns:
-      metric name -> ``(K,)`` mean over users.
+      metric name -> ``(K,)`` mean over users (a scalar, their mean over requirements, with ``mean``).
     """
-    cand_vecs, relevant = _candidates(item_vecs, targets, negatives)
-    return jax.vmap(
-        lambda sensitive: _sampled_means(score, embed(params, user_vecs, sensitive, config), cand_vecs, relevant, ks)
+    cand_vecs = _candidates(item_vecs, targets, negatives)
+    metrics = jax.vmap(
+        lambda sensitive: _sampled_means(score, embed(params, user_vecs, sensitive, config), cand_vecs, ks)
     )(requirements)
+    return {k: jnp.mean(v) for k, v in metrics.items()} if mean else metrics
 
 
 @functools.partial(jax.jit, static_argnames=("ks",))
 def embedding_metrics(score, fair, item_vecs, targets, negatives, *, ks):
     """Sampled-protocol metrics of precomputed embedding sets ``fair (K, U, d)`` in one vmapped pass -> ``(K,)``."""
-    cand_vecs, relevant = _candidates(item_vecs, targets, negatives)
-    return jax.vmap(lambda u_star: _sampled_means(score, u_star, cand_vecs, relevant, ks))(fair)
+    cand_vecs = _candidates(item_vecs, targets, negatives)
+    return jax.vmap(lambda u_star: _sampled_means(score, u_star, cand_vecs, ks))(fair)
 
 
 def embed_all_requirements(embed, params, user_vecs: jax.Array, requirements: jax.Array, config) -> jax.Array:
     """``embed``'s fair embeddings of every user under every requirement in one ``jax.vmap``:
     ``(K, M), (U, d) -> (K, U, d)``."""
     return jax.vmap(lambda s: embed(params, user_vecs, s, config))(requirements)
+
+
+_embed_all = jax.jit(embed_all_requirements, static_argnames=("embed", "config"))
 
 
 def requirement_model(name: str, context, data, config, *, init, step, embed, requirements) -> Model:
@@ -114,15 +121,16 @@ def requirement_model(name: str, context, data, config, *, init, step, embed, re
     """
     split, train = context.split, config.train
     score = context.frozen.score
-    targets, negatives = jnp.asarray(split.stage_items("valid")), jnp.asarray(split.negatives("valid"))
-    requirements = jnp.asarray(requirements)
+    targets = jax.device_put(np.asarray(split.stage_items("valid"), np.int32))  # device_put: no program per shape
+    negatives = jax.device_put(np.asarray(split.negatives("valid"), np.int32))
+    requirements = jax.device_put(np.asarray(requirements, bool))
     ks = (monitor_cutoff(train.monitor),)
     known = split.positive_matrix()
 
     def validate(params):
         metrics = requirement_metrics(params, score, data.user_vecs, data.item_vecs, targets, negatives, requirements,
-                                      config=config, ks=ks, embed=embed)
-        return {k: float(jnp.mean(v)) for k, v in metrics.items()}
+                                      config=config, ks=ks, embed=embed, mean=True)
+        return {k: float(v) for k, v in metrics.items()}
 
     def batches(rng):
         return padded_batches(bpr_pairs(split, rng, known), train.batch_size, rng)
@@ -192,17 +200,23 @@ def evaluate_requirements(context, serve_all, requirements: np.ndarray | None = 
     names = [requirement_name(r, names_attr) for r in requirements]
     key = context.key
     test_vecs = frozen.user_vecs["test"]
-    fair = np.asarray(serve_all(test_vecs, jnp.asarray(requirements)))
-    metrics = embedding_metrics(frozen.score, jnp.asarray(fair), frozen.item_vecs, jnp.asarray(split.test_items),
-                                jnp.asarray(split.test_negatives), ks=ks)
-    valid_fair = serve_all(frozen.user_vecs["valid"], jnp.asarray(requirements))
+    fair = np.asarray(serve_all(test_vecs, jax.device_put(requirements)))
+    metrics = embedding_metrics(frozen.score, jax.device_put(fair), frozen.item_vecs,
+                                jax.device_put(np.asarray(split.test_items, np.int32)),
+                                jax.device_put(np.asarray(split.test_negatives, np.int32)), ks=ks)
+    metrics = {k: np.asarray(v) for k, v in metrics.items()}
+    valid_fair = serve_all(frozen.user_vecs["valid"], jax.device_put(requirements))
     valid_metrics = embedding_metrics(frozen.score, valid_fair, frozen.item_vecs,
-                                      jnp.asarray(split.valid_items), jnp.asarray(split.valid_negatives), ks=ks)
+                                      jax.device_put(np.asarray(split.valid_items, np.int32)),
+                                      jax.device_put(np.asarray(split.valid_negatives, np.int32)), ks=ks)
+    valid_metrics = {k: np.asarray(v) for k, v in valid_metrics.items()}
     # The validation-only audit: cross-fitted on the probe validation users alone, on validation-time embeddings, so
-    # a sweep can select on leakage to unseen users without touching a test user.
+    # a sweep can select on leakage to unseen users without touching a test user. Only its mean is used, so it
+    # skips the bootstrap interval.
     valid_audit = probe_requirements(dict(zip(names, np.asarray(valid_fair))), requirements, split, key,
-                                     context.probe, unseen_users=np.asarray(split.probe_users["valid"]),
-                                     standard=False, audit_key_offset=200)
+                                     dataclasses.replace(context.probe, bootstrap=0),
+                                     unseen_users=np.asarray(split.probe_users["valid"]), standard=False,
+                                     audit_key_offset=200)
     everything = np.ones((1, len(names_attr)), bool)
     unseen_users = audit_users(split)
     backbone_probe = probe_requirements({"backbone": np.asarray(test_vecs)}, everything, split, key, context.probe,
@@ -336,7 +350,7 @@ def requirement_method(name: str, Config: type, *, init_state, make_train_step, 
 
     def evaluate(context, data, fitted, config):
         params = fitted[name].best_params
-        return evaluate_requirements(context, lambda u, reqs: embed_all_requirements(embed, params, u, reqs, config))
+        return evaluate_requirements(context, lambda u, reqs: _embed_all(embed, params, u, reqs, config))
 
     def serve(data, params, config, user_vecs, sensitive):
         return embed(params[name], user_vecs, sensitive, config)

@@ -3,13 +3,16 @@
 AUC is always computed from scores or probabilities, never from argmax labels: AUC on hard labels measures a
 single operating point and understates (or, for minority classes, distorts) what an attacker can infer.
 
-All functions share one implementation, :func:`resampled_auc`, which counts each sample with a multiplicity so the
-same code gives the plain AUC (all multiplicities 1) and bootstrap replicates (multinomial multiplicities) without
-materialising resampled arrays.
+The host functions share one implementation, :func:`resampled_auc`, which counts each sample with a multiplicity so
+the same code gives the plain AUC (all multiplicities 1) and bootstrap replicates (multinomial multiplicities) without
+materialising resampled arrays. :func:`mean_resampled_auc`, the bootstrap of the unseen-user audit (a mean over many
+tables), runs on the device as matrix products; ``tests/test_probe.py`` checks it against :func:`resampled_auc`.
 """
 
 from __future__ import annotations
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
 
@@ -95,58 +98,6 @@ def binary_auc(y_true: np.ndarray, scores: np.ndarray) -> float:
     return float(_weighted_binary_auc(y.astype(bool), scores, np.ones((1, y.shape[0])))[0])
 
 
-def _average_ranks(scores: np.ndarray) -> np.ndarray:
-    """Ranks ``1..n`` along the last axis of ``scores (..., n)``, ties sharing their average rank."""
-    n = scores.shape[-1]
-    order = np.argsort(scores, axis=-1, kind="stable")
-    ordered = np.take_along_axis(scores, order, axis=-1)
-    index = np.broadcast_to(np.arange(n), ordered.shape)
-    opens = np.ones(ordered.shape, bool)
-    opens[..., 1:] = ordered[..., 1:] != ordered[..., :-1]
-    closes = np.ones(ordered.shape, bool)
-    closes[..., :-1] = opens[..., 1:]
-    first = np.maximum.accumulate(np.where(opens, index, 0), axis=-1)
-    last = np.flip(np.minimum.accumulate(np.flip(np.where(closes, index, n - 1), -1), axis=-1), -1)
-    ranks = np.empty(ordered.shape, np.float64)
-    np.put_along_axis(ranks, order, (first + last) / 2.0 + 1.0, axis=-1)
-    return ranks
-
-
-def batched_multiclass_auc(y_true: np.ndarray, proba: np.ndarray) -> np.ndarray:
-    """:func:`multiclass_auc` of many probability tables against the same labels at once.
-
-    Uses the rank form of the Mann-Whitney statistic, ``AUC_c = (sum of the positives' average ranks - P(P+1)/2) /
-    (P N)``, so every table and class is ranked in one vectorised sort.
-
-    Args:
-      y_true: int ``(n,)`` class indices in ``[0, C)``.
-      proba: float ``(..., n, C)``.
-
-    Returns:
-      float64 ``(...)``, equal to ``multiclass_auc(y_true, proba[i])`` for each leading index ``i`` (to rounding).
-    """
-    y = np.asarray(y_true)
-    proba = np.asarray(proba, dtype=np.float64)
-    num_classes = proba.shape[-1]
-    if proba.shape[-2] != y.shape[0]:
-        raise ValueError(f"shape mismatch: y_true {y.shape}, proba {proba.shape}")
-    if np.isnan(proba).any():
-        raise ValueError("proba contains NaN")
-    if num_classes < 2:
-        return np.full(proba.shape[:-2], np.nan)
-    classes = [1] if num_classes == 2 else list(range(num_classes))
-    positive = np.stack([y == c for c in classes])  # (K, n)
-    ranks = _average_ranks(np.moveaxis(proba[..., classes], -1, -2))  # (..., K, n)
-    pos = positive.sum(axis=1).astype(np.float64)
-    neg = y.shape[0] - pos
-    num = (ranks * positive).sum(axis=-1) - pos * (pos + 1) / 2.0
-    defined = (pos > 0) & (neg > 0)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        per_class = np.where(defined, num / np.where(defined, pos * neg, 1.0), 0.0)
-        count = defined.sum()
-        return per_class.sum(axis=-1) / count if count else np.full(proba.shape[:-2], np.nan)
-
-
 def multiclass_auc(y_true: np.ndarray, proba: np.ndarray) -> float:
     """AUC of class probabilities: binary for two classes, macro one-vs-rest for more.
 
@@ -161,3 +112,81 @@ def multiclass_auc(y_true: np.ndarray, proba: np.ndarray) -> float:
     """
     y = np.asarray(y_true)
     return float(resampled_auc(y, proba, np.ones((1, y.shape[0])))[0])
+
+
+_REPEAT_BLOCK = 8  # draws per call of the pair-count program: one program however many draws an audit makes
+
+
+@jax.jit
+def _add_pair_sums(total: jax.Array, scores: jax.Array, weight: jax.Array, positive: jax.Array) -> jax.Array:
+    """``total + S`` with ``S[i, j] = sum_r weight[r] (2 [s_ri > s_rj] + [s_ri = s_rj])`` for positive ``i`` and
+    negative ``j`` (0 elsewhere): ``(n, n), scores (B, n), weight (B,), positive (n,) -> (n, n)`` float32,
+    integer-valued."""
+    greater = (scores[:, :, None] > scores[:, None, :]).astype(jnp.float32)
+    equal = (scores[:, :, None] == scores[:, None, :]).astype(jnp.float32)
+    pairs = jnp.einsum("r,rij->ij", weight, 2.0 * greater + equal)
+    return total + pairs * (positive[:, None] & ~positive[None, :])
+
+
+@jax.jit
+def _resample_products(counts: jax.Array, pair_sums: jax.Array) -> jax.Array:
+    """``counts (R, n) @ S (n, n)``: row ``r`` holds, per user ``i``, the pair weight of ``i`` against every
+    resampled negative."""
+    return counts @ pair_sums
+
+
+def mean_resampled_auc(y_true: np.ndarray, probas: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """Mean over ``D`` probability tables of their AUC in each resample: equals
+    ``np.mean([resampled_auc(y_true, p, counts) for p in probas], axis=0)`` (to float64 rounding), computed on the
+    device.
+
+    Per AUC class, a resample's positive-negative pair count summed over the tables is ``c^T S c`` with ``c`` the
+    resample's multiplicities and ``S[i, j]`` the pair weights of positive ``i`` over negative ``j`` summed over the
+    tables, because the AUC's denominator (positives x negatives in the resample) is the same for every table. So the
+    work is one ``(R, n) x (n, n)`` matrix product per class instead of a sort per table, class and resample.
+    Everything is integer-valued and exact in float32 while ``n * 2 * D * max(counts) < 2**24`` (the final sums are
+    taken in float64 on the host); beyond it, it is float32-accurate.
+
+    Args:
+      y_true: int ``(n,)`` class indices in ``[0, C)``.
+      probas: float ``(D, n, C)``.
+      counts: ``(R, n)`` multiplicities of each sample in each resample.
+
+    Returns:
+      float64 ``(R,)``; NaN where a resample has no class with both positives and negatives.
+    """
+    y = np.asarray(y_true)
+    probas = np.asarray(probas, dtype=np.float32)
+    counts = np.atleast_2d(np.asarray(counts))
+    if probas.ndim != 3 or probas.shape[1] != y.shape[0] or counts.shape[1] != y.shape[0]:
+        raise ValueError(f"shape mismatch: y_true {y.shape}, probas {probas.shape}, counts {counts.shape}")
+    if np.isnan(probas).any():
+        raise ValueError("probas contain NaN")
+    tables, _, num_classes = probas.shape
+    if num_classes < 2:
+        return np.full(counts.shape[0], np.nan)
+    blocks = -(-tables // _REPEAT_BLOCK)
+    padded = np.zeros((blocks * _REPEAT_BLOCK,) + probas.shape[1:], np.float32)
+    padded[:tables] = probas
+    weight = (np.arange(len(padded)) < tables).astype(np.float32).reshape(blocks, _REPEAT_BLOCK)
+    padded = padded.reshape((blocks, _REPEAT_BLOCK) + probas.shape[1:])
+    counts_device = jax.device_put(counts.astype(np.float32))
+    counts = counts.astype(np.float64)
+    per_class = []
+    for c in ([1] if num_classes == 2 else range(num_classes)):
+        positive = y == c
+        pair_sums = np.zeros((len(y), len(y)), np.float32)
+        for b in range(blocks):
+            pair_sums = _add_pair_sums(pair_sums, padded[b, :, :, c], weight[b], positive)
+        products = np.asarray(_resample_products(counts_device, pair_sums), dtype=np.float64)
+        num = (counts * products).sum(axis=1) / 2.0
+        den = (counts @ positive.astype(np.float64)) * (counts @ (~positive).astype(np.float64)) * tables
+        with np.errstate(invalid="ignore", divide="ignore"):
+            per_class.append(np.where(den > 0, num / np.where(den > 0, den, 1.0), np.nan))
+    if num_classes == 2:
+        return per_class[0]
+    per_class = np.stack(per_class)
+    defined = ~np.isnan(per_class)
+    total = np.where(defined, per_class, 0.0).sum(axis=0)
+    num = defined.sum(axis=0)
+    return np.where(num > 0, total / np.maximum(num, 1), np.nan)

@@ -116,6 +116,42 @@ def _ranking_metrics(scores: jax.Array, relevant: jax.Array, ks: tuple[int, ...]
     return _cutoff_metrics(ranked_rel, rel.sum(axis=-1), ks)
 
 
+def target_rank_metrics(scores: jax.Array, ks: tuple[int, ...]) -> dict[str, jax.Array]:
+    """:func:`ranking_metrics` when the only relevant candidate is column 0 (the sampled protocol): equal to
+    ``ranking_metrics(scores, relevant)`` with ``relevant`` true in column 0 only, bit for bit
+    (``tests/test_ranking.py``), without a sort or ``top_k``.
+
+    Ties go against the relevant candidate, so its 0-based position is a count: ``rank = #(other candidates scoring
+    at or above it)``. Then ``hits@k = 1[rank < k]``, ``ndcg@k = 1 / log2(rank + 2)`` for a hit (the ideal DCG of one
+    relevant item is 1), ``recall@k = hits@k``, ``precision@k = hits@k / k``.
+
+    Args:
+      scores: float ``(..., 1 + N)``, the target first.
+      ks: positive cut-offs; a ``k`` above ``1 + N`` sees every candidate.
+
+    Returns:
+      The metrics of :func:`ranking_metrics`, each float32 ``(...)``.
+    """
+    ks = tuple(int(k) for k in ks)
+    if not ks or min(ks) < 1:
+        raise ValueError(f"ks must be positive integers, got {ks!r}")
+    scores = jnp.asarray(scores)
+    if not jnp.issubdtype(scores.dtype, jnp.floating):
+        scores = scores.astype(jnp.float32)
+    candidates = scores.shape[-1]
+    rank = jnp.sum(scores[..., 1:] >= scores[..., :1], axis=-1)
+    discount = 1.0 / jnp.log2(jnp.arange(candidates, dtype=jnp.float32) + 2.0)
+    out = {}
+    for k in ks:
+        hit = rank < min(k, candidates)
+        hits = hit.astype(jnp.float32)
+        out[f"ndcg@{k}"] = jnp.where(hit, discount[rank], 0.0)
+        out[f"hr@{k}"] = hits
+        out[f"recall@{k}"] = hits
+        out[f"precision@{k}"] = hits / k
+    return out
+
+
 def _run_batched(
     fn: Callable, shared: tuple, per_user: tuple[np.ndarray, ...], batch_size: int
 ) -> dict[str, np.ndarray]:
@@ -186,9 +222,7 @@ def as_partial(score_fn: ScoreFn) -> jax.tree_util.Partial:
 def _sampled_batch(score_fn, user_vecs, item_vecs, users, tgt, neg, *, ks):
     """The per-batch body of :func:`sampled_protocol`."""
     cands = jnp.concatenate([tgt[:, None], neg], axis=1)
-    scores = score_fn(user_vecs[users][:, None, :], item_vecs[cands])
-    relevant = jnp.zeros(cands.shape, bool).at[:, 0].set(True)
-    return ranking_metrics(scores, relevant, ks)
+    return target_rank_metrics(score_fn(user_vecs[users][:, None, :], item_vecs[cands]), ks)
 
 
 def full_protocol(

@@ -101,9 +101,28 @@ def fault_point(name: str) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
+def seed_key(seed: int) -> jax.Array:
+    """``jax.random.key(seed)`` built on the host, so no program is compiled for it: with 64-bit integers off, JAX
+    keeps a seed's low 32 bits and its key data is ``[0, seed mod 2**32]`` (``tests/test_trainer.py`` checks they
+    are equal)."""
+    return jax.random.wrap_key_data(jax.device_put(np.array([0, int(seed) & 0xFFFFFFFF], np.uint32)))
+
+
 def _format_seconds(seconds: float) -> str:
     seconds = int(round(seconds))
     return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
+
+
+@jax.jit
+def _split_in_two(key: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """``jax.random.split(key)`` as two keys, in one program."""
+    first, second = jax.random.split(key)
+    return first, second
+
+
+def _run_keys(seed: int) -> tuple[jax.Array, jax.Array]:
+    """``(init_key, train_key)``, the split of ``jax.random.key(seed)``."""
+    return _split_in_two(seed_key(seed))
 
 
 def fit(
@@ -126,9 +145,8 @@ def fit(
     """
     config, name = model.train, model.name
     run_epoch = make_epoch_fn(model.step, model.end_epoch)
-    key = jax.random.key(seed)
-    init_key, train_key = jax.random.split(key)
-    state = model.init(init_key)
+    init_key, train_key = _run_keys(seed)
+    state = jax.jit(model.init)(init_key)  # one program, not one per array the initialiser builds
     carry = {
         "state": state,
         "best_params": state.params,
