@@ -9,11 +9,15 @@ Each repeat runs ``jaxfair train CONFIG`` three times in fresh processes and run
   before fee211e there was no compilation cache, so every reference run compiles everything;
 * ``cold``: this checkout with an empty compilation cache folder; the programs it builds are counted in its process
   (:class:`jaxfair.compile_cache.CompileCount`);
-* ``warm``: this checkout again, with the folder the cold run filled (a second run of the same config).
+* ``warm``: this checkout again, with the folder the cold run filled (a second run of the same config);
+* ``one_device``: as ``cold`` with ``JAXFAIR_CPU_DEVICES=1`` (JAX's single CPU device: the probes on about one core,
+  :mod:`jaxfair.cpu_devices`), to show what the split of the host into devices gains and costs.
 
-It reports the median wall time of each (process start to exit), the ratios cold/reference and warm/reference, the
-cold run's program count, whether the warm run's outputs equal the cold run's, and every cell of the printed result
-table that this checkout and the reference both print (same row and column name), with those that differ.
+It reports the median wall time of each (process start to exit), the ratios cold/reference, warm/reference and
+cold/one_device, the cold run's program count, whether the warm run's outputs equal the cold run's (they must) and
+the one-device run's (they may differ in float rounding: other program shapes),
+and every cell of the printed result table that this checkout and the reference both print (same row and column
+name), with those that differ.
 ``--set`` applies to this checkout's runs only: ``--set probe.audit_max_repeats=1`` makes the audit draw its folds
 once, as the reference did before issue 23 (like for like). ``--quick`` runs a tiny synthetic config once, against
 this checkout itself as the reference (a smoke test, not a measurement).
@@ -35,17 +39,17 @@ from benchmarks.compile_cache import QUICK_OVERRIDES, differences, outputs
 from benchmarks.timing import parse_with_quick, write_json
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-VARIANTS = ("reference", "cold", "warm")
+VARIANTS = ("reference", "cold", "warm", "one_device")
 COUNTING = ("import json, os, sys; from jaxfair.compile_cache import CompileCount; from jaxfair.cli import main\n"
             "with CompileCount() as count: code = main(sys.argv[1:])\n"
             "json.dump(count.by_function, open(os.environ['JAXFAIR_COUNT_FILE'], 'w')); sys.exit(code)")
 
 
 def train(checkout: pathlib.Path, config: str, overrides: list[str], out: pathlib.Path, cache: str,
-          count_file: pathlib.Path | None = None) -> tuple[float, str]:
+          count_file: pathlib.Path | None = None, env_extra: dict | None = None) -> tuple[float, str]:
     """Wall seconds and stdout of ``jaxfair train config`` run from ``checkout`` (its own package first on the
     path) in a fresh process."""
-    env = {**os.environ, "JAXFAIR_COMPILE_CACHE": cache,
+    env = {**os.environ, "JAXFAIR_COMPILE_CACHE": cache, **(env_extra or {}),
            "PYTHONPATH": f"{checkout}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
     args = ["train", config, "--out", str(out)] + (["--set", *overrides] if overrides else [])
     if count_file is not None:
@@ -119,13 +123,16 @@ def main(argv=None) -> dict:
 
 def _measure(args, scratch, checkout, config, overrides, reference_overrides) -> dict:
     seconds = {v: [] for v in VARIANTS}
-    tables, differing, programs = {}, [], None
+    tables, differing, programs = {}, {"warm": [], "one_device": []}, None
     for repeat in range(args.repeats):
         cache = scratch / f"cache{repeat}"
         for variant in VARIANTS:
             out = scratch / f"{variant}{repeat}"
             if variant == "reference":
                 took, stdout = train(checkout, config, reference_overrides, out, "off")
+            elif variant == "one_device":
+                took, stdout = train(ROOT, config, overrides, out, str(scratch / f"cache_one{repeat}"),
+                                     env_extra={"JAXFAIR_CPU_DEVICES": "1"})
             else:
                 count_file = scratch / "programs.json" if variant == "cold" else None
                 took, stdout = train(ROOT, config, overrides, out, str(cache), count_file)
@@ -133,8 +140,9 @@ def _measure(args, scratch, checkout, config, overrides, reference_overrides) ->
                     programs = json.loads(count_file.read_text())
             seconds[variant].append(took)
             tables.setdefault(variant, printed_table(stdout))
-            if variant == "warm":
-                differing += [f"warm{repeat}: {d}" for d in differences(outputs(out), outputs(scratch / f"cold{repeat}"))]
+            if variant in ("warm", "one_device"):
+                differing[variant] += [f"{variant}{repeat}: {d}"
+                                       for d in differences(outputs(out), outputs(scratch / f"cold{repeat}"))]
             print(f"[main_job] repeat {repeat + 1}/{args.repeats} {variant}: {took:.1f} s", flush=True)
     median = {v: statistics.median(s) for v, s in seconds.items()}
     shared = sorted(set(tables["reference"]) & set(tables["cold"]))
@@ -145,15 +153,19 @@ def _measure(args, scratch, checkout, config, overrides, reference_overrides) ->
         "repeats": args.repeats, "seconds": seconds, "median_seconds": median,
         "cold_over_reference": median["cold"] / median["reference"],
         "warm_over_reference": median["warm"] / median["reference"],
+        "cold_over_one_device": median["cold"] / median["one_device"],
         "programs_built_cold": sum(programs.values()), "programs_by_function": programs,
-        "warm_outputs_equal_cold": not differing, "warm_differing": differing[:20],
+        "warm_outputs_equal_cold": not differing["warm"], "one_device_outputs_equal_cold": not differing["one_device"],
+        "differing_from_cold": differing["warm"][:10] + differing["one_device"][:10],
         "printed_cells_compared": len(shared), "printed_cells_differing": changed,
         "columns_only_in_reference": sorted({c for _, c in tables["reference"]} - {c for _, c in tables["cold"]}),
         "columns_only_here": sorted({c for _, c in tables["cold"]} - {c for _, c in tables["reference"]}),
     }
-    print(f"median wall s: reference {median['reference']:.1f}, cold {median['cold']:.1f}, warm {median['warm']:.1f}; "
-          f"cold/reference {result['cold_over_reference']:.2f}, warm/reference {result['warm_over_reference']:.2f}; "
-          f"programs built (cold) {result['programs_built_cold']}; warm outputs equal cold: {not differing}; "
+    print(f"median wall s: reference {median['reference']:.1f}, cold {median['cold']:.1f}, warm {median['warm']:.1f}, "
+          f"one device {median['one_device']:.1f}; cold/reference {result['cold_over_reference']:.2f}, "
+          f"warm/reference {result['warm_over_reference']:.2f}, cold/one device {result['cold_over_one_device']:.2f}; "
+          f"programs built (cold) {result['programs_built_cold']}; outputs equal cold: warm "
+          f"{result['warm_outputs_equal_cold']}, one device {result['one_device_outputs_equal_cold']}; "
           f"printed cells shared with the reference {len(shared)}, differing {len(changed)}"
           + (f": {dict(list(changed.items())[:8])}" if changed else ""))
     return result

@@ -291,15 +291,17 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
     args.invocation = shlex.join(["jaxfair", *argv])  # what provenance.json and error traces record
-    if args.command in COMPILING:
-        from jaxfair.compile_cache import enable_compile_cache
-
-        enable_compile_cache()
     from jaxfair.pipeline.outputs import RunError
     from jaxfair.report import ReportError
     from jaxfair.training.checkpoint import CheckpointError
 
     try:
+        if args.command in COMPILING:
+            from jaxfair.compile_cache import enable_compile_cache
+            from jaxfair.cpu_devices import split_host
+
+            split_host()  # before anything starts JAX's backend
+            enable_compile_cache()
         args.func(args)
     except (ConfigError, DataError, UsageError, RunError, ReportError, CheckpointError) as err:
         print(f"jaxfair: error: {err}", file=sys.stderr)

@@ -46,6 +46,7 @@ import numpy as np
 
 from jaxfair._version import __version__
 from jaxfair.compile_cache import enable_compile_cache
+from jaxfair.cpu_devices import split_host
 from jaxfair.config import ConfigError, apply_overrides, flatten, read_toml
 from jaxfair.pipeline import parse_config, run
 from jaxfair.pipeline.folder import FolderLock, describe_changes, prepare_folder, recorded_changes
@@ -105,6 +106,7 @@ def sweep(config_path, out, grid=None, seeds=None, overrides=(), select=(), log:
       restart: rerun every point afresh (each old run folder is moved aside); otherwise a finished point is read,
         an unfinished one resumes, and a point folder holding another config stops the sweep (RunError).
     """
+    split_host()  # one device per core for the probes, if JAX has not started yet
     enable_compile_cache()
     out = pathlib.Path(out)
     base = apply_overrides(read_toml(config_path), overrides)

@@ -139,3 +139,31 @@ def test_compile_cache_benchmark_runs_off_cold_and_warm_with_identical_outputs(t
     assert set(result["seconds"]) == {"off", "cold", "warm"} and result["identical_outputs"] is True
     assert all(len(times) == 1 and times[0] > 0 for times in result["seconds"].values())  # timings are reported,
     # never asserted (benchmarks measure; tests check)
+
+
+def test_the_main_job_benchmark_reads_the_printed_result_table_cell_by_cell():
+    from benchmarks.main_job import printed_table
+
+    stdout = "\n".join([
+        "[evaluate] done in 3s",
+        "ml-100k / pmf / sampled protocol",
+        "requirement  afrl auc  afrl ndcg@10",
+        "-----------  --------  ------------",
+        "none         -         0.3113      ",
+        "G+A          0.4872    0.3077      ",
+        "results written to out/results.json",
+    ])
+    assert printed_table(stdout) == {("none", "afrl auc"): "-", ("none", "afrl ndcg@10"): "0.3113",
+                                     ("G+A", "afrl auc"): "0.4872", ("G+A", "afrl ndcg@10"): "0.3077"}
+
+
+@pytest.mark.slow  # four tiny `jaxfair train` processes, about a minute on the 2-core machine
+def test_the_main_job_benchmark_times_reference_cold_and_warm_and_compares_the_printed_cells(tmp_path):
+    from benchmarks import main_job
+
+    result = main_job.main(["--quick", "--out", str(tmp_path / "m.json")])
+    assert json.loads((tmp_path / "m.json").read_text()) == json.loads(json.dumps(result))
+    assert set(result["seconds"]) == {"reference", "cold", "warm", "one_device"}
+    assert result["warm_outputs_equal_cold"] is True
+    assert result["printed_cells_compared"] > 0 and result["printed_cells_differing"] == {}  # --quick: same code
+    assert 0 < result["programs_built_cold"] == sum(result["programs_by_function"].values())

@@ -10,7 +10,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1] / "jaxfair"
 LAYERS = {
     "jaxfair._version": 0, "jaxfair.config": 0, "jaxfair.tables": 0,
     "jaxfair.data": 1,
-    "jaxfair.metrics": 2, "jaxfair.training": 2, "jaxfair.compile_cache": 2,
+    "jaxfair.metrics": 2, "jaxfair.training": 2, "jaxfair.compile_cache": 2, "jaxfair.cpu_devices": 2,
     "jaxfair.backbones": 3,
     "jaxfair.methods": 4,
     "jaxfair.pipeline": 5,

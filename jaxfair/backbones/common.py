@@ -20,6 +20,7 @@ import numpy as np
 from jaxfair.backbones.base import Backbone, Batch, bpr_loss, padded_batches
 from jaxfair.data.dataset import Split
 from jaxfair.data.sampling import bpr_pairs, sample_negatives
+from jaxfair.training import init
 
 INIT_STD = 0.1
 
@@ -40,7 +41,7 @@ def init_table(key: jax.Array, rows: int, dim: int, zero_rows: Sequence[int] = (
       rows, dim: table shape.
       zero_rows: rows set to zero (the padding id of sequence tables, so a padded slot starts as "nothing").
     """
-    table = INIT_STD * jax.random.normal(key, (rows, dim), jnp.float32)
+    table = INIT_STD * init.normal(key, (rows, dim), jnp.float32)
     if zero_rows:
         table = table.at[jnp.asarray(list(zero_rows))].set(0.0)
     return table

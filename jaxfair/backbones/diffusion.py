@@ -49,6 +49,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from jaxfair.training import init
+
 SCHEDULES = ("linear", "linear-var", "cosine")
 MEAN_TYPES = ("x0", "eps")
 
@@ -161,7 +163,7 @@ def timestep_embedding(t: jax.Array, dim: int) -> jax.Array:
 
 
 def _glorot(key, fan_in: int, fan_out: int) -> dict:
-    return {"w": jax.random.normal(key, (fan_in, fan_out)) * math.sqrt(2.0 / (fan_in + fan_out)),
+    return {"w": init.normal(key, (fan_in, fan_out)) * math.sqrt(2.0 / (fan_in + fan_out)),
             "b": jnp.zeros((fan_out,))}
 
 

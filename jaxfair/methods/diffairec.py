@@ -78,7 +78,7 @@ from jaxfair.methods.base import (Evaluation, Method, Model, require_attribute, 
                                   require_ratio_split)
 from jaxfair.methods.gap_evaluation import evaluate_scores, gap_report, precomputed_score, items_placeholder
 from jaxfair.metrics.ranking import split_ranking
-from jaxfair.training import optim
+from jaxfair.training import init, optim
 from jaxfair.training.trainer import TrainConfig
 
 GROUP_VECTORS = ("mean", "pca", "none")
@@ -183,10 +183,10 @@ def init_counterfactual(key: jax.Array, num_items: int, latent_dim: int) -> dict
     """``{"encoder": {w (I, d), b (d,)}, "query": (d, d), "key": (d, d)}``."""
     k_enc, k_q, k_k = jax.random.split(key, 3)
     return {
-        "encoder": {"w": jax.random.normal(k_enc, (num_items, latent_dim)) * math.sqrt(2.0 / (num_items + latent_dim)),
+        "encoder": {"w": init.normal(k_enc, (num_items, latent_dim)) * math.sqrt(2.0 / (num_items + latent_dim)),
                     "b": jnp.zeros((latent_dim,))},
-        "query": jax.random.normal(k_q, (latent_dim, latent_dim)) / math.sqrt(latent_dim),
-        "key": jax.random.normal(k_k, (latent_dim, latent_dim)) / math.sqrt(latent_dim),
+        "query": init.normal(k_q, (latent_dim, latent_dim)) / math.sqrt(latent_dim),
+        "key": init.normal(k_k, (latent_dim, latent_dim)) / math.sqrt(latent_dim),
     }
 
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from jaxfair.training import init
+
 MLPParams = list[dict[str, jax.Array]]
 
 
@@ -23,7 +25,7 @@ def mlp_init(key: jax.Array, sizes: tuple[int, ...]) -> MLPParams:
     """He-normal weights and zero biases for ``len(sizes) - 1`` linear layers."""
     keys = jax.random.split(key, len(sizes) - 1)
     return [
-        {"w": jax.random.normal(k, (m, n)) * jnp.sqrt(2.0 / m), "b": jnp.zeros((n,))}
+        {"w": init.normal(k, (m, n)) * jnp.sqrt(2.0 / m), "b": jnp.zeros((n,))}
         for k, m, n in zip(keys, sizes[:-1], sizes[1:])
     ]
 

@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from jaxfair.metrics.auc import mean_resampled_auc, multiclass_auc, resampled_auc
 
@@ -209,13 +210,14 @@ def _fit_problems(x: np.ndarray, y: np.ndarray, problems: list[_Problem], num_cl
     """
     fitter = _build_fitter(num_classes, config.hidden, config.steps, config.eval_every, float(config.learning_rate))
     wds = np.asarray(config.weight_decays, dtype=np.float32)
+    place, batch = _problem_placement(batch)
     fits: list[_Fit] = []
     for start in range(0, len(problems), batch):
         chunk = problems[start:start + batch]
         chunk = chunk + [chunk[-1]] * (batch - len(chunk))
         arrays = [_problem_arrays(x, y, p, lengths) for p in chunk]
-        stacked = [np.stack(a) for a in zip(*arrays)]
-        keys = np.stack([np.asarray(jax.random.key_data(p.key)) for p in chunk])
+        stacked = [place(np.stack(a)) for a in zip(*arrays)]
+        keys = place(np.stack([np.asarray(jax.random.key_data(p.key)) for p in chunk]))
         valid_count, test_proba = fitter(*stacked, wds, keys)
         valid_count, test_proba = np.asarray(valid_count), np.asarray(test_proba)
         for i, problem in enumerate(problems[start:start + batch]):
@@ -223,6 +225,18 @@ def _fit_problems(x: np.ndarray, y: np.ndarray, problems: list[_Problem], num_cl
             proba = np.asarray(test_proba[i, w, e, :len(problem.test)], dtype=np.float64)
             fits.append(_Fit(test_proba=proba, valid_auc=float(valid_auc[e, w]), wd_index=w, checkpoint=e))
     return fits
+
+
+def _problem_placement(batch: int):
+    """``(place, batch)``: how a stack of ``batch`` problems goes to the devices. With several local devices (one
+    per CPU core under the ``jaxfair`` command, :mod:`jaxfair.cpu_devices`; or several accelerators) and more than one
+    problem, the problem axis is sharded over them, ``batch`` rounded up to a multiple of their count (the padding
+    problems are copies, dropped); every problem is independent, so no device waits on another."""
+    devices = jax.local_devices()
+    if len(devices) == 1 or batch == 1:
+        return jax.device_put, batch
+    sharding = NamedSharding(Mesh(np.asarray(devices), ("problems",)), PartitionSpec("problems"))
+    return (lambda array: jax.device_put(array, sharding)), -(-batch // len(devices)) * len(devices)
 
 
 def _problem_arrays(x: np.ndarray, y: np.ndarray, problem: _Problem, lengths: tuple[int, int, int]):
