@@ -3,8 +3,8 @@
 JAX gives a CPU machine one device by default, and a program of many small independent problems (the attribute
 probes: every fold, draw of folds and weight decay of an audit) then runs on about one core. Split into several
 devices, the probe program shards its problems over them (:mod:`jaxfair.metrics.probe`) and every core works: on the
-2-core CPU machine a round of audit probes takes 0.98 s instead of 1.46 s (occupation, 21 classes) and 0.11 s
-instead of 0.21 s (gender). Everything else keeps running on the first device, as before.
+2-core CPU machine the README's main job takes 108.7 s instead of 148.4 s on one device (``benchmarks/main_job.py``,
+``docs/benchmarks.md``). Everything else keeps running on the first device, as before.
 
 The ``jaxfair`` command and :func:`jaxfair.harness.sweep` call :func:`split_host` before JAX starts its backend.
 ``JAXFAIR_CPU_DEVICES`` sets the count (``1`` keeps JAX's single device); a process that already started JAX, or

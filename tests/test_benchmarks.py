@@ -167,3 +167,13 @@ def test_the_main_job_benchmark_times_reference_cold_and_warm_and_compares_the_p
     assert result["warm_outputs_equal_cold"] is True
     assert result["printed_cells_compared"] > 0 and result["printed_cells_differing"] == {}  # --quick: same code
     assert 0 < result["programs_built_cold"] == sum(result["programs_by_function"].values())
+
+
+def test_the_benchmarks_readme_table_is_what_the_summary_prints_from_the_results():
+    from benchmarks import summary
+
+    page = summary.README.read_text()
+    embedded = page[page.index(summary.BEGIN) + len(summary.BEGIN):page.index(summary.END)].strip()
+    assert embedded == summary.table()
+    for name in summary.ROWS:  # every row names a results file that exists and a command that writes it
+        assert (summary.RESULTS / name).exists()
