@@ -57,19 +57,32 @@ def resampled_auc(y_true: np.ndarray, proba: np.ndarray, counts: np.ndarray) -> 
       float64 ``(R,)``. For ``C = 2`` the binary AUC of ``proba[:, 1]``; for ``C > 2`` the macro one-vs-rest mean
       over the classes present with both positives and negatives in that resample; NaN when there are none.
     """
-    y = np.asarray(y_true)
-    proba = np.asarray(proba, dtype=np.float64)
-    counts = np.atleast_2d(np.asarray(counts))
-    if proba.ndim != 2 or proba.shape[0] != y.shape[0] or counts.shape[1] != y.shape[0]:
-        raise ValueError(f"shape mismatch: y_true {y.shape}, proba {proba.shape}, counts {counts.shape}")
-    if np.isnan(proba).any():
-        raise ValueError("proba contains NaN")
-    num_classes = proba.shape[1]
+    y, proba, counts = _checked(y_true, proba, counts, np.float64)
+    num_classes = proba.shape[-1]
     if num_classes < 2:
         return np.full(counts.shape[0], np.nan)
     if num_classes == 2:
         return _weighted_binary_auc(y == 1, proba[:, 1], counts)
-    per_class = np.stack([_weighted_binary_auc(y == c, proba[:, c], counts) for c in range(num_classes)])
+    return _macro([_weighted_binary_auc(y == c, proba[:, c], counts) for c in range(num_classes)])
+
+
+def _checked(y_true, scores, counts, dtype) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(y (n,), scores (..., n, C) as dtype, counts (R, n))`` after checking their shapes agree and no score is
+    NaN."""
+    y = np.asarray(y_true)
+    scores = np.asarray(scores, dtype=dtype)
+    counts = np.atleast_2d(np.asarray(counts))
+    if scores.ndim < 2 or scores.shape[-2] != y.shape[0] or counts.shape[1] != y.shape[0]:
+        raise ValueError(f"shape mismatch: y_true {y.shape}, scores {scores.shape}, counts {counts.shape}")
+    if np.isnan(scores).any():
+        raise ValueError("scores contain NaN")
+    return y, scores, counts
+
+
+def _macro(per_class: list[np.ndarray]) -> np.ndarray:
+    """The mean over classes of per-class AUCs ``(R,)`` each, skipping a class where it is NaN (undefined); NaN
+    where every class is."""
+    per_class = np.stack(per_class)
     defined = ~np.isnan(per_class)
     total = np.where(defined, per_class, 0.0).sum(axis=0)
     num = defined.sum(axis=0)
@@ -155,13 +168,9 @@ def mean_resampled_auc(y_true: np.ndarray, probas: np.ndarray, counts: np.ndarra
     Returns:
       float64 ``(R,)``; NaN where a resample has no class with both positives and negatives.
     """
-    y = np.asarray(y_true)
-    probas = np.asarray(probas, dtype=np.float32)
-    counts = np.atleast_2d(np.asarray(counts))
-    if probas.ndim != 3 or probas.shape[1] != y.shape[0] or counts.shape[1] != y.shape[0]:
-        raise ValueError(f"shape mismatch: y_true {y.shape}, probas {probas.shape}, counts {counts.shape}")
-    if np.isnan(probas).any():
-        raise ValueError("probas contain NaN")
+    y, probas, counts = _checked(y_true, probas, counts, np.float32)
+    if probas.ndim != 3:
+        raise ValueError(f"probas must be (tables, n, C), got {probas.shape}")
     tables, _, num_classes = probas.shape
     if num_classes < 2:
         return np.full(counts.shape[0], np.nan)
@@ -183,10 +192,4 @@ def mean_resampled_auc(y_true: np.ndarray, probas: np.ndarray, counts: np.ndarra
         den = (counts @ positive.astype(np.float64)) * (counts @ (~positive).astype(np.float64)) * tables
         with np.errstate(invalid="ignore", divide="ignore"):
             per_class.append(np.where(den > 0, num / np.where(den > 0, den, 1.0), np.nan))
-    if num_classes == 2:
-        return per_class[0]
-    per_class = np.stack(per_class)
-    defined = ~np.isnan(per_class)
-    total = np.where(defined, per_class, 0.0).sum(axis=0)
-    num = defined.sum(axis=0)
-    return np.where(num > 0, total / np.maximum(num, 1), np.nan)
+    return per_class[0] if num_classes == 2 else _macro(per_class)
