@@ -41,12 +41,18 @@ Variants:
   level computation.
 * ``jax_vmap_per_row`` / ``jax_loop_per_row``: both again in per-row mode (one filter row per BPR row, as the public
   Cofair code does), forced by padding the dataset with unsampled users so it has more users than a batch has rows.
-* ``torch``: PyTorch (:class:`benchmarks.references.cofair.TorchCofair`; ``pip install torch==2.13.0``, the ``bench``
-  extra; skipped with a note if missing), per-row, ``nn.Linear`` layers and a Python loop over the T adapter Linears,
-  ``torch.set_num_threads(--torch-threads)``. It starts from the JAX parameters; the metrics (BPR_t, L_t, lambda_t, R,
-  both losses) of its first two steps are compared with the JAX step's (``check_max_abs_diff_*``; the loop and per-row
-  variants are checked the same way). ``torch_1_thread`` is the same with one thread, a reference that suffers less
-  when other processes share the cores.
+* ``torch_<mode>_<threads>t``: PyTorch (:class:`benchmarks.references.cofair.TorchCofair`; ``pip install
+  torch==2.13.0``, the ``bench`` extra; skipped with a note if missing), per-row, ``nn.Linear`` layers and a Python
+  loop over the T adapter Linears, eager and under ``torch.compile`` (``--no-compile`` drops it; its warm-up, compile
+  included, is reported as ``torch_warmup_s``), each with 1 thread (the reference that suffers least when other
+  processes share the cores) and with every core (:func:`benchmarks.timing.torch_variants`). It starts from the JAX
+  parameters; the metrics (BPR_t, L_t, lambda_t, R, both losses) of a 1-thread eager copy's first two steps are
+  compared with the JAX step's (``check_max_abs_diff_*``; the loop and per-row variants are checked the same way).
+
+Same work: PyTorch runs the filter once per BPR row, so its headline ratios are over ``jax_vmap_per_row`` (the same
+per-row work, ``torch_eager_1t_over_jax_vmap_per_row``, ``best_torch_over_jax_vmap_per_row``); the ratios over
+``jax_vmap`` (per distinct user, jaxfair's default at this size) are reported beside them. The roofline block gives
+XLA's FLOP count of the per-row step against this machine's matmul rate measured in the same run.
 
 Timings: every variant first takes two steps (compiling / warm-up, and the checks); then ``--repeats`` steps of each
 are timed one at a time, round-robin over the variants so that load from other processes falls on all of them alike
@@ -66,8 +72,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from benchmarks.references import cofair as torch_cofair
-from benchmarks.timing import (device_info, finish, interleaved_ms, jaxlib_version, nothing, parse_with_quick, quartiles,
-                               torch_or_reason)
+from benchmarks.timing import (device_info, finish, interleaved_ms, jaxlib_version, matmul_rates, nothing,
+                               parse_with_quick, quartiles, roofline, roofline_line, torch_modes, torch_or_reason,
+                               torch_ratios, torch_variants, xla_flops)
 from jaxfair.backbones.base import dot_score
 from jaxfair.methods import cofair
 
@@ -137,7 +144,8 @@ def make_loop_train_step(data: cofair.CofairData, score, config: cofair.CofairCo
 
 def jax_variant(make_step, data, batches, config):
     """``step(r)``: one jitted step on batch ``r`` (cycling), blocked on; plus the metrics of the first two steps
-    from the initial state (the first call compiles) and that initial state."""
+    from the initial state (the first call compiles), that initial state, and ``(jitted step, its arguments)`` for
+    the FLOP count."""
     step = jax.jit(make_step(data, dot_score, config))
     init = cofair.init_state(jax.random.key(0), data, config)
     device_batches = [jax.tree.map(jnp.asarray, b) for b in batches]
@@ -152,7 +160,7 @@ def jax_variant(make_step, data, batches, config):
         state[0], metrics = step(state[0], device_batches[r % len(device_batches)], key)
         jax.block_until_ready((state[0], metrics))
 
-    return one, checked, init
+    return one, checked, init, (step, (init, device_batches[0], key))
 
 
 def max_metric_diff(a: list[dict], b: list[dict]) -> float:
@@ -167,18 +175,20 @@ def max_metric_diff(a: list[dict], b: list[dict]) -> float:
 # --- PyTorch ------------------------------------------------------------------------------------------------------
 
 
-def torch_variant(init_params, user_vecs, item_vecs, labels, batches, config, threads, exclude=None):
-    """The same step in PyTorch (:class:`benchmarks.references.cofair.TorchCofair`), per-row, from the JAX initial
-    parameters: ``(prepare, step(r), first two steps' metrics)``; ``prepare`` sets the thread count
-    (``torch.set_num_threads`` is process-wide)."""
-    import torch
-
-    torch.manual_seed(0)
-    torch.set_num_threads(threads)
-    model = torch_cofair.TorchCofair(init_params, user_vecs, item_vecs, labels, config, exclude)
+def torch_reference(torch, init_params, user_vecs, item_vecs, labels, batches, config, exclude=None):
+    """``build(threads) -> (model, call)`` for :func:`benchmarks.timing.torch_variants`, and the metrics of the first
+    two steps of a 1-thread eager copy (the checks). Every model is
+    :class:`benchmarks.references.cofair.TorchCofair`, per-row, from the JAX initial parameters."""
     tb = torch_cofair.torch_batches(batches)
-    checked = [model.step(tb[i % len(tb)]) for i in range(2)]  # warm-up, from the shared initial parameters
-    return (lambda: torch.set_num_threads(threads)), (lambda r: model.step(tb[r % len(tb)])), checked
+
+    def build(threads):
+        torch.manual_seed(0)
+        model = torch_cofair.TorchCofair(init_params, user_vecs, item_vecs, labels, config, exclude)
+        return model, (lambda r: model.step(tb[r % len(tb)]))
+
+    torch.set_num_threads(1)
+    model, call = build(1)
+    return build, [call(i) for i in range(2)]
 
 
 # --- main ---------------------------------------------------------------------------------------------------------
@@ -200,7 +210,6 @@ def main(argv=None):
                         help="gamma of the soft top-10 exposure term (all variants, PyTorch included, compute it)")
     parser.add_argument("--repeats", type=int, default=50, help="timed steps per variant (median reported)")
     parser.add_argument("--batches", type=int, default=10, help="distinct random batches the timed steps cycle through")
-    parser.add_argument("--torch-threads", type=int, default=2)
     args = parse_with_quick(parser, argv, QUICK, DEFAULT_OUT.relative_to(DEFAULT_OUT.parents[2]))
     out = args.out if args.out or args.quick else str(DEFAULT_OUT)
 
@@ -234,26 +243,27 @@ def main(argv=None):
                                           ("jax_loop", make_loop_train_step, data),
                                           ("jax_vmap_per_row", cofair.make_train_step, row_data),
                                           ("jax_loop_per_row", make_loop_train_step, row_data)):
-        one, checked[name], state = jax_variant(make_step, variant_data, batches, config)
+        one, checked[name], state, lowered = jax_variant(make_step, variant_data, batches, config)
         variants[name] = (nothing, one)
         if name == "jax_vmap":
             init = state
+        if name == "jax_vmap_per_row":
+            per_row_step = lowered
     if config.exposure_weight > 0:
         plain = dataclasses.replace(config, exposure_weight=0.0)
         variants["jax_vmap_without_exposure"] = (nothing, jax_variant(cofair.make_train_step, data, batches, plain)[0])
+    results["torch_warmup_s"], results["torch_failed"] = {}, {}
 
     torch, skipped = torch_or_reason(args.no_torch)
     if torch is None:
         results["torch_skipped"] = skipped
     else:
-        results.update(torch_version=torch.__version__, torch_threads=args.torch_threads)
-        thread_counts = {"torch": args.torch_threads}
-        if args.torch_threads != 1:
-            thread_counts["torch_1_thread"] = 1
-        for name, threads in thread_counts.items():
-            prepare, one, checked[name] = torch_variant(init.params, user_vecs, item_vecs, labels, batches, config,
-                                                        threads, exclude)
-            variants[name] = (prepare, one)
+        results["torch_version"] = torch.__version__
+        build, checked["torch"] = torch_reference(torch, init.params, user_vecs, item_vecs, labels, batches, config,
+                                                  exclude)
+        built, results["torch_warmup_s"], results["torch_failed"] = torch_variants(
+            torch, build, modes=torch_modes(args.no_compile), warmup_calls=2)
+        variants.update(built)
 
     times = interleaved_ms(variants, args.repeats)
     for name, values in times.items():
@@ -267,20 +277,15 @@ def main(argv=None):
     })
     if "jax_vmap_without_exposure" in ms:
         results["exposure_over_plain"] = ms["jax_vmap"] / ms["jax_vmap_without_exposure"]
-    if "torch" in ms:
-        results.update({
-            "torch_over_jax_vmap": ms["torch"] / ms["jax_vmap"],
-            "torch_over_jax_vmap_per_row": ms["torch"] / ms["jax_vmap_per_row"],
-            "torch_over_jax_loop": ms["torch"] / ms["jax_loop"],
-        })
-        if "torch_1_thread" in ms:
-            results["torch_1_thread_over_jax_vmap"] = ms["torch_1_thread"] / ms["jax_vmap"]
-            results["torch_1_thread_over_jax_vmap_per_row"] = ms["torch_1_thread"] / ms["jax_vmap_per_row"]
+    torch_ms = {name: value for name, value in ms.items() if name.startswith("torch_")}
+    results.update(torch_ratios(torch_ms, ms["jax_vmap_per_row"], "jax_vmap_per_row"))
+    results.update(torch_ratios(torch_ms, ms["jax_vmap"], "jax_vmap"))
+    rates = matmul_rates({"large": (1024, 1024, 1024), "step": (args.batch, args.dim, args.dim)})
+    results["roofline"] = roofline(ms["jax_vmap_per_row"], xla_flops(per_row_step[0], *per_row_step[1]), rates)
     for name in checked:
         if name != "jax_vmap":
             label = {"jax_loop": "loop_vs_vmap", "jax_vmap_per_row": "per_row_vs_per_user",
-                     "jax_loop_per_row": "loop_per_row_vs_vmap", "torch": "torch_vs_jax",
-                     "torch_1_thread": "torch_1_thread_vs_jax"}[name]
+                     "jax_loop_per_row": "loop_per_row_vs_vmap", "torch": "torch_vs_jax"}[name]
             results[f"check_max_abs_diff_{label}"] = max_metric_diff(checked["jax_vmap"], checked[name])
 
     return finish(results, out, lambda r: report(r, args))
@@ -298,17 +303,20 @@ def report(results, args):
             ("jax vmap, per-row", "jax_vmap_per_row_ms"),
             ("jax loop, per-row", "jax_loop_per_row_ms"),
             ("jax vmap, without the exposure term", "jax_vmap_without_exposure_ms"),
-            ("torch (per-row, %s threads)" % results.get("torch_threads", "-"), "torch_ms"),
-            ("torch (per-row, 1 thread)", "torch_1_thread_ms")]
+            *[(f"{name} (per-row; warm-up {results['torch_warmup_s'][name]:.1f} s)", f"{name}_ms")
+              for name in results["torch_warmup_s"]]]
     for name, key in rows:
         if key in results:
             q1, q3 = results["quartiles_ms"][key[:-3]]
-            print(f"  {name:34s} {results[key]:10.3f} ms   (quartiles {q1:.3f} .. {q3:.3f})")
+            print(f"  {name:44s} {results[key]:10.3f} ms   (quartiles {q1:.3f} .. {q3:.3f})")
     for key, value in results.items():
-        if key.endswith("_over_" + key.split("_over_")[-1]) or key.startswith("check_"):
-            print(f"  {key:38s} {value:10.4g}")
+        if ("_over_" in key and isinstance(value, float)) or key.startswith("check_"):
+            print(f"  {key:44s} {value:10.4g}")
+    for name, error in results["torch_failed"].items():
+        print(f"  {name} failed: {error}")
     if "torch_skipped" in results:
         print(f"  torch skipped: {results['torch_skipped']}")
+    print("  " + roofline_line(results["roofline"]))
 
 
 if __name__ == "__main__":

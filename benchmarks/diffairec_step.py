@@ -38,9 +38,11 @@ What is timed (milliseconds, median of round-robin repeats):
   batched pass over the conditions, ``torch.optim.Adam`` (same lr, eps 1e-8 as optax), the loss history and importance
   law kept as tensors and updated vectorised as jaxfair does (one batch mean per timestep, a ring of ``history``;
   DiffRec's own code pushes every row in a Python loop, which would only be slower), its own ``torch`` random draws;
-  the last inference batch is not padded. Timed with ``torch.set_num_threads(--torch-threads)`` (``torch``) and with 1
-  thread (``torch_1_thread``, a reference that suffers less when other processes share the cores). Inference runs
-  under ``torch.no_grad()``.
+  the last inference batch is not padded. Timed as ``torch_<mode>_<threads>t``: the step eager and under
+  ``torch.compile`` (``--no-compile`` drops it; the warm-up, compile included, is reported as ``torch_warmup_s``), each
+  with 1 thread (a reference that suffers less when other processes share the cores) and with every core
+  (:func:`benchmarks.timing.torch_variants`); inference eager at both thread counts, under ``torch.no_grad()``. Same
+  work: both sides take the same batch of users through the same passes (JAX one jitted program, PyTorch its ops).
 
 State: both frameworks start the timed steps from the JAX state after the warm-up epochs that fill every timestep's
 loss history, so the importance-sampled path (not the uniform start) is the one timed; inference uses its parameters.
@@ -68,11 +70,12 @@ times, round-robin over the variants so that load from other processes falls on 
 an untimed pause of ``--settle`` seconds: without it, a call right after a 2-thread PyTorch call was measured ~40%
 slower on the shared 2-core machine (PyTorch's OpenMP workers still spinning). Reported: medians with quartiles.
 
-Ratios (medians of this run): ``torch_over_jax_step`` (PyTorch step / one jitted JAX step call),
-``torch_over_jax_epoch_per_step`` (/ the JAX step inside the epoch scan), ``torch_over_jax_infer`` (inference
-passes), and the same with ``torch_1_thread``; per model under ``diffairec`` and ``diffrec``. Above 1: JAX is
-faster. The load average at the start and end is recorded: on a shared 2-core machine it bounds how far the numbers
-can be trusted.
+Ratios (medians of this run): ``<variant>_over_jax_step`` (a PyTorch variant's step / one jitted JAX step call),
+``<variant>_over_jax_epoch_per_step`` (/ the JAX step inside the epoch scan), ``<variant>_over_jax_infer``
+(inference passes), and ``best_torch_over_*`` (the fastest PyTorch variant); per model under ``diffairec`` and
+``diffrec``. Above 1: JAX is faster. The load average at the start and end is recorded: on a shared 2-core machine it
+bounds how far the numbers can be trusted. ``roofline``: per model, XLA's FLOP count of one JAX step against this
+machine's matmul rate measured in the same run (large, and at the step's first layer, (B, I, hidden)).
 """
 
 from __future__ import annotations
@@ -91,7 +94,9 @@ import optax
 
 from benchmarks.references import diffairec as torch_diffairec
 from benchmarks.timing import (device_info, finish, interleaved_ms, jax_epoch_caller, jax_step_caller, jaxlib_version,
-                               median_and_quartiles, nothing, parse_with_quick, torch_or_reason)
+                               matmul_rates, median_and_quartiles, nothing, parse_with_quick, roofline, roofline_line,
+                               torch_modes, torch_or_reason, torch_ratios, torch_thread_counts, torch_variants,
+                               xla_flops)
 from jaxfair.backbones import diffusion
 from jaxfair.methods import diffairec
 from jaxfair.training import optim
@@ -298,7 +303,6 @@ def parse_args(argv):
     parser.add_argument("--repeats", type=int, default=20, help="timed calls of every step variant (median reported)")
     parser.add_argument("--epoch-repeats", type=int, default=5, help="timed calls of every epoch variant")
     parser.add_argument("--infer-repeats", type=int, default=5, help="timed calls of every inference variant")
-    parser.add_argument("--torch-threads", type=int, default=2)
     parser.add_argument("--settle", type=float, default=0.2, help="untimed pause (s) before every timed call")
     parser.add_argument("--no-diffrec", action="store_true", help="time DifFaiRec only")
     parser.add_argument("--seed", type=int, default=0)
@@ -306,18 +310,18 @@ def parse_args(argv):
     return args
 
 
-def summarise(ms: dict, model: str, batches: int, torch_threads: int) -> dict:
+def summarise(ms: dict, model: str, batches: int) -> dict:
     """Per-model times and ratios from the medians."""
     out = {"jax_step_ms": ms[f"{model}_jax_step"], "jax_epoch_ms": ms[f"{model}_jax_epoch"],
            "jax_epoch_per_step_ms": ms[f"{model}_jax_epoch"] / batches, "jax_infer_ms": ms[f"{model}_jax_infer"]}
-    for prefix, threads in (("torch", torch_threads), ("torch_1_thread", 1)):
-        if f"{model}_torch_{threads}t_step" not in ms or (prefix == "torch_1_thread" and torch_threads == 1):
-            continue
-        step, infer = ms[f"{model}_torch_{threads}t_step"], ms[f"{model}_torch_{threads}t_infer"]
-        out.update({f"{prefix}_ms": step, f"{prefix}_infer_ms": infer,
-                    f"{prefix}_over_jax_step": step / out["jax_step_ms"],
-                    f"{prefix}_over_jax_epoch_per_step": step / out["jax_epoch_per_step_ms"],
-                    f"{prefix}_over_jax_infer": infer / out["jax_infer_ms"]})
+    label = lambda name, end: name[len(model) + 1 : -len(end)]  # noqa: E731 - "diffairec_torch_eager_1t_step"
+    steps = {label(n, "_step"): v for n, v in ms.items() if n.startswith(f"{model}_torch_") and n.endswith("_step")}
+    infers = {label(n, "_infer"): v for n, v in ms.items() if n.startswith(f"{model}_torch_") and n.endswith("_infer")}
+    out.update({f"{name}_ms": value for name, value in steps.items()})
+    out.update({f"{name}_infer_ms": value for name, value in infers.items()})
+    out.update(torch_ratios(steps, out["jax_step_ms"], "jax_step"))
+    out.update(torch_ratios(steps, out["jax_epoch_per_step_ms"], "jax_epoch_per_step"))
+    out.update(torch_ratios(infers, out["jax_infer_ms"], "jax_infer"))
     return out
 
 
@@ -355,10 +359,10 @@ def main(argv=None):
     if torch is None:
         results["torch_skipped"] = skipped
     else:
-        results.update(torch_version=torch.__version__, torch_threads=args.torch_threads)
+        results.update(torch_version=torch.__version__, torch_warmup_s={}, torch_failed={})
         tbatches = torch_diffairec.torch_batches(batches)
 
-    step_variants, epoch_variants, infer_variants, checks, warm_epochs = {}, {}, {}, {}, {}
+    step_variants, epoch_variants, infer_variants, checks, warm_epochs, flops = {}, {}, {}, {}, {}, {}
     for model in models:
         setup = JaxSetup(model, dc, None if model == "diffrec" else method, interactions, groups, tokens,
                          params[model], batches)
@@ -366,17 +370,26 @@ def main(argv=None):
         step_variants[f"{model}_jax_step"] = (nothing, setup.step_variant(setup.warm))
         epoch_variants[f"{model}_jax_epoch"] = (nothing, setup.epoch_variant(setup.warm))
         infer_variants[f"{model}_jax_infer"] = (nothing, setup.infer_variant(setup.warm.params, args.eval_batch))
+        flops[model] = xla_flops(setup.step, setup.warm, setup.batch_list[0], setup.key)
         if torch is not None:
             torch_method = None if model == "diffrec" else method
             reference = torch_model(setup.initial, dc, torch_method, interactions, groups, tokens, threads=1)
             checks[model] = check_same_step(setup, reference, tbatches[0])
             checks[model]["scores"] = check_same_scores(setup, reference, args.eval_batch)
-            for threads in sorted({args.torch_threads, 1}):
+
+            def build(threads, setup=setup, torch_method=torch_method):
                 timed = torch_model(setup.warm, dc, torch_method, interactions, groups, tokens, threads)
-                timed.step(tbatches[0])  # warm-up
-                timed.scores(args.eval_batch)
-                step_variants[f"{model}_torch_{threads}t_step"] = timed.step_variant(tbatches)
-                infer_variants[f"{model}_torch_{threads}t_infer"] = timed.infer_variant(args.eval_batch)
+                return timed, timed.step_variant(tbatches)[1]
+
+            built, warmups, failed = torch_variants(torch, build, prefix=f"{model}_torch",
+                                                    modes=torch_modes(args.no_compile), suffix="_step")
+            step_variants.update(built)
+            results["torch_warmup_s"].update(warmups)
+            results["torch_failed"].update(failed)
+            for threads in torch_thread_counts():
+                timed = torch_model(setup.warm, dc, torch_method, interactions, groups, tokens, threads)
+                timed.scores(args.eval_batch)  # warm-up
+                infer_variants[f"{model}_torch_eager_{threads}t_infer"] = timed.infer_variant(args.eval_batch)
     results["warm_epochs"] = warm_epochs
 
     times = {**interleaved_ms(settled(step_variants, args.settle), args.repeats),
@@ -387,7 +400,10 @@ def main(argv=None):
         ms[name], results["quartiles_ms"][name] = median_and_quartiles(values)
     results["median_ms"] = ms
     for model in models:
-        results[model] = summarise(ms, model, num_batches, args.torch_threads)
+        results[model] = summarise(ms, model, num_batches)
+    rates = matmul_rates({"large": (1024, 1024, 1024), "step": (args.batch, args.items, args.hidden[0])})
+    results["roofline"] = {model: roofline(results[model]["jax_epoch_per_step_ms"], flops[model], rates)
+                           for model in models}
 
     if checks:
         results["checks"] = checks
@@ -414,16 +430,15 @@ def report(results, args):
           f"/ {args.epoch_repeats} epochs / {args.infer_repeats} inference passes ({device['jax_backend']}, "
           f"{device['cpu_count']} cpus, load average {device['load_average_at_start'][0]:.2f} -> "
           f"{device['load_average_at_end'][0]:.2f})")
-    threads = args.torch_threads
     for model in results["models"]:
         print(f"{model}:")
         lines = [("train step: jax, one jitted call", f"{model}_jax_step", 1),
                  ("train step: jax inside the epoch scan", f"{model}_jax_epoch", shapes["batches_per_epoch"]),
-                 (f"train step: torch, {threads} threads", f"{model}_torch_{threads}t_step", 1),
-                 ("train step: torch, 1 thread", f"{model}_torch_1t_step" if threads != 1 else None, 1),
+                 *[(f"train step: {name[len(model) + 1:-5]} (warm-up {warm:.1f} s)", name, 1)
+                   for name, warm in results.get("torch_warmup_s", {}).items() if name.startswith(model + "_")],
                  ("inference (U x I): jax", f"{model}_jax_infer", 1),
-                 (f"inference (U x I): torch, {threads} threads", f"{model}_torch_{threads}t_infer", 1),
-                 ("inference (U x I): torch, 1 thread", f"{model}_torch_1t_infer" if threads != 1 else None, 1)]
+                 *[(f"inference (U x I): {name[len(model) + 1:-6]}", name, 1)
+                   for name in ms if name.startswith(f"{model}_torch_") and name.endswith("_infer")]]
         for label, name, per in lines:
             if name in ms:
                 value, (q1, q3) = ms[name], q[name]
@@ -433,6 +448,7 @@ def report(results, args):
         for key, value in results[model].items():
             if "_over_" in key:
                 print(f"  {key:42s} {value:9.3g}")
+        print("  " + roofline_line(results["roofline"][model]))
         for state, quantities in results.get("checks", {}).get(model, {}).items():
             if state == "scores":
                 print(f"  check scores: max abs diff {quantities['max_abs_diff']:.2g} (of {quantities['max_abs']:.2g})")
@@ -448,6 +464,8 @@ def report(results, args):
                 "check_passed"):
         if key in results:
             print(f"  {key:44s} {results[key]:.3g}" if key != "check_passed" else f"  {key:44s} {results[key]}")
+    for name, error in results.get("torch_failed", {}).items():
+        print(f"  {name} failed: {error}")
     if "torch_skipped" in results:
         print(f"  torch skipped: {results['torch_skipped']}")
 

@@ -4,7 +4,7 @@ over the groups, and how both grow with the number of intersectional groups G. E
 run.
 
     python -m benchmarks.itfr_step [--users 942 --items 491 --dim 64 --batch 1024 --batches 29 --groups 4 12 24 48
-                                    --repeats 30 --epoch-repeats 10 --torch-threads 2 --scaling-torch-threads 1]
+                                    --repeats 30 --epoch-repeats 10 --scaling-torch-threads 1 --no-compile]
     python -m benchmarks.itfr_step --quick --out /tmp/itfr_step.json      # tiny shapes, a few repeats
 
 Run from the repository root.
@@ -31,10 +31,13 @@ Variants, timed at every G of ``--groups`` (``--headline-groups``, 12 = 2 gender
   update starts exactly from theta), loss and ``torch.autograd.grad`` there; then the collaborative weights
   (gradient-cosine matrix against the previous epoch's group gradients, loss matrix, multiplicative update with
   present-group renormalisation and floor) and one ``torch.optim.Adam`` step on ``sum_g q_g grad~_g``. Timed at the
-  headline G with ``torch.set_num_threads`` ``--torch-threads`` (``torch``) and 1 (``torch_1_thread``, a reference
-  that suffers less when other processes share the cores: a loop of small ops waits on every descheduled OpenMP
-  thread), and at every G of ``--groups`` up to ``--torch-max-groups`` with ``--scaling-torch-threads`` (the
-  ``scaling`` rows).
+  headline G as ``torch_<mode>_<threads>t_G<G>``: eager and under ``torch.compile`` (``--no-compile`` drops it; the
+  warm-up, compile included, is reported as ``torch_warmup_s``), each with 1 thread (a reference that suffers less
+  when other processes share the cores: a loop of small ops waits on every descheduled OpenMP thread) and with every
+  core (:func:`benchmarks.timing.torch_variants`); and eager at every G of ``--groups`` up to ``--torch-max-groups``
+  with ``--scaling-torch-threads`` (the ``scaling`` rows). Same work: both sides compute every present group's
+  gradient at theta and at its perturbed point and one Adam step on the weighted sum (JAX from one backward pass
+  over the rows, PyTorch group by group, as the authors' code does); the checks below show the results agree.
 
 State: the timed JAX and PyTorch steps start from the JAX state after two epochs, so the previous-epoch group
 gradients exist and the gradient-similarity path of the collaborative balance is the one timed.
@@ -50,11 +53,12 @@ Timings: every variant first runs untimed (compiling / warm-up, the checks); the
 ``--repeats`` times and the epoch variants ``--epoch-repeats`` times, round-robin over the variants so that load
 from other processes falls on all of them alike (pre-drawn batches cycled, JAX results blocked on). Reported: the
 median in milliseconds with quartiles. Ratios, all from medians of this run: at the headline G,
-``torch_over_jax_step`` (PyTorch step / one jitted JAX step call) and ``torch_over_jax_epoch_per_step`` (PyTorch step /
-JAX step inside the epoch scan), the same for ``torch_1_thread``, and ``itfr_over_mf_epoch`` (ITFR epoch / plain-BPR
-epoch); per G in ``scaling``, ``torch_over_jax_step`` and each time over the same variant's time at the smallest G
+``torch_<mode>_<threads>t_over_jax_step`` (PyTorch step / one jitted JAX step call) and
+``..._over_jax_epoch_per_step`` (PyTorch step / JAX step inside the epoch scan), ``best_torch_over_*`` (the fastest
+PyTorch variant), and ``itfr_over_mf_epoch`` (ITFR epoch / plain-BPR epoch); per G in ``scaling``, ``torch_over_jax_step`` and each time over the same variant's time at the smallest G
 (``*_over_base``: 1 would be a cost constant in G, G / G_min a linear one). The load average at the start and end
-is recorded: on a shared 2-core machine it bounds how far the numbers can be trusted.
+is recorded: on a shared 2-core machine it bounds how far the numbers can be trusted. The roofline block gives XLA's
+FLOP count of one JAX step against this machine's matmul rate measured in the same run.
 """
 
 from __future__ import annotations
@@ -71,7 +75,9 @@ import optax
 
 from benchmarks.references import itfr as torch_itfr
 from benchmarks.timing import (device_info, finish, interleaved_ms, jax_epoch_caller, jax_step_caller, jaxlib_version,
-                               median_and_quartiles, nothing, parse_with_quick, torch_or_reason)
+                               matmul_rates, median_and_quartiles, nothing, parse_with_quick, roofline, roofline_line,
+                               torch_modes, torch_or_reason, torch_ratios, torch_variant_name, torch_variants,
+                               xla_flops)
 from jaxfair.data.groups import intersectional_groups
 from jaxfair.methods import itfr
 from jaxfair.training import optim
@@ -164,8 +170,8 @@ def check_same_step(setup: JaxSetup, config, batch) -> dict:
 # --- main ---------------------------------------------------------------------------------------------------------
 
 
-def torch_name(threads, num_groups):
-    return f"torch_{threads}t_G{num_groups}"
+def torch_name(threads, num_groups, mode="eager"):
+    return torch_variant_name("torch", mode, threads, f"_G{num_groups}")
 
 
 def parse_args(argv):
@@ -181,7 +187,6 @@ def parse_args(argv):
                                                                         "--groups if missing)")
     parser.add_argument("--repeats", type=int, default=30, help="timed calls of every step variant (median reported)")
     parser.add_argument("--epoch-repeats", type=int, default=10, help="timed calls of every epoch variant")
-    parser.add_argument("--torch-threads", type=int, default=2, help="PyTorch threads at the headline G")
     parser.add_argument("--scaling-torch-threads", type=int, default=1, help="PyTorch threads at every G")
     parser.add_argument("--torch-max-groups", type=int, default=48, help="time PyTorch only at G up to this")
     args = parse_with_quick(parser, argv, QUICK, DEFAULT_OUT.relative_to(DEFAULT_OUT.parents[2]))
@@ -212,8 +217,7 @@ def main(argv=None):
     if torch is None:
         results["torch_skipped"] = skipped
     else:
-        results.update(torch_version=torch.__version__, torch_threads=args.torch_threads,
-                       scaling_torch_threads=args.scaling_torch_threads)
+        results.update(torch_version=torch.__version__, scaling_torch_threads=args.scaling_torch_threads)
         torch_groups = [g for g in args.groups if g <= args.torch_max_groups]
 
     step_variants, epoch_variants, present, checks = {}, {}, {}, {}
@@ -229,13 +233,20 @@ def main(argv=None):
         if num_groups in torch_groups:
             batches = torch_itfr.torch_batches(rows)
             checks[f"G{num_groups}"] = check_same_step(setup, config, batches[0])
-            thread_counts = {args.scaling_torch_threads}
             if num_groups == args.headline_groups:
-                thread_counts |= {args.torch_threads, 1}
-            for threads in sorted(thread_counts):
-                model = torch_model(setup.later, setup, config, threads)
+                def build(threads, setup=setup, batches=batches):
+                    model = torch_model(setup.later, setup, config, threads)
+                    return model, model.variant(batches)[1]
+
+                built, results["torch_warmup_s"], results["torch_failed"] = torch_variants(
+                    torch, build, modes=torch_modes(args.no_compile), suffix=f"_G{num_groups}")
+                step_variants.update(built)
+            if torch_name(args.scaling_torch_threads, num_groups) not in step_variants:
+                model = torch_model(setup.later, setup, config, args.scaling_torch_threads)
                 model.step(batches[0])  # warm-up
-                step_variants[torch_name(threads, num_groups)] = model.variant(batches)
+                step_variants[torch_name(args.scaling_torch_threads, num_groups)] = model.variant(batches)
+        if num_groups == args.headline_groups:
+            flops = xla_flops(setup.step, setup.later, setup.batch_list[0], setup.key)
 
     times = {**interleaved_ms(step_variants, args.repeats), **interleaved_ms(epoch_variants, args.epoch_repeats)}
     ms, results["quartiles_ms"] = {}, {}
@@ -252,15 +263,13 @@ def main(argv=None):
         "mf_epoch_per_step_ms": ms[f"mf_epoch_G{g}"] / args.batches,
         "itfr_over_mf_epoch": ms[f"jax_epoch_G{g}"] / ms[f"mf_epoch_G{g}"],
     })
-    if torch_name(args.torch_threads, g) in ms:
-        for prefix, threads in (("torch", args.torch_threads), ("torch_1_thread", 1)):
-            if prefix == "torch" or args.torch_threads != 1:
-                value = ms[torch_name(threads, g)]
-                results.update({
-                    f"{prefix}_ms": value,
-                    f"{prefix}_over_jax_step": value / results["jax_step_ms"],
-                    f"{prefix}_over_jax_epoch_per_step": value / results["jax_epoch_per_step_ms"],
-                })
+    torch_ms = {name[: -len(f"_G{g}")]: value for name, value in ms.items()
+                if name.startswith("torch_") and name.endswith(f"_G{g}")}
+    results.update({f"{name}_ms": value for name, value in torch_ms.items()})
+    results.update(torch_ratios(torch_ms, results["jax_step_ms"], "jax_step"))
+    results.update(torch_ratios(torch_ms, results["jax_epoch_per_step_ms"], "jax_epoch_per_step"))
+    rates = matmul_rates({"large": (1024, 1024, 1024), "step": (args.batch, args.dim, args.dim)})
+    results["roofline"] = roofline(results["jax_epoch_per_step_ms"], flops, rates)
 
     base = args.groups[0]
     results["scaling_base_groups"] = base
@@ -296,18 +305,20 @@ def report(results, args):
     print(f"G = {g} (2 user groups x {g // 2} item groups):")
     lines = [("jax step, one jitted call", f"jax_step_G{g}", 1),
              ("jax step inside the epoch scan", f"jax_epoch_G{g}", args.batches),
-             (f"torch, {args.torch_threads} threads", torch_name(args.torch_threads, g), 1),
-             ("torch, 1 thread", torch_name(1, g) if args.torch_threads != 1 else None, 1),
+             *[(f"{name[:-len(f'_G{g}')]} (warm-up {warm:.1f} s)", name, 1)
+               for name, warm in results.get("torch_warmup_s", {}).items()],
              ("plain BPR (MF) inside the epoch scan", f"mf_epoch_G{g}", args.batches)]
     for label, name, per in lines:
         if name in results["median_ms"]:
             value, (q1, q3) = results["median_ms"][name], q[name]
             epoch = f"   epoch {value:9.2f} ms" if per > 1 else ""
             print(f"  {label:38s} {value / per:9.3f} ms/step (quartiles {q1 / per:.3f} .. {q3 / per:.3f}){epoch}")
-    for key in ("torch_over_jax_step", "torch_over_jax_epoch_per_step", "torch_1_thread_over_jax_step",
-                "torch_1_thread_over_jax_epoch_per_step", "itfr_over_mf_epoch", "check_max_abs_diff_params"):
-        if key in results:
-            print(f"  {key:38s} {results[key]:9.4g}")
+    for key, value in results.items():
+        if ("_over_" in key and isinstance(value, float)) or key == "check_max_abs_diff_params":
+            print(f"  {key:44s} {value:9.4g}")
+    for name, error in results.get("torch_failed", {}).items():
+        print(f"  {name} failed: {error}")
+    print("  " + roofline_line(results["roofline"]))
     base = results["scaling_base_groups"]
     print(f"Scaling with G (ms per step; x = over G={base}; torch with {args.scaling_torch_threads} thread(s)):")
     print(f"  {'G':>4s} {'present':>8s} {'jax step':>10s} {'x':>6s} {'jax scan':>10s} {'x':>6s} {'torch':>10s} "

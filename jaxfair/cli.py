@@ -1,11 +1,13 @@
 """The ``jaxfair`` command: fetch data, train and evaluate from a config file, sweep and report, audit embeddings.
 
     jaxfair fetch [ml-100k|ml-1m]
-    jaxfair train CONFIG.toml --out DIR [--seed N] [--set section.key=value ...]
+    jaxfair train CONFIG.toml --out DIR [--seed N | --seeds 0 1 2 3] [--set section.key=value ...]
     jaxfair sweep CONFIG.toml --out DIR [--grid GRID.toml] [--seeds 0 1 2] [--set ...] [--select RULE ...]
     jaxfair report DIR [DIR ...] [--stage test|valid] [--rows ...] [--columns ...] [--points ...] [--transpose]
                    [--paired POINT] [--update-docs FILE.md ...]
     jaxfair evaluate DIR [--protocol sampled|full ...] [--k 10 20 ...]
+    jaxfair serve DIR --requests REQUESTS.csv --out recs.csv [--k 10]
+    jaxfair front SWEEP [SWEEP ...] --out front.png [--row mean] [--auc unseen_auc] [--accuracy ndcg@10/backbone]
     jaxfair probe EMBEDDINGS.npy USERS.csv [--attributes gender age ...] [--seed N] [--bootstrap N]
     jaxfair methods
 
@@ -13,7 +15,7 @@ Errors in the input or the environment (bad config key, malformed data file, mis
 checkpoint, a file that cannot be written) print one line naming the problem and exit with status 2; they never end
 in a traceback. An unexpected error prints one line saying where its full trace was written and exits with status 1.
 
-``train``, ``sweep``, ``evaluate`` and ``probe`` keep compiled programs in a persistent cache
+``train``, ``sweep``, ``evaluate``, ``probe`` and ``serve`` keep compiled programs in a persistent cache
 (:mod:`jaxfair.compile_cache`; ``JAXFAIR_COMPILE_CACHE=off`` turns it off).
 """
 
@@ -48,9 +50,30 @@ def _fetch(args) -> None:
 def _train(args) -> None:
     from jaxfair.pipeline import load_config, run
 
+    if args.seeds:
+        from jaxfair.harness import sweep
+
+        sweep(args.config, args.out, seeds=args.seeds, overrides=args.set, restart=args.restart,
+              command=args.invocation)
+        print(f"one run per seed under {pathlib.Path(args.out) / 'runs' / 'base'}; mean ± std: jaxfair report "
+              f"{args.out}")
+        return
     config = load_config(args.config, args.set, seed=args.seed)
     run(config, args.out, restart=args.restart)
     print(f"results written to {pathlib.Path(args.out) / 'results.json'}")
+
+
+def _serve(args) -> None:
+    from jaxfair.serving import serve_run
+
+    serve_run(args.run, args.requests, args.out, k=args.k)
+
+
+def _front(args) -> None:
+    from jaxfair.front import front
+
+    front(args.sweeps, args.out, row=args.row, auc=args.auc, accuracy=args.accuracy, max_auc=args.max_auc,
+          min_accuracy=args.min_accuracy)
 
 
 def _sweep(args) -> None:
@@ -220,10 +243,35 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output folder (resumes if it holds an unfinished run of this config)")
     p.add_argument("--restart", action="store_true",
                    help="start afresh even if --out holds a run (the old folder is kept as <out>.old-<time>)")
-    p.add_argument("--seed", type=int, help="override the config's seed")
+    seeds = p.add_mutually_exclusive_group()
+    seeds.add_argument("--seed", type=int, help="override the config's seed")
+    seeds.add_argument("--seeds", nargs="+", type=int,
+                   help="several seeds: one run each under OUT/runs/base/seed<S> (a sweep of this config), their "
+                        "backbones trained together in one vmapped program")
     p.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
                    help="override config keys, e.g. afrl.lam=1.0 afrl.train.epochs=5 (values in TOML syntax)")
     p.set_defaults(func=_train)
+
+    p = sub.add_parser("serve", help="top-K recommendations of a finished run, each user under their own fairness "
+                                     "requirement and strength (or Cofair level)")
+    p.add_argument("run", help="a finished run folder of 'jaxfair train'")
+    p.add_argument("--requests", required=True,
+                   help="CSV: user (row of the run's users.csv), 0/1 per attribute to protect, optional strength "
+                        "(erasure, afrl, ffvae) or level (cofair)")
+    p.add_argument("--out", required=True, help="CSV of recommendations: user, raw_id, rank, item, item_raw_id, score")
+    p.add_argument("--k", type=int, default=10, help="items per user (default 10)")
+    p.set_defaults(func=_serve)
+
+    p = sub.add_parser("front", help="accuracy against unseen-user audit AUC of every point of finished sweeps "
+                                     "(a table and a PNG)")
+    p.add_argument("sweeps", nargs="+", help="sweep folders (their summary.json)")
+    p.add_argument("--out", required=True, help="the figure (PNG)")
+    p.add_argument("--row", default="mean", help="test-table row (default: mean over the non-empty requirements)")
+    p.add_argument("--auc", default="unseen_auc", help="leakage column (default unseen_auc)")
+    p.add_argument("--accuracy", default="ndcg@10/backbone", help="accuracy column (default ndcg@10/backbone)")
+    p.add_argument("--max-auc", type=float, default=0.55, help="target: leakage at most this (default 0.55)")
+    p.add_argument("--min-accuracy", type=float, default=0.95, help="target: accuracy at least this (default 0.95)")
+    p.set_defaults(func=_front)
 
     p = sub.add_parser("sweep", help="run a config over a grid of overrides and several seeds, then summarise")
     p.add_argument("config", help="a TOML file from configs/")
@@ -284,7 +332,7 @@ def write_trace(error: BaseException, invocation: str = "jaxfair") -> str:
     return name
 
 
-COMPILING = ("train", "sweep", "evaluate", "probe")  # the commands that turn on the compilation cache
+COMPILING = ("train", "sweep", "evaluate", "probe", "serve")  # the commands that turn on the compilation cache
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -293,6 +341,7 @@ def main(argv: list[str] | None = None) -> int:
     args.invocation = shlex.join(["jaxfair", *argv])  # what provenance.json and error traces record
     from jaxfair.pipeline.outputs import RunError
     from jaxfair.report import ReportError
+    from jaxfair.serving import ServeError
     from jaxfair.training.checkpoint import CheckpointError
 
     try:
@@ -303,7 +352,7 @@ def main(argv: list[str] | None = None) -> int:
             split_host()  # before anything starts JAX's backend
             enable_compile_cache()
         args.func(args)
-    except (ConfigError, DataError, UsageError, RunError, ReportError, CheckpointError) as err:
+    except (ConfigError, DataError, UsageError, RunError, ReportError, CheckpointError, ServeError) as err:
         print(f"jaxfair: error: {err}", file=sys.stderr)
         return 2
     except OSError as err:

@@ -64,6 +64,17 @@ def enable_compile_cache(folder: str | os.PathLike | None = None) -> pathlib.Pat
     return path
 
 
+def restore_compile_cache(folder: str | None) -> None:
+    """Point JAX's persistent cache back at ``folder`` (a value of ``jax.config.jax_compilation_cache_dir`` saved
+    before :func:`enable_compile_cache` moved it; None turns it off), so nothing keeps writing into a folder that is
+    about to be deleted (a benchmark's scratch cache)."""
+    import jax
+
+    if jax.config.jax_compilation_cache_dir != folder:
+        jax.config.update("jax_compilation_cache_dir", folder)
+        _reopen()
+
+
 def _reopen() -> None:
     """Make JAX open the cache folder now configured (it opens one per process, at its first compilation)."""
     try:

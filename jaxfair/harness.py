@@ -16,7 +16,9 @@ A grid file holds labelled points and/or a product of values, each a set of dott
 With both, every point is combined with every grid combination. Every point and seed is parsed and checked before
 anything runs. Runs go to ``DIR/runs/<point>/seed<S>`` (a finished run is read, not rerun, so an interrupted sweep
 resumes); runs that share data, backbone, evaluation settings and seed share one trained backbone
-(``DIR/.backbones``). ``DIR`` also gets ``summary.json``, ``config.json`` (the resolved base config),
+(``DIR/.backbones``), and the seeds of such a backbone are trained together, as one vmapped program
+(:func:`jaxfair.pipeline.run.train_backbones_together`; the method's stages and the evaluation then run seed after
+seed). ``DIR`` also gets ``summary.json``, ``config.json`` (the resolved base config),
 ``grid.toml`` (a copy) and ``provenance.json`` (the command, the commit, the date and the versions).
 
 Model selection (``--select``) reads the validation tables only (the test tables are never passed to it). Rules, in
@@ -49,6 +51,7 @@ from jaxfair.compile_cache import enable_compile_cache
 from jaxfair.cpu_devices import split_host
 from jaxfair.config import ConfigError, apply_overrides, flatten, read_toml
 from jaxfair.pipeline import parse_config, run
+from jaxfair.pipeline.run import train_backbones_together
 from jaxfair.pipeline.folder import FolderLock, describe_changes, prepare_folder, recorded_changes
 from jaxfair.pipeline.outputs import RunError, git_commit, write_json, write_text
 
@@ -138,8 +141,12 @@ def _sweep(out, config_path, grid, overrides, base, points, seeds, rules, config
     results: dict[str, list[dict]] = {label: [] for label in points}
     total, done = len(configs), 0
     start = time.perf_counter()
+    run_dirs = {key: out / "runs" / _folder(key[0]) / f"seed{key[1]}" for key in configs}
+    # a point's seeds train their backbones in one program (runs that have theirs already are left out)
+    train_backbones_together([config for key, config in configs.items()
+                              if restart or not (run_dirs[key] / "backbone.json").exists()], out / ".backbones", log)
     for (label, seed), config in configs.items():
-        run_dir = out / "runs" / _folder(label) / f"seed{seed}"
+        run_dir = run_dirs[label, seed]
         done += 1
         log(f"[sweep] {done}/{total} {label} seed {seed} -> {run_dir}")
         results[label].append(run(config, run_dir, log=log, backbone_cache=out / ".backbones", restart=restart))

@@ -22,6 +22,9 @@ def test_afrl_step_benchmark_reports_every_ratio(tmp_path):
     keys = ["jax_jit_step_s", "jax_scan_epoch_step_s", "vmapped_all_requirements_s", "loop_over_requirements_s",
             "loop_over_vmapped_requirements"]
     assert all(saved[key] > 0 for key in keys)
+    assert set(saved["median_ms"]) == {"jax_jit_step", "jax_scan_epoch", "vmapped_all_requirements",
+                                       "loop_over_requirements"}
+    assert saved["roofline"]["step_gflop"] > 0 and 0 < saved["roofline"]["share_of_step_matmul_rate"]
 
 
 @pytest.mark.parametrize("flags", [["--adversary", "paper"], ["--adversary", "mean_gap"],
@@ -41,8 +44,12 @@ def test_cofair_step_benchmark_reports_every_ratio(tmp_path, flags):
         times.append("jax_vmap_without_exposure_ms")
         ratios.append("exposure_over_plain")
     if "torch_skipped" not in saved:
-        times.append("torch_ms")
-        ratios += ["torch_over_jax_vmap", "torch_over_jax_vmap_per_row", "torch_over_jax_loop"]
+        torch_variants = [f"torch_eager_{t}t" for t in sorted({1, saved["device"]["cpu_count"]})]  # --quick: no compile
+        assert set(saved["torch_warmup_s"]) == set(torch_variants) and saved["torch_failed"] == {}
+        times += [f"{name}_ms" for name in torch_variants]
+        ratios += ["torch_eager_1t_over_jax_vmap_per_row", "best_torch_over_jax_vmap_per_row",
+                   "torch_eager_1t_over_jax_vmap", "best_torch_over_jax_vmap"]
+    assert saved["roofline"]["step_gflop"] > 0 and 0 < saved["roofline"]["share_of_large_matmul_rate"]
     assert all(saved[key] > 0 for key in times + ratios)
     checks = [key for key in saved if key.startswith("check_max_abs_diff_")]
     assert len(checks) >= 2 and all(saved[key] < 1e-4 for key in checks)
@@ -60,8 +67,12 @@ def test_itfr_step_benchmark_reports_every_ratio_and_matches_torch(tmp_path):
     ratios = ["itfr_over_mf_epoch"]
     scaling = ["jax_step_ms", "jax_epoch_per_step_ms", "jax_step_over_base", "jax_epoch_per_step_over_base"]
     if "torch_skipped" not in saved:
-        times += ["torch_ms", "torch_1_thread_ms"]
-        ratios += ["torch_over_jax_step", "torch_over_jax_epoch_per_step", "torch_1_thread_over_jax_step"]
+        torch_variants = [f"torch_eager_{t}t" for t in sorted({1, saved["device"]["cpu_count"]})]  # --quick: no compile
+        assert set(saved["torch_warmup_s"]) == {f"{name}_G12" for name in torch_variants}
+        assert saved["torch_failed"] == {}
+        times += [f"{name}_ms" for name in torch_variants]
+        ratios += [f"{name}_over_jax_{what}" for name in [*torch_variants, "best_torch"]
+                   for what in ("step", "epoch_per_step")]
         scaling += ["torch_ms", "torch_over_jax_step", "torch_over_base"]
         assert set(saved["checks"]) == {"G4", "G12"}
         for per_state in saved["checks"].values():
@@ -70,6 +81,7 @@ def test_itfr_step_benchmark_reports_every_ratio_and_matches_torch(tmp_path):
                 assert all(q["max_abs_diff"] < 1e-4 * max(1.0, q["max_abs"]) for q in quantities.values())
         assert saved["check_max_abs_diff_params"] < 1e-4
     assert all(saved[key] > 0 for key in times + ratios)
+    assert saved["roofline"]["step_gflop"] > 0 and 0 < saved["roofline"]["share_of_large_matmul_rate"]
     assert [row["groups"] for row in saved["scaling"]] == [4, 12]
     assert all(row[key] > 0 for row in saved["scaling"] for key in scaling)
     assert saved["scaling"][0]["jax_step_over_base"] == 1.0
@@ -88,8 +100,11 @@ def test_diffairec_step_benchmark_reports_every_ratio_and_matches_torch(tmp_path
     times = ["jax_step_ms", "jax_epoch_ms", "jax_epoch_per_step_ms", "jax_infer_ms"]
     ratios = []
     if "torch_skipped" not in saved:
-        times += ["torch_ms", "torch_infer_ms", "torch_1_thread_ms", "torch_1_thread_infer_ms"]
-        ratios += [f"{prefix}_over_jax_{what}" for prefix in ("torch", "torch_1_thread")
+        torch_variants = [f"torch_eager_{t}t" for t in sorted({1, saved["device"]["cpu_count"]})]  # --quick: no compile
+        assert set(saved["torch_warmup_s"]) == {f"diffairec_{name}_step" for name in torch_variants}
+        assert saved["torch_failed"] == {}
+        times += [f"{name}_{what}ms" for name in torch_variants for what in ("", "infer_")]
+        ratios += [f"{name}_over_jax_{what}" for name in [*torch_variants, "best_torch"]
                    for what in ("step", "epoch_per_step", "infer")]
         checks = saved["checks"]["diffairec"]
         assert checks["warm"]["importance_sampling_active"] and not checks["initial"]["importance_sampling_active"]
@@ -97,6 +112,7 @@ def test_diffairec_step_benchmark_reports_every_ratio_and_matches_torch(tmp_path
         assert saved["check_passed"] is True
         assert saved["check_max_abs_diff_params"] < 1e-4 and saved["check_max_abs_diff_scores"] < 1e-4
     assert all(block[key] > 0 for key in times + ratios)
+    assert saved["roofline"]["diffairec"]["step_gflop"] > 0
 
 
 def test_diffairec_step_benchmark_offers_only_the_conditional_group_vectors():
@@ -175,5 +191,82 @@ def test_the_benchmarks_readme_table_is_what_the_summary_prints_from_the_results
     page = summary.README.read_text()
     embedded = page[page.index(summary.BEGIN) + len(summary.BEGIN):page.index(summary.END)].strip()
     assert embedded == summary.table()
+    docs = summary.DOCS.read_text()
+    steps = docs[docs.index(summary.STEPS_BEGIN) + len(summary.STEPS_BEGIN):docs.index(summary.STEPS_END)].strip()
+    assert steps == f"```text\n{summary.steps_table()}\n```"  # docs/benchmarks.md's step table, printed too
     for name in summary.ROWS:  # every row names a results file that exists and a command that writes it
         assert (summary.RESULTS / name).exists()
+
+
+class FakeTorch:
+    """Enough of ``torch`` for :func:`benchmarks.timing.torch_variants`: thread counts, dynamo's limits, and a
+    ``compile`` that fails by default and works with ``dynamic=False`` (as dynamo did on DiffRec's step)."""
+
+    def __init__(self):
+        from types import SimpleNamespace
+
+        self.threads = []
+        self._dynamo = SimpleNamespace(config=SimpleNamespace(recompile_limit=8, accumulated_recompile_limit=256))
+
+    def set_num_threads(self, n):
+        self.threads.append(n)
+
+    def compile(self, fn, dynamic=None):
+        def compiled(*args):
+            if dynamic is not False:
+                raise IndexError("list index out of range\nmore lines")
+            return fn(*args)
+
+        return compiled
+
+
+def test_torch_variants_time_eager_and_compile_at_1_and_every_thread_and_report_fallbacks(monkeypatch):
+    from types import SimpleNamespace
+
+    from benchmarks import timing
+
+    monkeypatch.setattr(timing.os, "cpu_count", lambda: 4)
+    torch, built = FakeTorch(), []
+
+    def build(threads):
+        model = SimpleNamespace(step=lambda r: r, calls=0)
+        built.append(threads)
+        return model, lambda r: model.step(r)
+
+    variants, warmups, failed = timing.torch_variants(torch, build, suffix="_G12")
+    assert list(variants) == ["torch_eager_1t_G12", "torch_compile_1t_G12", "torch_eager_4t_G12",
+                              "torch_compile_4t_G12"] == list(warmups)
+    assert failed["torch_compile_1t_G12"] == ("torch.compile(): IndexError: list index out of range; timed with "
+                                              "torch.compile(dynamic=False)")
+    assert set(failed) == {"torch_compile_1t_G12", "torch_compile_4t_G12"} and built == [1, 1, 1, 4, 4, 4]
+    assert torch._dynamo.config.recompile_limit == timing.COMPILE_RECOMPILE_LIMIT
+    variants["torch_eager_4t_G12"][0]()
+    assert torch.threads[-1] == 4  # prepare sets the variant's own thread count
+    eager_only, _, none_failed = timing.torch_variants(torch, build, modes=timing.torch_modes(no_compile=True))
+    assert list(eager_only) == ["torch_eager_1t", "torch_eager_4t"] and none_failed == {}
+
+
+def test_torch_ratios_and_the_roofline_line():
+    from benchmarks import timing
+
+    ratios = timing.torch_ratios({"torch_eager_1t": 30.0, "torch_compile_2t": 15.0}, 10.0, "jax_step")
+    assert ratios == {"torch_eager_1t_over_jax_step": 3.0, "torch_compile_2t_over_jax_step": 1.5,
+                      "best_torch_over_jax_step": 1.5}
+    assert timing.torch_ratios({}, 10.0, "jax_step") == {}
+    bound = timing.roofline(step_ms=2.0, flops=2e8, rates={"large": 400.0, "step": 100.0})
+    assert bound["achieved_gflops"] == pytest.approx(100.0) and bound["share_of_step_matmul_rate"] == pytest.approx(1)
+    assert timing.roofline_line(bound) == ("XLA counts 200.0 MFLOP per step: 100.0 GFLOP/s against large matmul "
+                                           "400.0 GFLOP/s (25.0%), step matmul 100.0 GFLOP/s (100.0%)")
+
+
+def test_seeds_benchmark_reports_the_backbone_stage_ratios(tmp_path):
+    from benchmarks import seeds
+
+    out = tmp_path / "seeds.json"
+    results = seeds.main(["--quick", "--job-repeats", "0", "--out", str(out)])
+    saved = json.loads(out.read_text())
+    assert saved == json.loads(json.dumps(results)) and saved["seeds"] == [0, 1] and "job" not in saved
+    backbone = saved["backbone"]
+    assert set(backbone["median_seconds"]) == {"one_seed", "together", "in_turn"}
+    assert backbone["together_over_one_seed"] > 0 and backbone["in_turn_over_together"] > 0
+    assert backbone["same_epochs_as_in_turn"] and backbone["max_abs_diff_valid"] < 1e-5

@@ -168,6 +168,21 @@ def test_set_overrides_config_keys_on_the_command_line(data_folder, tmp_path):
     assert np.load(tmp_path / "out" / "user_embeddings.npy").shape == (80, 8)
 
 
+def test_train_with_seeds_writes_a_run_per_seed_their_backbones_trained_in_one_program(data_folder, tmp_path,
+                                                                                       capsys):
+    config = write_config(tmp_path / "pmf.toml", data_folder, epochs=2)
+    assert main(["train", str(config), "--seeds", "0", "1", "--out", str(tmp_path / "out")]) == 0
+    out = capsys.readouterr().out
+    assert "the backbones of seeds [0, 1] in one program" in out and "runs/base" in out
+    for seed in (0, 1):
+        results = json.loads((tmp_path / "out" / "runs" / "base" / f"seed{seed}" / "results.json").read_text())
+        assert results["seed"] == seed and results["backbone"]["epochs_run"] == 2
+    assert json.loads((tmp_path / "out" / "summary.json").read_text())["seeds"] == [0, 1]
+    with pytest.raises(SystemExit):  # argparse: --seed and --seeds are exclusive
+        main(["train", str(config), "--seed", "1", "--seeds", "0", "1", "--out", str(tmp_path / "other")])
+    assert "not allowed with argument" in capsys.readouterr().err
+
+
 def test_sweep_then_report_renders_every_point_from_the_summary(data_folder, tmp_path, capsys):
     config = write_config(tmp_path / "pmf.toml", data_folder, epochs=2)
     (tmp_path / "grid.toml").write_text('[grid]\n"backbone.dim" = [4, 8]\n')
@@ -201,7 +216,7 @@ def test_report_and_sweep_errors_are_one_line(tmp_path, capsys):
 def test_methods_lists_every_registered_method(capsys):
     assert main(["methods"]) == 0
     out = capsys.readouterr().out
-    for name in ("noop", "afrl", "sm", "ffvae", "cofair", "itfr", "diffairec", "fair_mf"):
+    for name in ("noop", "afrl", "sm", "ffvae", "erasure", "cofair", "itfr", "diffairec", "fair_mf"):
         assert name in out
 
 

@@ -14,7 +14,7 @@ LAYERS = {
     "jaxfair.backbones": 3,
     "jaxfair.methods": 4,
     "jaxfair.pipeline": 5,
-    "jaxfair.harness": 6, "jaxfair.report": 6,
+    "jaxfair.harness": 6, "jaxfair.report": 6, "jaxfair.serving": 6, "jaxfair.front": 6,
     "jaxfair.cli": 7,
 }
 

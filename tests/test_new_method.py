@@ -92,7 +92,7 @@ def test_it_sweeps_and_reports_through_the_same_commands(config, tmp_path, capsy
 
 
 def test_every_shipped_method_is_a_registered_contract_bundle():
-    assert list(METHODS)[:8] == ["noop", "afrl", "sm", "ffvae", "cofair", "itfr", "diffairec", "fair_mf"]
+    assert list(METHODS)[:9] == ["noop", "afrl", "sm", "ffvae", "erasure", "cofair", "itfr", "diffairec", "fair_mf"]
     for name, method in METHODS.items():
         assert isinstance(method, Method) and method.name == name and method.description
         assert "train" in method.Config.__dataclass_fields__

@@ -7,6 +7,7 @@ package.
 
 * ``noop`` - no fairness: the backbone's own embeddings (what a config without a method section runs);
 * ``afrl`` - AFRL; ``sm`` and ``ffvae`` - its baselines (its ablations are settings of ``afrl``);
+* ``erasure`` - closed-form linear concept erasure (LEACE) per requirement and strength, no training;
 * ``cofair`` - Cofair, with the per-level retraining baseline as models of the same method;
 * ``itfr`` - ITFR; plain BPR and GroupDRO are settings of it;
 * ``diffairec`` - DifFaiRec; DiffRec is ``group_vectors = "none"``; ``fair_mf`` - the regularised MF (``gamma = 0``:
@@ -16,11 +17,11 @@ package.
 from __future__ import annotations
 
 from jaxfair.config import ConfigError
-from jaxfair.methods import afrl, cofair, diffairec, fair_mf, ffvae, itfr, noop, sm
+from jaxfair.methods import afrl, cofair, diffairec, erasure, fair_mf, ffvae, itfr, noop, sm
 from jaxfair.methods.base import Method
 
-METHODS: dict[str, Method] = {m.METHOD.name: m.METHOD for m in (noop, afrl, sm, ffvae, cofair, itfr, diffairec,
-                                                               fair_mf)}
+METHODS: dict[str, Method] = {m.METHOD.name: m.METHOD for m in (noop, afrl, sm, ffvae, erasure, cofair, itfr,
+                                                               diffairec, fair_mf)}
 
 
 def register(method: Method) -> Method:

@@ -30,7 +30,7 @@ import json
 import pathlib
 import shutil
 import time
-from typing import Callable, NamedTuple
+from typing import Callable, NamedTuple, Sequence
 
 import jax
 import numpy as np
@@ -49,6 +49,7 @@ from jaxfair.pipeline.config import DataConfig, RunConfig, parse_config
 from jaxfair.pipeline.folder import RunFolder
 from jaxfair.pipeline.outputs import RunError, git_commit, write_figure, write_json, write_npy, write_users_csv
 from jaxfair.training.checkpoint import Checkpointer
+from jaxfair.training.seeds import fit_seeds
 from jaxfair.training.trainer import FitResult, fault_point, fit
 
 Log = Callable[[str], None]
@@ -72,11 +73,13 @@ def start_run(config: RunConfig, folder: RunFolder, log: Log = print) -> Split:
     return split
 
 
-def backbone_fingerprint(config: RunConfig) -> str:
+def backbone_fingerprint(config: RunConfig, with_seed: bool = True) -> str:
     """What determines a trained backbone: the data, the backbone (its loop included), the evaluation settings its
-    validation uses and the seed."""
-    return fingerprint({"data": config.data.to_dict(), "backbone": config.backbone.to_dict(),
-                        "evaluate": dataclasses.asdict(config.evaluate), "seed": config.seed})
+    validation uses and the seed (``with_seed=False``: the same without it, what the seeds of one sweep point
+    share)."""
+    recipe = {"data": config.data.to_dict(), "backbone": config.backbone.to_dict(),
+              "evaluate": dataclasses.asdict(config.evaluate)}
+    return fingerprint({**recipe, "seed": config.seed} if with_seed else recipe)
 
 
 def _save_best(out_dir: pathlib.Path, params, epoch: int) -> None:
@@ -111,6 +114,8 @@ def backbone_stage(config: RunConfig, split: Split, backbone: Backbone, out_dir:
     trained_here = out_dir is not None and (out_dir / "checkpoints" / "train").exists()
     if out_dir is not None and not trained_here and cached is not None and (cached / "backbone.json").exists():
         shutil.copytree(cached / "checkpoints" / "best", out_dir / "checkpoints" / "best", dirs_exist_ok=True)
+        if (cached / "train_log.jsonl").exists():  # trained together with other seeds (train_backbones_together)
+            shutil.copy(cached / "train_log.jsonl", out_dir / "train_log.jsonl")
         shutil.copy(cached / "backbone.json", out_dir / "backbone.json")
         log(f"[train] backbone restored from the sweep's cache ({cached.name})")
     if out_dir is not None and not trained_here and (out_dir / "backbone.json").exists():
@@ -130,6 +135,45 @@ def backbone_stage(config: RunConfig, split: Split, backbone: Backbone, out_dir:
             shutil.copytree(out_dir / "checkpoints" / "best", cached / "checkpoints" / "best", dirs_exist_ok=True)
             write_json(cached / "backbone.json", summary)
     return freeze(backbone, context, result.best_params), summary
+
+
+def train_backbones_together(configs: Sequence[RunConfig], cache: pathlib.Path, log: Log = print) -> list[list[int]]:
+    """Train the frozen backbones of runs that differ only in their seed as one vmapped program per recipe
+    (:func:`jaxfair.training.seeds.fit_seeds`), into a sweep's backbone ``cache``: each seed's folder
+    ``cache/<backbone_fingerprint>`` gets what :func:`backbone_stage` caches for a backbone trained alone
+    (``checkpoints/best``, ``backbone.json``) plus its ``train_log.jsonl`` and resumable ``checkpoints/train``, so
+    every run of those seeds restores its backbone from there. Seeds already cached, runs whose method trains no
+    frozen backbone, and a recipe with a single seed left are skipped (that run trains its own, as before).
+
+    ``backbone.json``'s ``train_seconds`` is the wall time of the whole vmapped fit, shared by its seeds.
+
+    Returns:
+      the seeds trained together, one list per recipe.
+    """
+    groups: dict[str, dict[int, RunConfig]] = {}
+    for config in configs:
+        if get_method(config.method).frozen_backbone and not (cache / backbone_fingerprint(config) /
+                                                              "backbone.json").exists():
+            groups.setdefault(backbone_fingerprint(config, with_seed=False), {})[config.seed] = config
+    trained = []
+    for group in groups.values():
+        if len(group) < 2:
+            continue
+        seeds, first = sorted(group), next(iter(group.values()))
+        log(f"[train] the backbones of seeds {seeds} in one program")
+        split = load_split(first.data, log)
+        backbone, _ = make_backbone(first.backbone.name, dataclasses.asdict(first.backbone.config))
+        model = backbone_model("train", split, backbone, backbone.context(split), first.backbone.train,
+                               tuple(first.evaluate.ks), first.evaluate.batch_size)
+        folders = [pathlib.Path(cache) / backbone_fingerprint(group[seed]) for seed in seeds]
+        tick = time.perf_counter()
+        results = fit_seeds(model, seeds, folders, log=log)
+        seconds = time.perf_counter() - tick
+        for folder, result in zip(folders, results):
+            _save_best(folder, result.best_params, result.best_epoch)
+            write_json(folder / "backbone.json", fit_summary(result, seconds))
+        trained.append(seeds)
+    return trained
 
 
 def fit_models(method: Method, context: Context, data, method_config, out_dir, log: Log) -> dict:
