@@ -6,14 +6,17 @@ S seeds one after another, interleaved, at two levels.
     python -m benchmarks.seeds --quick                   # a tiny synthetic config, one repeat (a smoke test)
 
 * **Backbone stage** (in this process): the config's backbone :class:`~jaxfair.training.trainer.Model`, trained by
-  ``fit(model, seeds[0])`` (``one_seed``), by ``fit_seeds(model, seeds)`` (``together``: one vmapped program) and
-  by ``fit`` once per seed (``in_turn``). Every variant runs once untimed first, with JAX's persistent compilation
+  ``fit(model, seeds[0])`` (``one_seed``), by ``fit_seeds(model, seeds)`` (``together``: one program, the seeds in
+  sequence inside it, bit-identical to separate runs), by ``fit_seeds(..., batched=True)`` (``together_batched``:
+  one vmapped program) and by ``fit`` once per seed (``in_turn``). Every variant runs once untimed first, with JAX's persistent compilation
   cache on, so the timed calls trace but do not compile. ``together_over_one_seed`` is the issue's ratio (target at
-  most 2.5 for 4 seeds on the 2-core CPU); ``in_turn_over_together`` what one program saves over the loop. Each
-  seed's validation metrics and epochs from ``together`` are checked against ``in_turn`` (``max_abs_diff_valid``).
+  most 2.5 for 4 seeds on the 2-core CPU), ``together_batched_over_one_seed`` the same batched;
+  ``in_turn_over_together`` and ``in_turn_over_together_batched`` what one program saves over the loop. Each seed's
+  validation metrics and epochs from both forms are checked against ``in_turn`` (``max_abs_diff_valid``,
+  ``max_abs_diff_valid_batched``).
 * **Whole job** (``--job-repeats`` > 0; fresh processes, a warm compilation cache): ``jaxfair train CONFIG`` (one
   seed) against ``jaxfair train CONFIG --seeds ...`` (the backbones in one program, then each seed's method stage
-  and evaluation in turn), interleaved; ``job_seeds_over_one_seed``.
+  and evaluation in turn; ``--batch-seeds`` with ``--job-batched``), interleaved; ``job_seeds_over_one_seed``.
 
 On an accelerator the together variant should approach one seed's time until the device is full (the seeds' steps
 are one batched program); the command for that, on a GPU machine: ``JAX_PLATFORMS=cuda python -m benchmarks.seeds
@@ -56,6 +59,7 @@ def backbone_variants(config, seeds):
                            tuple(config.evaluate.ks), config.evaluate.batch_size)
     return {"one_seed": lambda: [fit(model, seeds[0], log=quiet)],
             "together": lambda: fit_seeds(model, seeds, log=quiet),
+            "together_batched": lambda: fit_seeds(model, seeds, log=quiet, batched=True),
             "in_turn": lambda: [fit(model, seed, log=quiet) for seed in seeds]}
 
 
@@ -70,22 +74,26 @@ def time_backbone(config, seeds, repeats) -> dict:
             seconds[name].append(time.perf_counter() - tick)
             print(f"[seeds] backbone repeat {repeat + 1}/{repeats} {name}: {seconds[name][-1]:.1f} s", flush=True)
     median = {name: statistics.median(values) for name, values in seconds.items()}
-    diff = max(abs(a.best_valid[k] - b.best_valid[k]) for a, b in zip(results["together"], results["in_turn"])
-               for k in b.best_valid)
-    return {"seconds": seconds, "median_seconds": median,
-            "epochs_run": [r.epochs_run for r in results["together"]],
-            "same_epochs_as_in_turn": [r.epochs_run for r in results["together"]] ==
-                                      [r.epochs_run for r in results["in_turn"]],
-            "max_abs_diff_valid": diff,
+    def diff(name):
+        return max(abs(a.best_valid[k] - b.best_valid[k]) for a, b in zip(results[name], results["in_turn"])
+                   for k in b.best_valid)
+
+    epochs = {name: [r.epochs_run for r in results[name]] for name in ("together", "together_batched", "in_turn")}
+    return {"seconds": seconds, "median_seconds": median, "epochs_run": epochs["together"],
+            "same_epochs_as_in_turn": epochs["together"] == epochs["in_turn"] == epochs["together_batched"],
+            "max_abs_diff_valid": diff("together"), "max_abs_diff_valid_batched": diff("together_batched"),
             "together_over_one_seed": median["together"] / median["one_seed"],
-            "in_turn_over_together": median["in_turn"] / median["together"]}
+            "together_batched_over_one_seed": median["together_batched"] / median["one_seed"],
+            "in_turn_over_together": median["in_turn"] / median["together"],
+            "in_turn_over_together_batched": median["in_turn"] / median["together_batched"]}
 
 
-def train(config_path, overrides, out, cache, seeds=None) -> float:
+def train(config_path, overrides, out, cache, seeds=None, batched=False) -> float:
     env = {**os.environ, "JAXFAIR_COMPILE_CACHE": str(cache),
            "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
     command = [sys.executable, "-m", "jaxfair.cli", "train", str(config_path), "--out", str(out)]
     command += ["--seeds", *map(str, seeds)] if seeds else []
+    command += ["--batch-seeds"] if seeds and batched else []
     command += ["--set", *overrides] if overrides else []
     tick = time.perf_counter()
     done = subprocess.run(command, capture_output=True, text=True, env=env)
@@ -94,19 +102,19 @@ def train(config_path, overrides, out, cache, seeds=None) -> float:
     return time.perf_counter() - tick
 
 
-def time_job(config_path, overrides, seeds, repeats, scratch) -> dict:
+def time_job(config_path, overrides, seeds, repeats, scratch, batched=False) -> dict:
     cache = scratch / "cache"
     train(config_path, overrides, scratch / "warmup_one", cache)  # untimed: fills the compilation cache
-    train(config_path, overrides, scratch / "warmup_seeds", cache, seeds)
+    train(config_path, overrides, scratch / "warmup_seeds", cache, seeds, batched)
     seconds = {"one_seed": [], "seeds": []}
     for repeat in range(repeats):
         for name in seconds:
             took = train(config_path, overrides, scratch / f"{name}{repeat}", cache,
-                         seeds if name == "seeds" else None)
+                         seeds if name == "seeds" else None, batched)
             seconds[name].append(took)
             print(f"[seeds] job repeat {repeat + 1}/{repeats} {name}: {took:.1f} s", flush=True)
     median = {name: statistics.median(values) for name, values in seconds.items()}
-    return {"seconds": seconds, "median_seconds": median,
+    return {"seconds": seconds, "median_seconds": median, "batched": batched,
             "job_seeds_over_one_seed": median["seeds"] / median["one_seed"]}
 
 
@@ -116,6 +124,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3])
     parser.add_argument("--repeats", type=int, default=3, help="interleaved repeats of the backbone stage")
     parser.add_argument("--job-repeats", type=int, default=2, help="interleaved repeats of the whole job (0: skip)")
+    parser.add_argument("--job-batched", action="store_true", help="the whole job with --batch-seeds")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE")
     args = parse_with_quick(parser, argv, {"repeats": 1, "job_repeats": 1, "seeds": [0, 1]}, DEFAULT_OUT)
     from jaxfair.compile_cache import enable_compile_cache, restore_compile_cache
@@ -139,16 +148,20 @@ def main(argv=None) -> dict:
         try:
             result["backbone"] = time_backbone(config, args.seeds, args.repeats)
             if args.job_repeats:
-                result["job"] = time_job(args.config, overrides, args.seeds, args.job_repeats, scratch)
+                result["job"] = time_job(args.config, overrides, args.seeds, args.job_repeats, scratch,
+                                         args.job_batched)
         finally:
             restore_compile_cache(previous_cache)
     result["device"]["load_average_at_end"] = list(os.getloadavg())
     backbone = result["backbone"]
-    print(f"backbone stage, {len(args.seeds)} seeds: together / one seed {backbone['together_over_one_seed']:.2f}, "
-          f"in turn / together {backbone['in_turn_over_together']:.2f} (medians s: "
+    print(f"backbone stage, {len(args.seeds)} seeds: together / one seed {backbone['together_over_one_seed']:.2f} "
+          f"(batched {backbone['together_batched_over_one_seed']:.2f}), in turn / together "
+          f"{backbone['in_turn_over_together']:.2f} (batched {backbone['in_turn_over_together_batched']:.2f}) "
+          f"(medians s: "
           + ", ".join(f"{k} {v:.1f}" for k, v in backbone["median_seconds"].items())
           + f"); epochs {backbone['epochs_run']}, same as in turn: {backbone['same_epochs_as_in_turn']}, "
-            f"max |valid diff| {backbone['max_abs_diff_valid']:.2g}")
+            f"max |valid diff| {backbone['max_abs_diff_valid']:.2g} (batched "
+            f"{backbone['max_abs_diff_valid_batched']:.2g})")
     if "job" in result:
         job = result["job"]
         print(f"whole job: --seeds {' '.join(map(str, args.seeds))} / one seed {job['job_seeds_over_one_seed']:.2f} "

@@ -58,10 +58,18 @@ ROWS = {
                             "DifFaiRec step: PyTorch eager / compile, 1 / all threads vs JAX (epoch scan)",
                             ["diffairec.torch_eager_1t_over_jax_epoch_per_step",
                              "diffairec.best_torch_over_jax_epoch_per_step", "diffairec.best_torch_over_jax_infer"]),
-    "seeds.json": ("python -m benchmarks.seeds",
-                   "4 seeds in one vmapped program vs one seed and vs in turn (backbone stage; whole job)",
-                   ["backbone.together_over_one_seed", "backbone.in_turn_over_together",
-                    "job.job_seeds_over_one_seed"]),
+    "seeds.json": ("python -m benchmarks.seeds --job-repeats 0",
+                   "backbone stage: 4 seeds in one program (in sequence; batched) vs one seed and vs in turn",
+                   ["backbone.together_over_one_seed", "backbone.together_batched_over_one_seed",
+                    "backbone.in_turn_over_together", "backbone.in_turn_over_together_batched"]),
+    "serving.json": ("python -m benchmarks.serving RUN_DIR ... (an erasure run of docs/results/erasure_levels_pmf, "
+                     "the README's AFRL run)",
+                     "every user under their own mask and strength: one call vs a loop over (mask, strength) groups",
+                     ["erasure_loop_over_one_call", "afrl_loop_over_one_call"]),
+    "seeds_job_batched.json": ("python -m benchmarks.seeds --job-batched --out benchmarks/results/seeds_job_batched.json"
+                               " (0b84d71, where --seeds was batched)",
+                               "whole main job, --seeds 0 1 2 3 batched vs one seed; backbone stage batched",
+                               ["job.job_seeds_over_one_seed", "backbone.together_over_one_seed"]),
 }
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import pathlib
+import re
 
 from jaxfair.pipeline.outputs import RunError, write_figure
 from jaxfair.tables import format_table
@@ -60,9 +61,9 @@ def front_figure(points, auc: str, accuracy: str, max_auc: float, min_accuracy: 
         mine = [p for p in points if p["sweep"] == sweep]
         axes.errorbar([p["auc"] for p in mine], [p["accuracy"] for p in mine], xerr=[p["auc_std"] for p in mine],
                       yerr=[p["accuracy_std"] for p in mine], fmt="o", capsize=2, label=sweep, color=f"C{index}")
-        for p in mine:
-            axes.annotate(p["point"], (p["auc"], p["accuracy"]), fontsize=6, xytext=(3, 3),
-                          textcoords="offset points")
+        for p in mine:  # "erasure.strength=1.0,erasure.max_rank=1" -> "strength=1.0,max_rank=1"
+            axes.annotate(re.sub(r"\b[a-z_]+\.", "", p["point"]), (p["auc"], p["accuracy"]), fontsize=6,
+                          xytext=(3, 3), textcoords="offset points")
     low, _ = axes.get_xlim()
     _, high = axes.get_ylim()
     axes.fill_between([min(low, 0.48), max_auc], min_accuracy, max(high, min_accuracy + 0.01), color="green",

@@ -16,9 +16,9 @@ A grid file holds labelled points and/or a product of values, each a set of dott
 With both, every point is combined with every grid combination. Every point and seed is parsed and checked before
 anything runs. Runs go to ``DIR/runs/<point>/seed<S>`` (a finished run is read, not rerun, so an interrupted sweep
 resumes); runs that share data, backbone, evaluation settings and seed share one trained backbone
-(``DIR/.backbones``), and the seeds of such a backbone are trained together, as one vmapped program
-(:func:`jaxfair.pipeline.run.train_backbones_together`; the method's stages and the evaluation then run seed after
-seed). ``DIR`` also gets ``summary.json``, ``config.json`` (the resolved base config),
+(``DIR/.backbones``), and the seeds of such a backbone are trained together, as one program
+(:func:`jaxfair.pipeline.run.train_backbones_together`: in sequence inside it, bit-identical to separate runs, or
+with ``--batch-seeds`` batched by ``vmap``; the method's stages and the evaluation then run seed after seed). ``DIR`` also gets ``summary.json``, ``config.json`` (the resolved base config),
 ``grid.toml`` (a copy) and ``provenance.json`` (the command, the commit, the date and the versions).
 
 Model selection (``--select``) reads the validation tables only (the test tables are never passed to it). Rules, in
@@ -98,7 +98,7 @@ def _folder(label: str) -> str:
 
 
 def sweep(config_path, out, grid=None, seeds=None, overrides=(), select=(), log: Log = print,
-          command: str | None = None, restart: bool = False) -> dict:
+          command: str | None = None, restart: bool = False, batch_seeds: bool = False) -> dict:
     """Run every point of ``grid`` for every seed (module docstring); returns the summary.
 
     Args:
@@ -108,6 +108,8 @@ def sweep(config_path, out, grid=None, seeds=None, overrides=(), select=(), log:
       command: recorded in ``provenance.json`` (default: this process's command line).
       restart: rerun every point afresh (each old run folder is moved aside); otherwise a finished point is read,
         an unfinished one resumes, and a point folder holding another config stops the sweep (RunError).
+      batch_seeds: train a point's backbones as one vmapped program (faster on accelerators; results then differ from
+        separate runs by float rounding) instead of in sequence inside one program (bit-identical).
     """
     split_host()  # one device per core for the probes, if JAX has not started yet
     enable_compile_cache()
@@ -124,10 +126,12 @@ def sweep(config_path, out, grid=None, seeds=None, overrides=(), select=(), log:
             except ConfigError as err:
                 raise ConfigError(f"point {label!r}, seed {seed}: {err}") from err
     with FolderLock(prepare_folder(out), log):
-        return _sweep(out, config_path, grid, overrides, base, points, seeds, rules, configs, log, command, restart)
+        return _sweep(out, config_path, grid, overrides, base, points, seeds, rules, configs, log, command, restart,
+                      batch_seeds)
 
 
-def _sweep(out, config_path, grid, overrides, base, points, seeds, rules, configs, log, command, restart) -> dict:
+def _sweep(out, config_path, grid, overrides, base, points, seeds, rules, configs, log, command, restart,
+           batch_seeds=False) -> dict:
     resolved = json.loads(json.dumps(parse_config(base).to_dict()))
     changes = None if restart else recorded_changes(out / "config.json", resolved)
     if changes:
@@ -144,7 +148,8 @@ def _sweep(out, config_path, grid, overrides, base, points, seeds, rules, config
     run_dirs = {key: out / "runs" / _folder(key[0]) / f"seed{key[1]}" for key in configs}
     # a point's seeds train their backbones in one program (runs that have theirs already are left out)
     train_backbones_together([config for key, config in configs.items()
-                              if restart or not (run_dirs[key] / "backbone.json").exists()], out / ".backbones", log)
+                              if restart or not (run_dirs[key] / "backbone.json").exists()], out / ".backbones", log,
+                             batched=batch_seeds)
     for (label, seed), config in configs.items():
         run_dir = run_dirs[label, seed]
         done += 1

@@ -267,6 +267,16 @@ def test_seeds_benchmark_reports_the_backbone_stage_ratios(tmp_path):
     saved = json.loads(out.read_text())
     assert saved == json.loads(json.dumps(results)) and saved["seeds"] == [0, 1] and "job" not in saved
     backbone = saved["backbone"]
-    assert set(backbone["median_seconds"]) == {"one_seed", "together", "in_turn"}
-    assert backbone["together_over_one_seed"] > 0 and backbone["in_turn_over_together"] > 0
-    assert backbone["same_epochs_as_in_turn"] and backbone["max_abs_diff_valid"] < 1e-5
+    assert set(backbone["median_seconds"]) == {"one_seed", "together", "together_batched", "in_turn"}
+    assert backbone["together_over_one_seed"] > 0 and backbone["in_turn_over_together_batched"] > 0
+    assert backbone["same_epochs_as_in_turn"] and backbone["max_abs_diff_valid"] == 0.0  # in sequence: bit-identical
+    assert backbone["max_abs_diff_valid_batched"] < 1e-5
+
+
+def test_serving_benchmark_compares_one_call_with_the_loop_and_checks_the_rows(tmp_path):
+    from benchmarks import serving
+
+    results = serving.main(["--quick", "--out", str(tmp_path / "serving.json")])
+    assert [block["method"] for block in results["runs"].values()] == ["erasure", "afrl"]
+    for block in results["runs"].values():
+        assert block["groups"] > 1 and block["loop_over_one_call"] > 0 and block["max_abs_diff"] < 1e-5

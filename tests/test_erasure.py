@@ -151,7 +151,10 @@ def test_the_method_runs_in_the_pipeline_and_serves_per_user_masks_and_strengths
     block = results["erasure"]
     assert list(block["requirements"]) == ["none", "G", "A", "G+A"]
     assert block["erased_directions"] == {"gender": 1, "age": 1} and block["labelled_users"] < 200
-    assert set(results["tables"]["test"]["G"]) >= {"unseen_auc", "auc", "ndcg@10", "backbone_unseen_auc"}
+    assert set(results["tables"]["test"]["G"]) >= {"unseen_auc", "auc", "ndcg@10", "backbone_unseen_auc",
+                                                   "unseen_auc/gender"}
+    g_a = results["tables"]["test"]["G+A"]
+    assert g_a["unseen_auc"] == pytest.approx((g_a["unseen_auc/gender"] + g_a["unseen_auc/age"]) / 2)
     assert results["models"] == {}  # nothing is trained
     none = np.load(tmp_path / "out" / "user_embeddings_none.npy")
     np.testing.assert_allclose(none, np.load(tmp_path / "out" / "user_embeddings_backbone.npy"), atol=1e-5)
@@ -162,3 +165,24 @@ def test_the_method_runs_in_the_pipeline_and_serves_per_user_masks_and_strengths
     served = np.asarray(restored.serve(control=(masks, 1.0)))
     np.testing.assert_allclose(served[::2], g[::2], atol=1e-4)
     np.testing.assert_allclose(served[1::2], none[1::2], atol=1e-4)
+
+
+def test_the_non_linear_audit_runs_beside_the_linear_one_when_asked(tmp_path):
+    """``probe.audit_hidden > 0`` adds the unseen-user audit with a one-hidden-layer probe (``mlp_unseen_auc``) to
+    every requirement row and the backbone's; off by default (no such column)."""
+    write_ml100k_folder(make_synthetic(num_users=160, num_items=150, per_user=20, seed=5), tmp_path / "data")
+    values = {"method": "erasure",
+              "data": {"source": str(tmp_path / "data"), "attributes": ["gender", "age"], "eval_negatives": 50},
+              "backbone": {"name": "pmf", "dim": 8, "train": {"epochs": 2, "learning_rate": 0.01}},
+              "evaluate": {"protocols": ["sampled"], "ks": [10]},
+              "probe": {"steps": 40, "eval_every": 20, "bootstrap": 0, "audit_max_repeats": 2, "audit_hidden": 8}}
+    results = run(parse_config(values), tmp_path / "mlp", log=lambda message: None)
+    g_a = results["tables"]["test"]["G+A"]
+    assert 0.0 <= g_a["mlp_unseen_auc"] <= 1.0 and 0.0 <= g_a["backbone_mlp_unseen_auc"] <= 1.0
+    assert g_a["mlp_unseen_auc"] == pytest.approx((g_a["mlp_unseen_auc/gender"] + g_a["mlp_unseen_auc/age"]) / 2)
+    assert set(results["erasure"]["backbone"]["mlp_unseen_auc"]) == {"gender", "age"}
+    assert g_a["mlp_unseen_auc"] != g_a["unseen_auc"]  # another probe, not a copy
+    values["probe"]["audit_hidden"] = 0
+    plain = run(parse_config(values), tmp_path / "plain", log=lambda message: None)
+    assert "mlp_unseen_auc" not in plain["tables"]["test"]["G+A"]
+    assert plain["tables"]["test"]["G+A"]["unseen_auc"] == g_a["unseen_auc"]  # the linear audit is unchanged

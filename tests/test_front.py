@@ -30,3 +30,21 @@ def test_front_prints_every_point_sorted_by_auc_marks_the_target_and_writes_a_pn
 def test_front_refuses_a_folder_that_is_not_a_sweep(tmp_path, capsys):
     assert main(["front", str(tmp_path), "--out", str(tmp_path / "f.png")]) == 2
     assert "not a finished sweep (no summary.json)" in capsys.readouterr().err
+
+
+def test_the_docs_front_tables_are_what_the_command_prints():
+    """Every ``jaxfair front`` command in the docs is followed by the table it prints (so none is typed)."""
+    import pathlib
+    import re
+
+    from jaxfair.front import front_points, front_table
+
+    root = pathlib.Path(__file__).resolve().parents[1]
+    found = 0
+    for page in sorted((root / "docs").glob("*.md")):
+        pattern = r"```bash\njaxfair front (.*?) --out \S+\n```\n\n```text\n(.*?)\n```"
+        for folders, table in re.findall(pattern, page.read_text(), flags=re.S):
+            points = front_points([root / f for f in folders.split()])
+            assert table == front_table(points, 0.55, 0.95), page.name
+            found += 1
+    assert found >= 1

@@ -1,6 +1,7 @@
-"""Seeds in one program: ``fit_seeds`` trains S seeds as one vmapped program and gives every seed what a separate
-``fit`` gives it (parameters and validation metrics to 1e-5, the same epochs, early stop and best epoch), with
-per-seed early stopping by masking, the same checkpoints and logs, and resumes from folders at different epochs."""
+"""Seeds in one program: ``fit_seeds`` trains S seeds as one program and gives every seed what a separate ``fit``
+gives it: bit-identical parameters and validation metrics in sequence (``lax.map``, the default), the same to 1e-5
+batched (``vmap``), the same epochs, early stop and best epoch, with per-seed early stopping by masking, the same
+checkpoints and logs, and resumes from folders at different epochs."""
 
 import json
 
@@ -52,24 +53,26 @@ def assert_same_fit(together, alone, atol=1e-5):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=atol, rtol=0)
 
 
-def test_every_seed_equals_its_separate_run_and_stops_on_its_own():
+@pytest.mark.parametrize("batched, atol", [(False, 0.0), (True, 1e-5)])
+def test_every_seed_equals_its_separate_run_and_stops_on_its_own(batched, atol):
     model = wobbly_model(TrainConfig(epochs=12, patience=2, monitor="score"))
     seeds = [0, 1, 2, 3]
-    together = fit_seeds(model, seeds, **QUIET)
+    together = fit_seeds(model, seeds, batched=batched, **QUIET)
     alone = [fit(model, seed, **QUIET) for seed in seeds]
     assert len({r.epochs_run for r in alone}) > 1  # the seeds stop at different epochs: masking is exercised
     for a, b in zip(together, alone):
-        assert_same_fit(a, b)
+        assert_same_fit(a, b, atol)
 
 
-def test_backbone_seeds_in_one_program_equal_separate_runs():
+@pytest.mark.parametrize("batched, atol", [(False, 0.0), (True, 1e-5)])
+def test_backbone_seeds_in_one_program_equal_separate_runs(batched, atol):
     split = prepare(make_synthetic(num_users=40, num_items=120, per_user=15, seed=4))
     backbone = make_backbone("pmf", {"dim": 8})[0]
     model = backbone_model("train", split, backbone, backbone.context(split),
                            TrainConfig(epochs=3, batch_size=64, learning_rate=0.01), (10,), 32)
-    together = fit_seeds(model, [3, 5], **QUIET)
+    together = fit_seeds(model, [3, 5], batched=batched, **QUIET)
     for seed, result in zip([3, 5], together):
-        assert_same_fit(result, fit(model, seed, **QUIET))
+        assert_same_fit(result, fit(model, seed, **QUIET), atol)
 
 
 def test_folders_hold_what_fit_writes_and_resume_at_different_epochs(tmp_path):

@@ -143,14 +143,16 @@ def probe_requirements(embeddings_by_req: dict[str, np.ndarray], requirements: n
     """Probe AUC of each sensitive attribute on each requirement's fair embeddings, and their mean (AFRL's Table 2).
 
     With ``unseen_users`` (int ``(n,)``), also the unseen-user audit of each attribute (``unseen_auc``, a
-    :func:`~jaxfair.metrics.probe.cross_fitted_probe` result) and their mean (``mean_unseen_auc``). Attribute ``i``'s
-    standard probe draws its randomness from ``fold_in(key, i)`` and its audit from ``fold_in(key,
-    audit_key_offset + i)``. ``standard=False`` runs the audit alone (``auc`` is then empty, ``mean_auc`` None).
+    :func:`~jaxfair.metrics.probe.cross_fitted_probe` result) and their mean (``mean_unseen_auc``), and with
+    ``config.audit_hidden > 0`` the same audit with a one-hidden-layer probe (``mlp_unseen_auc``). Attribute ``i``'s
+    standard probe draws its randomness from ``fold_in(key, i)``, its audit from ``fold_in(key, audit_key_offset +
+    i)`` and its non-linear audit from ``fold_in(key, audit_key_offset + 50 + i)``. ``standard=False`` runs the audit alone (``auc`` is then empty, ``mean_auc`` None).
     """
     names = split.attribute_names
+    mlp_config = dataclasses.replace(config, hidden=config.audit_hidden) if config.audit_hidden else None
     out = {}
     for r, (req_name, embeddings) in enumerate(embeddings_by_req.items()):
-        per_attr, unseen = {}, {}
+        per_attr, unseen, mlp_unseen = {}, {}, {}
         for i in np.flatnonzero(requirements[r]):
             name = names[i]
             labels, num_classes = split.user_attributes[name], len(split.attribute_classes[name])
@@ -163,11 +165,17 @@ def probe_requirements(embeddings_by_req: dict[str, np.ndarray], requirements: n
                     embeddings, labels, unseen_users, num_classes, jax.random.fold_in(key, audit_key_offset + i),
                     config,
                 )
+                if mlp_config is not None:
+                    mlp_unseen[name] = cross_fitted_probe(
+                        embeddings, labels, unseen_users, num_classes,
+                        jax.random.fold_in(key, audit_key_offset + 50 + i), mlp_config,
+                    )
         out[req_name] = {
             "auc": per_attr,
             "mean_auc": float(np.mean([v["auc"] for v in per_attr.values()])) if per_attr else None,
             "unseen_auc": unseen,
             "mean_unseen_auc": float(np.mean([v["auc"] for v in unseen.values()])) if unseen else None,
+            "mlp_unseen_auc": mlp_unseen,
         }
     return out
 
@@ -214,7 +222,7 @@ def evaluate_requirements(context, serve_all, requirements: np.ndarray | None = 
     # a sweep can select on leakage to unseen users without touching a test user. Only its mean is used, so it
     # skips the bootstrap interval.
     valid_audit = probe_requirements(dict(zip(names, np.asarray(valid_fair))), requirements, split, key,
-                                     dataclasses.replace(context.probe, bootstrap=0),
+                                     dataclasses.replace(context.probe, bootstrap=0, audit_hidden=0),
                                      unseen_users=np.asarray(split.probe_users["valid"]), standard=False,
                                      audit_key_offset=200)
     everything = np.ones((1, len(names_attr)), bool)
@@ -242,6 +250,8 @@ def evaluate_requirements(context, serve_all, requirements: np.ndarray | None = 
             "unseen_auc_std": {a: p["auc_std"] for a, p in unseen.items()},
             "unseen_repeats": {a: p["repeats"] for a, p in unseen.items()},
             "mean_unseen_auc": probes[name]["mean_unseen_auc"],
+            "mlp_unseen_auc": {a: p["auc"] for a, p in probes[name]["mlp_unseen_auc"].items()},
+            "mlp_unseen_auc_ci": {a: p["auc_ci"] for a, p in probes[name]["mlp_unseen_auc"].items()},
         }
         test_rows[name] = _row(per_requirement[name], backbone_probe, backbone_metrics["test"], sensitive)
         valid_rows[name] = {**per_requirement[name]["valid_metrics"]}
@@ -262,6 +272,7 @@ def evaluate_requirements(context, serve_all, requirements: np.ndarray | None = 
             "metrics": backbone_metrics["test"],
             "probe_auc": {a: p["auc"] for a, p in backbone_probe["auc"].items()},
             "unseen_auc": {a: p["auc"] for a, p in backbone_probe["unseen_auc"].items()},
+            "mlp_unseen_auc": {a: p["auc"] for a, p in backbone_probe["mlp_unseen_auc"].items()},
         },
     }
     arrays = {"user_embeddings_backbone": np.asarray(test_vecs),
@@ -272,8 +283,9 @@ def evaluate_requirements(context, serve_all, requirements: np.ndarray | None = 
 def _row(block: dict, backbone_probe: dict, backbone_test: dict, sensitive: list[str]) -> dict:
     """A requirement's test row: the unseen-user audit first (the measure that matters most), then the standard
     probe, the backbone's own AUCs on the same attributes, then accuracy and its ratio to the backbone's.
-    ``unseen_auc`` is a mean over redrawn folds (:func:`~jaxfair.metrics.probe.cross_fitted_probe`);
-    ``unseen_auc_std`` is the spread of one draw, averaged over the sensitive attributes."""
+    ``unseen_auc`` is a mean over redrawn folds (:func:`~jaxfair.metrics.probe.cross_fitted_probe`), averaged over the
+    sensitive attributes, and ``unseen_auc/<attribute>`` each attribute's own; ``unseen_auc_std`` is the spread of one
+    draw, averaged over the sensitive attributes."""
     row = {}
     if sensitive:
         row["unseen_auc"] = block["mean_unseen_auc"]
@@ -281,6 +293,12 @@ def _row(block: dict, backbone_probe: dict, backbone_test: dict, sensitive: list
         row["auc"] = block["mean_auc"]
         row["backbone_auc"] = float(np.mean([backbone_probe["auc"][a]["auc"] for a in sensitive]))
         row["unseen_auc_std"] = float(np.mean([block["unseen_auc_std"][a] for a in sensitive]))
+        row.update({f"unseen_auc/{a}": block["unseen_auc"][a] for a in sensitive})  # each attribute's own audit
+        if block["mlp_unseen_auc"]:  # probe.audit_hidden > 0: the non-linear audit beside the linear one
+            row["mlp_unseen_auc"] = float(np.mean([block["mlp_unseen_auc"][a] for a in sensitive]))
+            row["backbone_mlp_unseen_auc"] = float(np.mean([backbone_probe["mlp_unseen_auc"][a]["auc"]
+                                                            for a in sensitive]))
+            row.update({f"mlp_unseen_auc/{a}": block["mlp_unseen_auc"][a] for a in sensitive})
     row.update(block["metrics"])
     for name, value in block["metrics"].items():
         if backbone_test.get(name):

@@ -47,6 +47,10 @@ class ProbeConfig:
         mean then moves by well under 0.01 between master seeds (``tests/test_probe.py``, ``docs/protocol.md``).
       audit_batch: draws of folds fitted per call of the probe program (all their folds and weight decays at once);
         a speed setting only: results depend on it through float rounding alone.
+      audit_hidden: 0 (default): the audit is the linear probe only. ``> 0``: the requirement methods (AFRL, SM,
+        FFVAE, erasure) also run the unseen-user audit with a one-hidden-layer ReLU probe of this width (the same
+        folds, weight decays and validation selection), reported beside it as ``mlp_unseen_auc``: a method that hides
+        the attribute from linear probes only is seen there.
     """
 
     hidden: int = 0
@@ -60,6 +64,7 @@ class ProbeConfig:
     audit_se: float = 0.0025
     audit_max_repeats: int = 100
     audit_batch: int = 8
+    audit_hidden: int = 0
 
     def __post_init__(self):
         if self.hidden < 0 or not self.weight_decays or self.eval_every < 1 or self.steps < self.eval_every:
@@ -75,6 +80,8 @@ class ProbeConfig:
             raise ValueError(f"audit_batch must be at least 1, got {self.audit_batch}")
         if self.audit_se < 0:
             raise ValueError(f"audit_se must be non-negative, got {self.audit_se}")
+        if self.audit_hidden < 0:
+            raise ValueError(f"audit_hidden must be 0 (off) or a width, got {self.audit_hidden}")
 
 
 def _logits(params: dict, x: jax.Array) -> jax.Array:

@@ -137,9 +137,11 @@ def backbone_stage(config: RunConfig, split: Split, backbone: Backbone, out_dir:
     return freeze(backbone, context, result.best_params), summary
 
 
-def train_backbones_together(configs: Sequence[RunConfig], cache: pathlib.Path, log: Log = print) -> list[list[int]]:
-    """Train the frozen backbones of runs that differ only in their seed as one vmapped program per recipe
-    (:func:`jaxfair.training.seeds.fit_seeds`), into a sweep's backbone ``cache``: each seed's folder
+def train_backbones_together(configs: Sequence[RunConfig], cache: pathlib.Path, log: Log = print,
+                             batched: bool = False) -> list[list[int]]:
+    """Train the frozen backbones of runs that differ only in their seed as one program per recipe
+    (:func:`jaxfair.training.seeds.fit_seeds`; ``batched``: vmapped, else bit-identical to separate runs), into a
+    sweep's backbone ``cache``: each seed's folder
     ``cache/<backbone_fingerprint>`` gets what :func:`backbone_stage` caches for a backbone trained alone
     (``checkpoints/best``, ``backbone.json``) plus its ``train_log.jsonl`` and resumable ``checkpoints/train``, so
     every run of those seeds restores its backbone from there. Seeds already cached, runs whose method trains no
@@ -160,14 +162,14 @@ def train_backbones_together(configs: Sequence[RunConfig], cache: pathlib.Path, 
         if len(group) < 2:
             continue
         seeds, first = sorted(group), next(iter(group.values()))
-        log(f"[train] the backbones of seeds {seeds} in one program")
+        log(f"[train] the backbones of seeds {seeds} in one program ({'batched' if batched else 'in sequence'})")
         split = load_split(first.data, log)
         backbone, _ = make_backbone(first.backbone.name, dataclasses.asdict(first.backbone.config))
         model = backbone_model("train", split, backbone, backbone.context(split), first.backbone.train,
                                tuple(first.evaluate.ks), first.evaluate.batch_size)
         folders = [pathlib.Path(cache) / backbone_fingerprint(group[seed]) for seed in seeds]
         tick = time.perf_counter()
-        results = fit_seeds(model, seeds, folders, log=log)
+        results = fit_seeds(model, seeds, folders, log=log, batched=batched)
         seconds = time.perf_counter() - tick
         for folder, result in zip(folders, results):
             _save_best(folder, result.best_params, result.best_epoch)

@@ -1,5 +1,5 @@
-"""Several seeds of one model trained as one program: states stacked on a leading seed axis, one ``jax.vmap`` of the
-epoch over them.
+"""Several seeds of one model trained as one program: states stacked on a leading seed axis, the epoch mapped over
+them, in sequence (``jax.lax.map``, the default) or batched (``jax.vmap``, ``batched=True``).
 
 :func:`fit_seeds` is :func:`jaxfair.training.trainer.fit` for ``S`` seeds at once. Seed ``s`` gets exactly what a
 separate ``fit(model, s)`` gets: the initialisation key and train key from ``jax.random.key(s)``, epoch ``e``'s
@@ -8,15 +8,26 @@ early stopping and best-parameter selection, and, with an output folder per seed
 log (so a seed's folder resumes under plain :func:`fit`, and :func:`fit_seeds` resumes from folders at different
 epochs). ``tests/test_seeds.py`` checks every seed's parameters and validation metrics against separate runs.
 
+Two forms of the one program:
+
+* ``batched=False`` (default): ``lax.map`` runs the seeds' epochs one after another inside the program, each with
+  exactly the unbatched computation of a separate run, so every seed's parameters are bit-identical to its own
+  ``fit`` (tested). Results reproduce to the last digit whatever trains downstream.
+* ``batched=True``: ``vmap`` batches the seeds' steps into one computation (what an accelerator needs to be busy).
+  Batched matrix products round differently: parameters differ from a separate run by float rounding (about 5e-7
+  on a PMF backbone), and a stage trained downstream of such a backbone can amplify that (AFRL on MovieLens-100k
+  selected another epoch: mean NDCG@10 0.873x the backbone's against 0.895x, docs/runs.md). Opt in with
+  ``--batch-seeds``.
+
 Early stopping is per seed: a seed that has stopped (patience spent, or its last epoch done) stays in the program,
 and its state is frozen by masking (``where(active, new, old)`` after the epoch), so the others go on without a
 recompilation. What is one program: the initialisation (``vmap(init)``) and every epoch (``vmap`` of the scanned
 epoch). What is not: validation, which calls ``model.validate`` once per seed (it returns host floats and may run
 any protocol), and the checkpoint writes, one per seed.
 
-Cost: the seeds' steps are batched, so on an accelerator ``S`` seeds take about one seed's time until the device is
-full; on a CPU the arithmetic is ``S`` times one seed's and only the per-step overheads are shared
-(``benchmarks/seeds.py`` measures both).
+Cost: batched, on an accelerator ``S`` seeds should take about one seed's time until the device is full (not
+measured here); on a CPU the arithmetic is ``S`` times one seed's in both forms, and only dispatch and per-epoch
+overheads are shared (``benchmarks/seeds.py`` measures both forms).
 """
 
 from __future__ import annotations
@@ -49,18 +60,27 @@ def _masked(active: jax.Array, new, old):
     return jax.tree.map(pick, new, old)
 
 
-def make_seeds_epoch_fn(step: Callable, end_epoch: Callable | None = None) -> Callable:
-    """``seeds_epoch(states, batches, keys, active) -> (states, metrics)``: :func:`make_epoch_fn`'s epoch vmapped over
-    a leading seed axis of ``states`` ``(S, ...)``, ``batches`` ``(S, num_batches, B, ...)`` and ``keys`` ``(S,)``;
-    seeds whose ``active`` is False keep their state. ``metrics``: each ``(S,)``, the epoch means per seed."""
+def make_seeds_epoch_fn(step: Callable, end_epoch: Callable | None = None, batched: bool = False) -> Callable:
+    """``seeds_epoch(states, batches, keys, active) -> (states, metrics)``: :func:`make_epoch_fn`'s epoch over a
+    leading seed axis of ``states`` ``(S, ...)``, ``batches`` ``(S, num_batches, B, ...)`` and ``keys`` ``(S,)``, by
+    ``lax.map`` (bit-identical to separate runs) or, ``batched``, by ``vmap``; seeds whose ``active`` is False keep
+    their state. ``metrics``: each ``(S,)``, the epoch means per seed."""
     epoch = make_epoch_fn(step, end_epoch)
 
     @jax.jit
     def seeds_epoch(states, batches, keys, active):
-        new, metrics = jax.vmap(epoch)(states, batches, keys)
+        if batched:
+            new, metrics = jax.vmap(epoch)(states, batches, keys)
+        else:
+            new, metrics = jax.lax.map(lambda args: epoch(*args), (states, batches, keys))
         return _masked(active, new, states), metrics
 
     return seeds_epoch
+
+
+def _init_all(init: Callable, keys: jax.Array):
+    """Every seed's initial state, stacked: ``lax.map`` of the initialiser (bit-identical to separate calls)."""
+    return jax.jit(lambda k: jax.lax.map(init, k))(keys)
 
 
 @jax.jit
@@ -77,8 +97,8 @@ def _stack(trees: Sequence):
 
 
 def fit_seeds(model: Model, seeds: Sequence[int], out_dirs: Sequence | None = None, *,
-              log: Callable[[str], None] = print) -> list[FitResult]:
-    """Train ``model`` once per seed in ``seeds``, all seeds in one vmapped program (module docstring).
+              log: Callable[[str], None] = print, batched: bool = False) -> list[FitResult]:
+    """Train ``model`` once per seed in ``seeds``, all seeds in one program (module docstring).
 
     Args:
       model: the :class:`~jaxfair.training.trainer.Model` (its functions must not depend on the seed; the seed enters
@@ -86,6 +106,7 @@ def fit_seeds(model: Model, seeds: Sequence[int], out_dirs: Sequence | None = No
       seeds: distinct integers.
       out_dirs: one folder per seed (or None): checkpoints ``<dir>/checkpoints/<name>`` and log
         ``<dir>/<name>_log.jsonl``, exactly as :func:`fit` writes them.
+      batched: ``vmap`` the seeds (faster on accelerators; float-rounding differences) instead of ``lax.map``.
 
     Returns:
       one :class:`FitResult` per seed, in the order of ``seeds`` (``seconds`` is the shared wall time).
@@ -100,10 +121,10 @@ def fit_seeds(model: Model, seeds: Sequence[int], out_dirs: Sequence | None = No
     if out_dirs is not None and len(out_dirs) != len(seeds):
         raise ValueError(f"fit_seeds got {len(out_dirs)} output folders for {len(seeds)} seeds")
     config, name, count = model.train, model.name, len(seeds)
-    seeds_epoch = make_seeds_epoch_fn(model.step, model.end_epoch)
+    seeds_epoch = make_seeds_epoch_fn(model.step, model.end_epoch, batched)
     keys = [_run_keys(seed) for seed in seeds]
     train_keys = jnp.stack([k[1] for k in keys])
-    states = jax.jit(jax.vmap(model.init))(jnp.stack([k[0] for k in keys]))
+    states = _init_all(model.init, jnp.stack([k[0] for k in keys]))
     carries = [{"state": _row(states, i), "best_params": _row(states.params, i), "epoch": np.array(0, np.int64),
                 "best_epoch": np.array(-1, np.int64), "best_value": np.array(-np.inf, np.float64),
                 "bad_epochs": np.array(0, np.int64)} for i in range(count)]
