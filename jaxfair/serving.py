@@ -91,7 +91,12 @@ def _serve_levels(restored, inputs, levels):
     config = restored.config.method_config
     if int(jnp.min(levels)) < 0 or int(jnp.max(levels)) > config.levels:
         raise ServeError(f"levels must be in 0..{config.levels}, got {int(jnp.min(levels))}..{int(jnp.max(levels))}")
-    return jax.jit(restored.method.serve, static_argnums=(2,))(restored.data, restored.params, config, inputs, levels)
+    return _levels_jitted(restored.method.serve, restored.data, restored.params, config, inputs, levels)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 3))
+def _levels_jitted(serve, data, params, config, inputs, levels):
+    return serve(data, params, config, inputs, levels)
 
 
 @functools.partial(jax.jit, static_argnames=("k",))

@@ -49,8 +49,7 @@ from jaxfair.config import check_fields
 from jaxfair.data.dataset import DataError
 from jaxfair.methods.adversaries import AttributeData, split_attribute_data
 from jaxfair.methods.base import Evaluation, Method
-from jaxfair.methods.requirements import (all_requirements, check_sampled_split, evaluate_requirements,
-                                          requirements_report)
+from jaxfair.methods.requirements import check_sampled_split, evaluate_requirements, requirements_report
 from jaxfair.training.trainer import TrainConfig
 
 EIGEN_TOLERANCE = 1e-6  # relative: eigenvalues of the covariance below this share of the largest are zero
@@ -259,5 +258,5 @@ METHOD = Method("erasure", Config, frozen_backbone=True, check=lambda config, ru
                 report=lambda results: requirements_report(results, "erasure"),
                 description="closed-form linear concept erasure (LEACE) per requirement and strength, no training")
 
-__all__ = ["Config", "Eraser", "ErasureData", "ErasureError", "METHOD", "all_requirements", "erase", "erase_all",
+__all__ = ["Config", "Eraser", "ErasureData", "ErasureError", "METHOD", "erase", "erase_all",
            "erase_per_user", "erasure_matrix", "fit_eraser", "projection", "serve"]

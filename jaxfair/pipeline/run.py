@@ -33,7 +33,6 @@ import time
 from typing import Callable, NamedTuple, Sequence
 
 import jax
-import numpy as np
 
 from jaxfair._version import __version__
 from jaxfair.backbones import make_backbone
@@ -50,7 +49,7 @@ from jaxfair.pipeline.folder import RunFolder
 from jaxfair.pipeline.outputs import RunError, git_commit, write_figure, write_json, write_npy, write_users_csv
 from jaxfair.training.checkpoint import Checkpointer
 from jaxfair.training.seeds import fit_seeds
-from jaxfair.training.trainer import FitResult, fault_point, fit
+from jaxfair.training.trainer import FitResult, fault_point, fit, initial_carry
 
 Log = Callable[[str], None]
 
@@ -100,6 +99,13 @@ def fit_summary(fit_result: FitResult, seconds: float) -> dict:
             "best_valid": fit_result.best_valid}
 
 
+def _backbone_model(config: RunConfig, split: Split, backbone: Backbone, context):
+    """The backbone stage's :class:`~jaxfair.training.trainer.Model` (``[backbone.train]``, validated at the
+    ``[evaluate]`` cut-offs)."""
+    return backbone_model("train", split, backbone, context, config.backbone.train, tuple(config.evaluate.ks),
+                          config.evaluate.batch_size)
+
+
 def backbone_stage(config: RunConfig, split: Split, backbone: Backbone, out_dir: pathlib.Path | None, log: Log,
                    cache: pathlib.Path | None = None):
     """Train the backbone with ``[backbone.train]`` and freeze it; returns ``(FrozenBackbone, summary)``.
@@ -121,8 +127,7 @@ def backbone_stage(config: RunConfig, split: Split, backbone: Backbone, out_dir:
     if out_dir is not None and not trained_here and (out_dir / "backbone.json").exists():
         summary = json.loads((out_dir / "backbone.json").read_text())
         return freeze(backbone, context, _restore_best(out_dir, backbone.init(jax.random.key(0), split))), summary
-    model = backbone_model("train", split, backbone, context, config.backbone.train, tuple(config.evaluate.ks),
-                           config.evaluate.batch_size)
+    model = _backbone_model(config, split, backbone, context)
     tick = time.perf_counter()
     result = fit(model, config.seed, out_dir, log=log)
     summary = fit_summary(result, time.perf_counter() - tick)
@@ -165,8 +170,7 @@ def train_backbones_together(configs: Sequence[RunConfig], cache: pathlib.Path, 
         log(f"[train] the backbones of seeds {seeds} in one program ({'batched' if batched else 'in sequence'})")
         split = load_split(first.data, log)
         backbone, _ = make_backbone(first.backbone.name, dataclasses.asdict(first.backbone.config))
-        model = backbone_model("train", split, backbone, backbone.context(split), first.backbone.train,
-                               tuple(first.evaluate.ks), first.evaluate.batch_size)
+        model = _backbone_model(first, split, backbone, backbone.context(split))
         folders = [pathlib.Path(cache) / backbone_fingerprint(group[seed]) for seed in seeds]
         tick = time.perf_counter()
         results = fit_seeds(model, seeds, folders, log=log, batched=batched)
@@ -345,9 +349,7 @@ def _restore_model(run_dir: pathlib.Path, model, seed: int, summary: dict) -> Fi
     if not folder.exists():
         raise RunError(f"{run_dir}: not a finished run of 'jaxfair train' (missing checkpoints/{model.name})")
     state = model.init(jax.random.split(jax.random.key(seed))[0])
-    template = {"state": state, "best_params": state.params, "epoch": np.array(0, np.int64),
-                "best_epoch": np.array(0, np.int64), "best_value": np.array(0.0, np.float64),
-                "bad_epochs": np.array(0, np.int64)}
+    template = initial_carry(state)  # its shapes and dtypes tell orbax what to build
     with Checkpointer(folder) as checkpointer:
         carry = checkpointer.restore(template)
     return FitResult(state=carry["state"], best_params=carry["best_params"], best_epoch=int(carry["best_epoch"]),

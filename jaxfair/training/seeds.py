@@ -21,8 +21,8 @@ Two forms of the one program:
 
 Early stopping is per seed: a seed that has stopped (patience spent, or its last epoch done) stays in the program,
 and its state is frozen by masking (``where(active, new, old)`` after the epoch), so the others go on without a
-recompilation. What is one program: the initialisation (``vmap(init)``) and every epoch (``vmap`` of the scanned
-epoch). What is not: validation, which calls ``model.validate`` once per seed (it returns host floats and may run
+recompilation. What is one program: the initialisation (``lax.map`` of the initialiser) and every epoch (the scanned
+epoch mapped or vmapped over the seeds). What is not: validation, which calls ``model.validate`` once per seed (it returns host floats and may run
 any protocol), and the checkpoint writes, one per seed.
 
 Cost: batched, on an accelerator ``S`` seeds should take about one seed's time until the device is full (not
@@ -45,7 +45,7 @@ import numpy as np
 from jaxfair.training.checkpoint import Checkpointer
 from jaxfair.training.step import make_epoch_fn
 from jaxfair.training.trainer import (FitResult, Model, _best_valid_from_log, _format_seconds, _run_keys,
-                                      _truncate_log, fault_point)
+                                      _truncate_log, fault_point, initial_carry)
 
 
 def _masked(active: jax.Array, new, old):
@@ -125,9 +125,7 @@ def fit_seeds(model: Model, seeds: Sequence[int], out_dirs: Sequence | None = No
     keys = [_run_keys(seed) for seed in seeds]
     train_keys = jnp.stack([k[1] for k in keys])
     states = _init_all(model.init, jnp.stack([k[0] for k in keys]))
-    carries = [{"state": _row(states, i), "best_params": _row(states.params, i), "epoch": np.array(0, np.int64),
-                "best_epoch": np.array(-1, np.int64), "best_value": np.array(-np.inf, np.float64),
-                "bad_epochs": np.array(0, np.int64)} for i in range(count)]
+    carries = [initial_carry(_row(states, i)) for i in range(count)]
     checkpointers, log_files = [None] * count, [None] * count
     resumed_from, best_valid = [None] * count, [{} for _ in seeds]
     start = time.perf_counter()

@@ -125,6 +125,14 @@ def _run_keys(seed: int) -> tuple[jax.Array, jax.Array]:
     return _split_in_two(seed_key(seed))
 
 
+def initial_carry(state) -> dict:
+    """The trainer's carry before the first epoch (what a checkpoint holds): the state, its parameters as the best so
+    far, and the loop counters."""
+    return {"state": state, "best_params": state.params, "epoch": np.array(0, np.int64),
+            "best_epoch": np.array(-1, np.int64), "best_value": np.array(-np.inf, np.float64),
+            "bad_epochs": np.array(0, np.int64)}
+
+
 def fit(
     model: Model,
     seed: int,
@@ -147,14 +155,7 @@ def fit(
     run_epoch = make_epoch_fn(model.step, model.end_epoch)
     init_key, train_key = _run_keys(seed)
     state = jax.jit(model.init)(init_key)  # one program, not one per array the initialiser builds
-    carry = {
-        "state": state,
-        "best_params": state.params,
-        "epoch": np.array(0, np.int64),
-        "best_epoch": np.array(-1, np.int64),
-        "best_value": np.array(-np.inf, np.float64),
-        "bad_epochs": np.array(0, np.int64),
-    }
+    carry = initial_carry(state)
     checkpointer = log_file = None
     resumed_from = None
     best_valid: dict = {}
