@@ -39,7 +39,10 @@ Variants:
 * ``jax_loop``: jaxfair's own step with ``levels_fn`` computing each level separately from a slice of the adapter
   stack in a Python loop (unrolled inside one ``jax.jit``); everything else is shared, so the ratio isolates the
   level computation.
-* ``jax_vmap_per_row`` / ``jax_loop_per_row``: both again in per-row mode (one filter row per BPR row, as the public
+* ``jax_user_major``: the step with ``cofair.user_major = true`` (:func:`cofair.user_major_levels`: the levels
+  as two 2-D matmuls, user-major, so the backward pass has no ``(T, N, d)`` transposes; equal to ``jax_vmap`` to
+  float rounding, ``check_max_abs_diff_user_major_vs_vmap``).
+* ``jax_vmap_per_row`` / ``jax_loop_per_row`` / ``jax_user_major_per_row``: the three again in per-row mode (one filter row per BPR row, as the public
   Cofair code does), forced by padding the dataset with unsampled users so it has more users than a batch has rows.
 * ``torch_<mode>_<threads>t``: PyTorch (:class:`benchmarks.references.cofair.TorchCofair`; ``pip install
   torch==2.13.0``, the ``bench`` extra; skipped with a note if missing), per-row, ``nn.Linear`` layers and a Python
@@ -50,9 +53,10 @@ Variants:
   compared with the JAX step's (``check_max_abs_diff_*``; the loop and per-row variants are checked the same way).
 
 Same work: PyTorch runs the filter once per BPR row, so its headline ratios are over ``jax_vmap_per_row`` (the same
-per-row work, ``torch_eager_1t_over_jax_vmap_per_row``, ``best_torch_over_jax_vmap_per_row``); the ratios over
-``jax_vmap`` (per distinct user, jaxfair's default at this size) are reported beside them. The roofline block gives
-XLA's FLOP count of the per-row step against this machine's matmul rate measured in the same run.
+per-row work, ``torch_eager_1t_over_jax_vmap_per_row``, ``best_torch_over_jax_vmap_per_row``) and over
+``jax_user_major_per_row``; the ratios over ``jax_vmap`` (per distinct user, jaxfair's default at this size) are
+reported beside them. The roofline blocks give XLA's FLOP count of the per-row steps (``roofline``: the default
+layout; ``roofline_user_major``) against this machine's matmul rate measured in the same run.
 
 Timings: every variant first takes two steps (compiling / warm-up, and the checks); then ``--repeats`` steps of each
 are timed one at a time, round-robin over the variants so that load from other processes falls on all of them alike
@@ -238,17 +242,21 @@ def main(argv=None):
         "device": device_info(),
         "jax_version": jax.__version__, "jaxlib_version": jaxlib_version(),
     }
-    variants, checked = {}, {}
-    for name, make_step, variant_data in (("jax_vmap", cofair.make_train_step, data),
-                                          ("jax_loop", make_loop_train_step, data),
-                                          ("jax_vmap_per_row", cofair.make_train_step, row_data),
-                                          ("jax_loop_per_row", make_loop_train_step, row_data)):
-        one, checked[name], state, lowered = jax_variant(make_step, variant_data, batches, config)
+    variants, checked, lowered_steps = {}, {}, {}
+    user_major = dataclasses.replace(config, user_major=True)
+    for name, make_step, variant_data, variant_config in (
+            ("jax_vmap", cofair.make_train_step, data, config),
+            ("jax_loop", make_loop_train_step, data, config),
+            ("jax_user_major", cofair.make_train_step, data, user_major),
+            ("jax_vmap_per_row", cofair.make_train_step, row_data, config),
+            ("jax_loop_per_row", make_loop_train_step, row_data, config),
+            ("jax_user_major_per_row", cofair.make_train_step, row_data, user_major)):
+        one, checked[name], state, lowered = jax_variant(make_step, variant_data, batches, variant_config)
         variants[name] = (nothing, one)
         if name == "jax_vmap":
             init = state
-        if name == "jax_vmap_per_row":
-            per_row_step = lowered
+        if name in ("jax_vmap_per_row", "jax_user_major_per_row"):
+            lowered_steps[name] = lowered
     if config.exposure_weight > 0:
         plain = dataclasses.replace(config, exposure_weight=0.0)
         variants["jax_vmap_without_exposure"] = (nothing, jax_variant(cofair.make_train_step, data, batches, plain)[0])
@@ -274,18 +282,26 @@ def main(argv=None):
         "loop_over_vmap": ms["jax_loop"] / ms["jax_vmap"],
         "loop_over_vmap_per_row": ms["jax_loop_per_row"] / ms["jax_vmap_per_row"],
         "per_row_over_per_user": ms["jax_vmap_per_row"] / ms["jax_vmap"],
+        "vmap_over_user_major": ms["jax_vmap"] / ms["jax_user_major"],
+        "loop_over_user_major": ms["jax_loop"] / ms["jax_user_major"],
+        "vmap_over_user_major_per_row": ms["jax_vmap_per_row"] / ms["jax_user_major_per_row"],
+        "loop_over_user_major_per_row": ms["jax_loop_per_row"] / ms["jax_user_major_per_row"],
     })
     if "jax_vmap_without_exposure" in ms:
         results["exposure_over_plain"] = ms["jax_vmap"] / ms["jax_vmap_without_exposure"]
     torch_ms = {name: value for name, value in ms.items() if name.startswith("torch_")}
     results.update(torch_ratios(torch_ms, ms["jax_vmap_per_row"], "jax_vmap_per_row"))
+    results.update(torch_ratios(torch_ms, ms["jax_user_major_per_row"], "jax_user_major_per_row"))
     results.update(torch_ratios(torch_ms, ms["jax_vmap"], "jax_vmap"))
     rates = matmul_rates({"large": (1024, 1024, 1024), "step": (args.batch, args.dim, args.dim)})
-    results["roofline"] = roofline(ms["jax_vmap_per_row"], xla_flops(per_row_step[0], *per_row_step[1]), rates)
+    for name, key in (("jax_vmap_per_row", "roofline"), ("jax_user_major_per_row", "roofline_user_major")):
+        step, step_args = lowered_steps[name]
+        results[key] = roofline(ms[name], xla_flops(step, *step_args), rates)
     for name in checked:
         if name != "jax_vmap":
             label = {"jax_loop": "loop_vs_vmap", "jax_vmap_per_row": "per_row_vs_per_user",
-                     "jax_loop_per_row": "loop_per_row_vs_vmap", "torch": "torch_vs_jax"}[name]
+                     "jax_loop_per_row": "loop_per_row_vs_vmap", "jax_user_major": "user_major_vs_vmap",
+                     "jax_user_major_per_row": "user_major_per_row_vs_vmap", "torch": "torch_vs_jax"}[name]
             results[f"check_max_abs_diff_{label}"] = max_metric_diff(checked["jax_vmap"], checked[name])
 
     return finish(results, out, lambda r: report(r, args))
@@ -302,6 +318,8 @@ def report(results, args):
             ("jax loop over levels", "jax_loop_ms"),
             ("jax vmap, per-row", "jax_vmap_per_row_ms"),
             ("jax loop, per-row", "jax_loop_per_row_ms"),
+            ("jax user-major (cofair.user_major)", "jax_user_major_ms"),
+            ("jax user-major, per-row", "jax_user_major_per_row_ms"),
             ("jax vmap, without the exposure term", "jax_vmap_without_exposure_ms"),
             *[(f"{name} (per-row; warm-up {results['torch_warmup_s'][name]:.1f} s)", f"{name}_ms")
               for name in results["torch_warmup_s"]]]
@@ -316,7 +334,8 @@ def report(results, args):
         print(f"  {name} failed: {error}")
     if "torch_skipped" in results:
         print(f"  torch skipped: {results['torch_skipped']}")
-    print("  " + roofline_line(results["roofline"]))
+    print("  per-row:             " + roofline_line(results["roofline"]))
+    print("  per-row, user-major: " + roofline_line(results["roofline_user_major"]))
 
 
 if __name__ == "__main__":

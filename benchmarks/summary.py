@@ -41,10 +41,11 @@ ROWS = {
                        ["torch_eager_1t_over_jax_scan_step", "best_torch_over_jax_scan_step",
                         "loop_over_vmapped_requirements"]),
     "cofair_step.json": ("python -m benchmarks.cofair_step",
-                         "Cofair step: PyTorch eager / compile, 1 / all threads vs JAX on the same per-row work; levels "
-                         "vmapped vs loop",
+                         "Cofair step: PyTorch eager / compile, 1 / all threads vs JAX on the same per-row work (default "
+                         "and user-major layouts); levels vmapped or user-major vs loop",
                          ["torch_eager_1t_over_jax_vmap_per_row", "best_torch_over_jax_vmap_per_row",
-                          "best_torch_over_jax_vmap", "loop_over_vmap"]),
+                          "torch_eager_1t_over_jax_user_major_per_row", "best_torch_over_jax_user_major_per_row",
+                          "best_torch_over_jax_vmap", "loop_over_vmap", "loop_over_user_major_per_row"]),
     "cofair_step_levels1_no_torch.json": ("python -m benchmarks.cofair_step --no-torch --levels 1 --repeats 30 "
                                           "--out benchmarks/results/cofair_step_levels1_no_torch.json",
                                           "Cofair step at T = 1: levels vmapped vs loop", ["loop_over_vmap"]),
@@ -106,6 +107,8 @@ STEPS = {
     "AFRL (B 256, d 64, 5 players)": ("afrl_step.json", None, "median_ms.jax_scan_epoch", "jax_scan_step",
                                       "roofline"),
     "Cofair per-row (B 4,096, T 5)": ("cofair_step.json", None, "jax_vmap_per_row_ms", "jax_vmap_per_row", "roofline"),
+    "Cofair per-row, cofair.user_major = true": ("cofair_step.json", None, "jax_user_major_per_row_ms",
+                                                  "jax_user_major_per_row", "roofline_user_major"),
     "Cofair per-user (jaxfair's default; less work)": ("cofair_step.json", None, "jax_vmap_ms", "jax_vmap", None),
     "ITFR (MF, G 12, B 1,024)": ("itfr_step.json", None, "jax_epoch_per_step_ms", "jax_epoch_per_step", "roofline"),
     "DifFaiRec (B 128 users, I 1,447)": ("diffairec_step.json", "diffairec", "jax_epoch_per_step_ms",

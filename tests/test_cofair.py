@@ -411,6 +411,51 @@ def test_per_user_and_per_row_batches_give_the_same_loss_and_gradients(adversary
     np.testing.assert_allclose(float(d_loss(True)), float(d_loss(False)), rtol=1e-5)
 
 
+# ----------------------------------------------------------------------------------------------- user-major layout
+
+
+def test_user_major_levels_are_the_vmapped_levels_transposed_bit_for_bit():
+    config = small_config(residual=True, negative_slope=0.3)
+    params = random_params(6, config)
+    u = jnp.asarray(np.random.default_rng(6).normal(size=(U, D)), jnp.float32)
+    level_major = cofair.adapted_embeddings(params["filter"], u, config)
+    user_major = cofair.user_major_levels(params["filter"], u, config)
+    assert user_major.shape == (U, T, D)
+    np.testing.assert_array_equal(np.asarray(user_major), np.swapaxes(np.asarray(level_major), 0, 1))
+
+
+@pytest.mark.parametrize("per_user", [False, True])
+@pytest.mark.parametrize("adversary", ["paper", "capped", "confusion", "mean_gap", "linear_share"])
+def test_user_major_layout_gives_the_same_loss_metrics_and_gradients(adversary, per_user):
+    config = small_config(adversary=adversary)
+    data = make_toy_data(2, 3, withheld=(0, 5, 9, 17))
+    params = random_params(4, config, num_classes=3)
+    batch = make_batch(30, 20, num_padding=5)
+    (loss, metrics), grads = filter_value_and_grad(params, data, batch, config, per_user=per_user)
+    (um_loss, um_metrics), um_grads = filter_value_and_grad(params, data, batch,
+                                                            dataclasses.replace(config, user_major=True),
+                                                            per_user=per_user)
+    assert float(metrics["reg"]) > 0.0
+    np.testing.assert_allclose(float(um_loss), float(loss), rtol=1e-5)
+    chex.assert_trees_all_close(um_metrics, metrics, rtol=1e-5, atol=1e-6)
+    chex.assert_trees_all_close(um_grads, grads, rtol=1e-4, atol=1e-6)
+
+
+def test_user_major_train_step_matches_the_default_step_with_the_exposure_term():
+    config = small_config(adversary="capped", exposure_weight=1.5, exposure_k=3, exposure_candidates=8,
+                          exposure_temperature=0.2, discriminator_steps=2)
+    data = make_toy_data(3, 2, withheld=(0, 5, 9), with_exclude=True)
+    state = cofair.init_state(jax.random.PRNGKey(1), data, config)
+    steps = {layout: jax.jit(cofair.make_train_step(data, dot, dataclasses.replace(config, user_major=layout)))
+             for layout in (False, True)}
+    batch = make_batch(31, 24, num_padding=4)
+    (default, default_metrics), (user_major, user_major_metrics) = (
+        steps[layout](state, batch, jax.random.PRNGKey(0)) for layout in (False, True))
+    assert np.all(np.asarray(default_metrics["exposure_gap"]) > 0)
+    chex.assert_trees_all_close(user_major_metrics, default_metrics, rtol=1e-5, atol=1e-6)
+    chex.assert_trees_all_close(user_major.params, default.params, rtol=1e-4, atol=1e-6)
+
+
 def test_batch_users_per_user_weights_are_label_weighted_row_counts():
     data = make_toy_data(3, 2, withheld=(4,))
     batch = {"user": jnp.array([4, 1, 1, 2, 1, 4], jnp.int32), "pos": jnp.zeros(6, jnp.int32),
@@ -422,7 +467,7 @@ def test_batch_users_per_user_weights_are_label_weighted_row_counts():
     np.testing.assert_array_equal(np.asarray(row_user), np.asarray(batch["user"]))
     users, row_user = cofair.batch_users(data, batch, per_user=False)
     np.testing.assert_array_equal(np.asarray(users["weight"]), [0, 1, 1, 1, 0, 0])
-    np.testing.assert_array_equal(np.asarray(row_user), np.arange(6))
+    assert row_user is None  # row b is user entry b: no gather
 
 
 # ----------------------------------------------------------------------------------------------- the objective

@@ -156,3 +156,18 @@ def test_the_exposure_term_runs_end_to_end_and_narrows_the_top_levels_exposure_g
     dp = [level["metrics"]["dp@10"] for level in results["cofair"]["levels"]]
     assert len(dp) == LEVELS + 1 and np.all(np.isfinite(dp))
     assert dp[-1] < dp[0] - 0.05, dp
+
+
+def test_level_rows_carry_95_percent_intervals_and_the_non_linear_audit_when_asked(data_dir, tmp_path):
+    """Issue 22, item 3: each level's unseen-user audit and standard probe with their 95% intervals, and the
+    one-hidden-layer audit (``probe.audit_hidden``) beside the linear one."""
+    values = config_values(data_dir, levels=1, retrain_baseline=False, train={"epochs": 2})
+    values["probe"].update(bootstrap=50, audit_hidden=8, audit_max_repeats=2)
+    results = run(parse_config(values), tmp_path, log=lambda message: None)
+    for t in (0, 1):
+        row = results["tables"]["test"][f"level {t}"]
+        for name in ("unseen_auc", "auc", "mlp_unseen_auc"):
+            assert row[f"{name}_lo/gender"] <= row[f"{name}_hi/gender"]
+        assert row["unseen_auc_lo/gender"] <= row["unseen_auc"] + 0.05  # an interval about the audit's mean
+        assert row["mlp_unseen_auc"] != row["unseen_auc"]  # another probe, not a copy
+    assert "mlp_unseen_auc" in results["cofair"]["levels"][1]

@@ -59,6 +59,10 @@ Choices where the paper is silent (recorded here on purpose):
   ``confusion_on_all_users = True`` (off by default; only with ``adversary = "confusion"``) applies it to every
   user of the batch, labelled or not, while D_i still learns from labelled users only. No withheld label is used;
   the unlabelled users' embeddings are, as they are at serving time.
+* ``erase_output = True`` (off by default; not in the paper) keeps AFRL's training as it is and, afterwards, erases
+  each requirement's attributes from its trained output with LEACE fitted on the labelled users' outputs
+  (:mod:`jaxfair.methods.output_erasure`): the closed-form erasure's guarantee on top of what AFRL learned.
+  Whether it helps is decided on validation only (``docs/erasure.md``).
 """
 
 from __future__ import annotations
@@ -75,6 +79,7 @@ from jaxfair.methods.adversaries import (AttributeData, classifier_loss, confusi
                                          head_nll, num_classes_of, weighted_mean)
 from jaxfair.methods.class_means import between_class_share, linear_share
 from jaxfair.methods.mlp import mlp_apply, mlp_init, mlp_sizes, stack_apply, stack_init
+from jaxfair.methods.output_erasure import with_output_erasure
 from jaxfair.methods.requirements import embed_all_requirements, requirement_method
 from jaxfair.training import optim
 from jaxfair.training.step import TrainState
@@ -108,6 +113,9 @@ class Config:
         is Eq. (17) as written.
       confusion_on_all_users: with ``adversary = "confusion"``, F's confusion term covers every user of the batch
         instead of the labelled ones only (see the module docstring).
+      erase_output: after training, erase each requirement's attributes from the trained model's output with LEACE
+        fitted on the labelled users' outputs (:mod:`jaxfair.methods.output_erasure`; not in the paper; training is
+        unchanged); erase_max_rank: directions erased per attribute (0: all).
       train: AFRL's own loop (``[afrl.train]``: Adam for every player at ``learning_rate``, early stopping on the mean
         validation NDCG@10 over all fairness requirements; the paper's learning rate 5e-5 and batch size 256).
     """
@@ -124,10 +132,12 @@ class Config:
     discriminator_steps: int = 1
     aggregator_residual: bool = False
     confusion_on_all_users: bool = False
+    erase_output: bool = False
+    erase_max_rank: int = 0
     train: TrainConfig = TrainConfig(learning_rate=5e-5, batch_size=256, epochs=100, patience=5, monitor="ndcg@10")
 
     def __post_init__(self):
-        check_fields(self, choices={"adversary": ADVERSARIES}, non_negative=("beta", "lam"),
+        check_fields(self, choices={"adversary": ADVERSARIES}, non_negative=("beta", "lam", "erase_max_rank"),
                      at_least_one=("hidden", "encoder_layers", "head_layers", "aggregator_layers",
                                    "discriminator_steps"))
         if self.confusion_on_all_users and self.adversary != "confusion":
@@ -324,6 +334,12 @@ def make_train_step(data: AttributeData, score: Callable, config: Config):
 
 # --- the method contract -------------------------------------------------------------------------------------
 
+def _post_training(serve, data: AttributeData, config: Config):
+    """``serve`` followed by the output erasure when ``config.erase_output`` (else ``serve`` itself)."""
+    return with_output_erasure(serve, data, config.erase_max_rank) if config.erase_output else serve
+
+
 METHOD = requirement_method(
     "afrl", Config, init_state=init_state, make_train_step=make_train_step, embed=fair_user_embeddings,
+    post_training=_post_training,
     description="AFRL (Zhu et al., SIGIR 2024): one model serving every personalised fairness requirement")

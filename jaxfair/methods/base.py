@@ -172,6 +172,16 @@ def audit_users(split, withheld: tuple[str, ...] = WITHHELD_STAGES) -> np.ndarra
     return np.sort(np.concatenate([np.asarray(split.probe_users[stage]) for stage in withheld]))
 
 
+def interval_columns(name: str, intervals: dict) -> dict[str, float]:
+    """Table columns of 95% intervals: attribute -> ``[low, high]`` (or None, no interval drawn) becomes
+    ``{<name>_lo/<attribute>: low, <name>_hi/<attribute>: high}``, beside the point estimate ``<name>/<attribute>``."""
+    columns = {}
+    for attribute, interval in intervals.items():
+        if interval is not None:
+            columns[f"{name}_lo/{attribute}"], columns[f"{name}_hi/{attribute}"] = map(float, interval)
+    return columns
+
+
 def best_params(fitted: dict) -> dict:
     """Model name -> the selected parameters of each fit."""
     return {name: fit.best_params for name, fit in fitted.items()}

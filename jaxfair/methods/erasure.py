@@ -129,13 +129,17 @@ def _fit(x, labels, weight, class_mask, *, num_classes: int, max_rank: int) -> E
     return Eraser(mean, whiten, unwhiten, directions, singular_values, eigenvalues, counts)
 
 
-def fit_eraser(user_vecs, labels, weight, class_mask, attribute_names=None, max_rank: int = 0) -> Eraser:
+def fit_eraser(user_vecs, labels, weight, class_mask, attribute_names=None, max_rank: int = 0,
+               rank_deficient_ok: bool = False) -> Eraser:
     """Fit the erasure of every attribute on the users with ``weight > 0`` (module docstring).
 
     Args:
       user_vecs: ``(U, d)``; labels: int ``(U, M)``; weight: ``(U,)`` (0: the user's labels are withheld);
       class_mask: bool ``(M, K)`` the classes each attribute has; attribute_names: for messages.
       max_rank: directions per attribute (0: all).
+      rank_deficient_ok: accept embeddings that span fewer than ``d`` dimensions (a trained network's outputs, whose
+        dead ReLU units leave directions without variance): the whitening is then the pseudo-inverse on their span,
+        where all the users lie, and the guarantee holds there. False (the backbone's embeddings) refuses them.
 
     Raises:
       ErasureError: fewer labelled users than needed for a full-rank covariance, or an attribute with fewer than two
@@ -153,7 +157,7 @@ def fit_eraser(user_vecs, labels, weight, class_mask, attribute_names=None, max_
                   max_rank=int(max_rank))
     eigenvalues = np.asarray(eraser.eigenvalues)
     deficient = int(np.sum(eigenvalues <= EIGEN_TOLERANCE * eigenvalues[-1]))
-    if deficient:
+    if deficient and not rank_deficient_ok:
         raise ErasureError(f"erasure: the {count} labelled users' embeddings span only {dim - deficient} of {dim} "
                            f"dimensions (rank deficient covariance); whitening is undefined")
     for name, counts in zip(names, np.asarray(eraser.class_counts)):

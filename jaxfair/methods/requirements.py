@@ -22,6 +22,7 @@ import dataclasses
 
 import functools
 import itertools
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
@@ -30,7 +31,8 @@ import numpy as np
 from jaxfair.backbones.base import padded_batches
 from jaxfair.data.sampling import bpr_pairs
 from jaxfair.methods.adversaries import split_attribute_data
-from jaxfair.methods.base import Evaluation, Method, Model, audit_users, require, withheld_labels
+from jaxfair.methods.base import (Evaluation, Method, Model, audit_users, interval_columns, require,
+                                  withheld_labels)
 from jaxfair.metrics.probe import cross_fitted_probe, probe_attribute
 from jaxfair.metrics.ranking import split_ranking, target_rank_metrics
 from jaxfair.tables import format_table
@@ -110,6 +112,10 @@ def embed_all_requirements(embed, params, user_vecs: jax.Array, requirements: ja
 
 
 _embed_all = jax.jit(embed_all_requirements, static_argnames=("embed", "config"))
+
+
+def _embed(embed, params, user_vecs, sensitive, *, config):
+    return embed(params, user_vecs, sensitive, config)
 
 
 def requirement_model(name: str, context, data, config, *, init, step, embed, requirements) -> Model:
@@ -285,7 +291,9 @@ def _row(block: dict, backbone_probe: dict, backbone_test: dict, sensitive: list
     probe, the backbone's own AUCs on the same attributes, then accuracy and its ratio to the backbone's.
     ``unseen_auc`` is a mean over redrawn folds (:func:`~jaxfair.metrics.probe.cross_fitted_probe`), averaged over the
     sensitive attributes, and ``unseen_auc/<attribute>`` each attribute's own; ``unseen_auc_std`` is the spread of one
-    draw, averaged over the sensitive attributes."""
+    draw, averaged over the sensitive attributes. Each attribute's audit and standard probe also carry their 95%
+    bootstrap intervals over the scored users (``unseen_auc_lo/<attribute>``, ``unseen_auc_hi/<attribute>``, and
+    ``auc_``, ``mlp_unseen_auc_`` likewise; absent with ``probe.bootstrap = 0``)."""
     row = {}
     if sensitive:
         row["unseen_auc"] = block["mean_unseen_auc"]
@@ -294,11 +302,15 @@ def _row(block: dict, backbone_probe: dict, backbone_test: dict, sensitive: list
         row["backbone_auc"] = float(np.mean([backbone_probe["auc"][a]["auc"] for a in sensitive]))
         row["unseen_auc_std"] = float(np.mean([block["unseen_auc_std"][a] for a in sensitive]))
         row.update({f"unseen_auc/{a}": block["unseen_auc"][a] for a in sensitive})  # each attribute's own audit
+        row.update({f"auc/{a}": block["probe_auc"][a] for a in sensitive})
+        row.update(interval_columns("unseen_auc", block["unseen_auc_ci"]))  # 95% bootstrap intervals
+        row.update(interval_columns("auc", block["probe_auc_ci"]))
         if block["mlp_unseen_auc"]:  # probe.audit_hidden > 0: the non-linear audit beside the linear one
             row["mlp_unseen_auc"] = float(np.mean([block["mlp_unseen_auc"][a] for a in sensitive]))
             row["backbone_mlp_unseen_auc"] = float(np.mean([backbone_probe["mlp_unseen_auc"][a]["auc"]
                                                             for a in sensitive]))
             row.update({f"mlp_unseen_auc/{a}": block["mlp_unseen_auc"][a] for a in sensitive})
+            row.update(interval_columns("mlp_unseen_auc", block["mlp_unseen_auc_ci"]))
     row.update(block["metrics"])
     for name, value in block["metrics"].items():
         if backbone_test.get(name):
@@ -345,18 +357,27 @@ def requirements_report(results: dict, label: str) -> str:
     return title + format_table(rows, list(rows[0]))
 
 
-def requirement_method(name: str, Config: type, *, init_state, make_train_step, embed, description: str) -> Method:
+def requirement_method(name: str, Config: type, *, init_state, make_train_step, embed, description: str,
+                       post_training: Callable | None = None) -> Method:
     """The :class:`~jaxfair.methods.base.Method` of a family member that is one model serving every requirement.
 
     Args:
       name: registry, section and model name.
       init_state: ``(key, data, config) -> state``; make_train_step: ``(data, score, config) -> step``; embed:
         ``(params, user_vecs (U, d), sensitive (M,) or (U, M), config) -> (U, d)``, the serving function.
+      post_training: ``(serve (user_vecs, sensitive) -> (U, d), data, config) -> serve`` or None: a step fitted after
+        training on the trained model's outputs (AFRL's output erasure,
+        :func:`~jaxfair.methods.output_erasure.with_output_erasure`), applied in evaluation and serving; it
+        returns ``serve`` itself when the config does not ask for it.
 
     Its data are :func:`~jaxfair.methods.adversaries.split_attribute_data` (every attribute, the probe validation
     and test users' labels withheld); it trains one model on BPR rows, validated on every requirement; it is
     evaluated by :func:`evaluate_requirements` and served by ``embed`` under a per-user mask.
     """
+
+    def served(data, params, config):
+        plain = functools.partial(_embed, embed, params, config=config)
+        return plain, (post_training(plain, data, config) if post_training else plain)
 
     def prepare(context, config):
         return split_attribute_data(context.split, context.frozen)
@@ -368,10 +389,14 @@ def requirement_method(name: str, Config: type, *, init_state, make_train_step, 
 
     def evaluate(context, data, fitted, config):
         params = fitted[name].best_params
-        return evaluate_requirements(context, lambda u, reqs: _embed_all(embed, params, u, reqs, config))
+        plain, serve_one = served(data, params, config)
+        if serve_one is plain:  # nothing after training: the one cached program
+            return evaluate_requirements(context, lambda u, reqs: _embed_all(embed, params, u, reqs, config))
+        serve_all = jax.jit(lambda u, reqs: jax.vmap(lambda s: serve_one(u, s))(reqs))
+        return evaluate_requirements(context, serve_all)
 
     def serve(data, params, config, user_vecs, sensitive):
-        return embed(params[name], user_vecs, sensitive, config)
+        return served(data, params[name], config)[1](user_vecs, sensitive)
 
     return Method(name, Config, frozen_backbone=True, check=lambda config, run: check_sampled_split(name, run),
                   prepare=prepare, models=models, evaluate=evaluate, serve=serve,
