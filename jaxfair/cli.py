@@ -353,6 +353,9 @@ def main(argv: list[str] | None = None) -> int:
             from jaxfair.compile_cache import enable_compile_cache
             from jaxfair.cpu_devices import split_host
 
+            from jaxfair.training.mesh import initialize_distributed
+
+            initialize_distributed()  # several hosts, when the environment names a coordinator
             split_host()  # before anything starts JAX's backend
             enable_compile_cache()
         args.func(args)

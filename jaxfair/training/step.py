@@ -39,12 +39,14 @@ def make_train_step(
     return step
 
 
-def make_epoch_fn(step: Callable, end_epoch: Callable | None = None) -> Callable:
+def make_epoch_fn(step: Callable, end_epoch: Callable | None = None, constrain: Callable | None = None) -> Callable:
     """Jit a ``lax.scan`` of ``step`` over batches stacked on a leading axis.
 
     Args:
       step: ``(state, batch, key) -> (state, metrics)``.
       end_epoch: optional ``state -> state`` applied once after the last batch (ITFR rolls its epoch statistics).
+      constrain: optional ``state -> state`` applied to the state entering and leaving the epoch (on a mesh, a
+        sharding constraint: the state keeps its parameters' shardings, :mod:`jaxfair.training.mesh`).
 
     Returns:
       ``epoch(state, batches, key) -> (state, metrics)`` where metrics are averaged over the epoch's batches. Each
@@ -56,9 +58,13 @@ def make_epoch_fn(step: Callable, end_epoch: Callable | None = None) -> Callable
 
     @jax.jit
     def epoch(state, batches, key):
+        if constrain is not None:
+            state = constrain(state)
         state, metrics = jax.lax.scan(lambda s, b: body(s, b, key), state, batches)
         if end_epoch is not None:
             state = end_epoch(state)
+        if constrain is not None:
+            state = constrain(state)
         return state, jax.tree.map(jnp.mean, metrics)
 
     return epoch

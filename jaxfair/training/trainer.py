@@ -23,6 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxfair.training.checkpoint import Checkpointer
+from jaxfair.training.mesh import batch_shardings, make_mesh, place, state_shardings
 from jaxfair.training.step import make_epoch_fn
 
 
@@ -39,6 +40,10 @@ class TrainConfig:
       monitor: validation metric to maximise for early stopping and model selection.
       checkpoint_every: with an output folder, save the resumable state every this many epochs and at the last
         epoch (a resumed run replays the epochs after the newest checkpoint exactly; their log lines are rewritten).
+      devices: local devices the stage trains on (:mod:`jaxfair.training.mesh`): 1 is one device, as before; 0 (the
+        default) every device of a GPU or TPU platform and one on CPU; N > 1 a mesh of the first N.
+      model_axis: devices of the mesh's ``model`` axis, over which embedding tables are row-sharded (the rest of
+        the mesh is the ``data`` axis the batch is split over).
     """
 
     epochs: int = 100
@@ -48,9 +53,13 @@ class TrainConfig:
     patience: int = 5
     monitor: str = "ndcg@10"
     checkpoint_every: int = 1
+    devices: int = 0
+    model_axis: int = 1
 
     def __post_init__(self):
-        for name in ("epochs", "batch_size", "patience", "checkpoint_every"):
+        if self.devices < 0:
+            raise ValueError(f"devices must be 0 (every accelerator; one device on CPU) or more, got {self.devices}")
+        for name in ("epochs", "batch_size", "patience", "checkpoint_every", "model_axis"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         if not self.learning_rate > 0:
@@ -152,9 +161,20 @@ def fit(
       :class:`FitResult` with the final state, the best parameters and their validation metrics.
     """
     config, name = model.train, model.name
-    run_epoch = make_epoch_fn(model.step, model.end_epoch)
+    mesh = make_mesh(config.devices, config.model_axis)
     init_key, train_key = _run_keys(seed)
     state = jax.jit(model.init)(init_key)  # one program, not one per array the initialiser builds
+    place_batches = lambda batches: batches  # noqa: E731 (one device: the host arrays go in as they are)
+    if mesh is None:
+        run_epoch = make_epoch_fn(model.step, model.end_epoch)
+    else:
+        shardings = state_shardings(state, mesh)
+        state = place(state, shardings)
+        run_epoch = make_epoch_fn(model.step, model.end_epoch,
+                                  constrain=lambda s: jax.lax.with_sharding_constraint(s, shardings))
+        place_batches = lambda batches: place(batches, batch_shardings(batches, mesh))  # noqa: E731
+        log(f"[{name}] training on {mesh.devices.size} devices: data axis {mesh.shape['data']}, model axis "
+            f"{mesh.shape['model']}")
     carry = initial_carry(state)
     checkpointer = log_file = None
     resumed_from = None
@@ -177,7 +197,7 @@ def fit(
         epoch = int(carry["epoch"])
         while epoch < config.epochs and int(carry["bad_epochs"]) < config.patience:
             tick = time.perf_counter()
-            batches = model.batches(np.random.default_rng([seed, epoch]))
+            batches = place_batches(model.batches(np.random.default_rng([seed, epoch])))
             state, train_metrics = run_epoch(carry["state"], batches, jax.random.fold_in(train_key, epoch))
             valid = {k: float(v) for k, v in model.validate(state.params).items()}
             if config.monitor not in valid:
