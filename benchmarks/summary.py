@@ -67,6 +67,10 @@ ROWS = {
                      "the README's AFRL run)",
                      "every user under their own mask and strength: one call vs a loop over (mask, strength) groups",
                      ["erasure_loop_over_one_call", "afrl_loop_over_one_call"]),
+    "sparse_scale_ml20m.json": ("python -m benchmarks.sparse_scale",
+                                "Cofair with its exposure term at ML-20M's size (138,493 x 26,744), no (U, I) array: "
+                                "step, blocked validation and all-level test report (seconds), host peak RSS (bytes)",
+                                ["step_s", "validate_top_level_s", "evaluate_all_levels_s", "host_peak_rss_bytes"]),
     "seeds_job_batched.json": ("python -m benchmarks.seeds --job-batched --out benchmarks/results/seeds_job_batched.json"
                                " (0b84d71, where --seeds was batched)",
                                "whole main job, --seeds 0 1 2 3 batched vs one seed; backbone stage batched",
@@ -87,6 +91,8 @@ def _value(results: dict, key: str) -> float:
 
 def _machine(results: dict) -> str:
     device = results.get("device") or {}
+    if isinstance(device, str):  # a device kind ("NVIDIA H200")
+        return results.get("machine") or device
     if device:
         return f"{device.get('machine', '?')}, {device.get('cpu_count', '?')} cpus, {device.get('jax_backend', '?')}"
     return results.get("machine") or "2-core CPU"

@@ -32,6 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 
+from jaxfair.metrics.masks import mask_rows
 from jaxfair.pipeline.outputs import RunError, _atomic
 
 STRENGTH_METHODS = ("erasure", "afrl", "ffvae")
@@ -112,14 +113,14 @@ def recommend(restored, users, fair, k: int = 10, batch: int = 512) -> tuple[np.
     split, frozen = restored.split, restored.context.frozen
     if not 1 <= k <= split.num_items:
         raise ServeError(f"--k must be in 1..{split.num_items}, got {k}")
-    known = split.positive_matrix()
+    known = split.known_positives()  # bool (U, I), or CSR sets above the memory rule (masks built per batch)
     users = np.asarray(users, np.int32)
     items, scores = [], []
     for start in range(0, len(users), batch):
         rows = users[start:start + batch]
         pad = batch - len(rows) if len(users) > batch else 0
         chunk = jnp.concatenate([fair[start:start + batch], jnp.zeros((pad, fair.shape[1]), fair.dtype)])
-        mask = np.concatenate([known[rows], np.zeros((pad, known.shape[1]), bool)])
+        mask = np.concatenate([mask_rows(known, rows), np.zeros((pad, split.num_items), bool)])
         top_scores, top_items = _top_k(frozen.score, chunk, frozen.item_vecs, jax.device_put(mask), k=k)
         items.append(np.asarray(top_items)[: len(rows)])
         scores.append(np.asarray(top_scores)[: len(rows)])

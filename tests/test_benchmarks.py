@@ -280,3 +280,22 @@ def test_serving_benchmark_compares_one_call_with_the_loop_and_checks_the_rows(t
     assert [block["method"] for block in results["runs"].values()] == ["erasure", "afrl"]
     for block in results["runs"].values():
         assert block["groups"] > 1 and block["loop_over_one_call"] > 0 and block["max_abs_diff"] < 1e-5
+
+
+def test_scale_benchmark_times_an_epoch_per_method_on_one_and_on_two_devices(tmp_path):
+    """``benchmarks/scale.py`` on the tiny synthetic preset: one worker process per device count, every method's
+    stage built as the pipeline builds it and timed; nothing timed is asserted, only that it is reported."""
+    from benchmarks import scale
+
+    out = tmp_path / "scale.json"
+    result = scale.main(["--presets", "tiny", "--methods", "pmf", "afrl", "--devices", "1", "2", "--max-steps", "2",
+                         "--out", str(out)])
+    assert json.loads(out.read_text()) == json.loads(json.dumps(result))
+    assert [(run["preset"], run["devices"], run["device_count"]) for run in result["runs"]] == [("tiny", 1, 1),
+                                                                                               ("tiny", 2, 2)]
+    for run in result["runs"]:
+        for name in ("pmf", "afrl"):
+            report = run["methods"][name]
+            assert report["steps_timed"] == min(2, report["batches_per_epoch"]) and report["steps_per_second"] > 0
+            assert report["epoch_seconds_estimated"] > 0 and report["peak_rss_bytes"] > 0
+            assert 0 < report["users"] <= 300 and 0 < report["items"] <= 400  # the tiny preset, as prepared

@@ -131,7 +131,7 @@ def backbone(config: Config = Config()) -> Backbone:
             "user": users,
             "seq": np.where(masked, mask_id, hist).astype(np.int32),
             "pos": pos,
-            "neg": position_negatives(split.positive_matrix(), users, pos, pad, rng),
+            "neg": position_negatives(split.known_positives(), users, pos, pad, rng),
             "weight": masked.astype(np.float32),
         }
         return padded_batches(rows, batch_size, rng)

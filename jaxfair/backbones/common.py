@@ -60,8 +60,9 @@ def pair_epoch(split: Split, rng: np.random.Generator, batch_size: int) -> Batch
       ``{"user", "pos", "neg": int32, "weight": float32}``, each ``(num_batches, batch_size)``; padding rows have
       weight 0.
     """
-    # Built once per epoch: the dense (U, I) mask is what sample_negatives needs to reject known positives.
-    positives = split.positive_matrix()
+    # Built once per epoch: the known positives (a dense (U, I) mask on small data, CSR sets on large) that
+    # sample_negatives rejects.
+    positives = split.known_positives()
     return padded_batches(bpr_pairs(split, rng, positives), batch_size, rng)
 
 
@@ -127,7 +128,7 @@ def position_negatives(
     """One negative per sequence position, never a known positive of that row's user.
 
     Args:
-      positives: bool ``(U, I)`` known positives.
+      positives: bool ``(U, I)`` known positives, or the same as :class:`~jaxfair.data.dataset.UserItems`.
       users: int ``(R,)`` user of each row.
       targets: int ``(R, L)`` target items; ``pad_id`` where there is nothing to predict.
       pad_id: the padding id; such positions get ``pad_id`` as negative too (their weight is 0).

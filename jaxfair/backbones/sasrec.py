@@ -78,7 +78,7 @@ def backbone(config: Config = Config()) -> Backbone:
 
     def make_epoch(split: Split, rng: np.random.Generator, batch_size: int) -> Batch:
         rows = training_rows(split, config.max_len)
-        rows["neg"] = position_negatives(split.positive_matrix(), rows["user"], rows["pos"], split.num_items, rng)
+        rows["neg"] = position_negatives(split.known_positives(), rows["user"], rows["pos"], split.num_items, rng)
         return padded_batches(rows, batch_size, rng)
 
     return transformer.sequence_backbone("sasrec", encoder, config, 1, context, make_epoch)

@@ -14,9 +14,93 @@ Two stages:
 from __future__ import annotations
 
 import dataclasses
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
+
+# The memory rule. A user-by-item array is built only while ``U * I <= DENSE_LIMIT`` entries (2**26: a bool array of
+# 64 MiB, float32 scores of 256 MiB); MovieLens-100k (1.6 M entries) and ML-1M (22 M) stay far below it, so their
+# results keep the dense computations bit for bit. Above it, the user-item sets stay CSR (:class:`UserItems`), and
+# masks and scores are built for blocks of users (evaluation) or for a batch's users (training). Functions that take
+# ``limit`` read this constant when it is None, so a test or a caller can force the sparse paths on small data.
+DENSE_LIMIT = 1 << 26
+
+
+def use_dense(num_users: int, num_items: int, limit: int | None = None) -> bool:
+    """True when a ``(num_users, num_items)`` array fits the memory rule (``U I <= limit``, default
+    :data:`DENSE_LIMIT`)."""
+    return num_users * num_items <= (DENSE_LIMIT if limit is None else limit)
+
+
+class UserItems(NamedTuple):
+    """A set of items per user in CSR form, the sparse counterpart of a bool ``(U, I)`` matrix: user ``u``'s items
+    are ``indices[indptr[u]:indptr[u + 1]]``, sorted, without repeats. Memory ``O(U + P)`` for ``P`` pairs.
+
+    Attributes:
+      indptr: int64 ``(U + 1,)``; indices: int32 ``(P,)``; num_items: ``I``.
+    """
+
+    indptr: np.ndarray
+    indices: np.ndarray
+    num_items: int
+
+    @classmethod
+    def from_pairs(cls, users: np.ndarray, items: np.ndarray, num_users: int, num_items: int) -> "UserItems":
+        """The sets holding the ``(users[k], items[k])`` pairs (repeats count once)."""
+        codes = np.unique(np.asarray(users, np.int64) * num_items + np.asarray(items, np.int64))
+        counts = np.bincount(codes // num_items, minlength=num_users)
+        indptr = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+        return cls(indptr, (codes % num_items).astype(np.int32), int(num_items))
+
+    @property
+    def num_users(self) -> int:
+        return int(self.indptr.shape[0] - 1)
+
+    def counts(self) -> np.ndarray:
+        """int64 ``(U,)``: the size of each user's set."""
+        return np.diff(self.indptr)
+
+    def pairs(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(users, items)`` int64/int32 ``(P,)``: every pair, by user then item."""
+        return np.repeat(np.arange(self.num_users), self.counts()), self.indices
+
+    def union(self, other: "UserItems") -> "UserItems":
+        """The per-user union of two sets over the same users and items."""
+        (u1, i1), (u2, i2) = self.pairs(), other.pairs()
+        return UserItems.from_pairs(np.concatenate([u1, u2]), np.concatenate([i1, i2]), self.num_users,
+                                    self.num_items)
+
+    def dense_rows(self, rows) -> np.ndarray:
+        """Bool ``(len(rows), I)``: the dense mask of the users ``rows`` only (a block, never the whole matrix)."""
+        block = self.select(rows)
+        out = np.zeros((block.num_users, self.num_items), dtype=bool)
+        out[block.pairs()] = True
+        return out
+
+    def select(self, rows) -> "UserItems":
+        """The sets of the users ``rows``, in that order (row ``r`` of the result is user ``rows[r]``)."""
+        rows = np.asarray(rows, np.int64)
+        starts, counts = self.indptr[rows], self.indptr[rows + 1] - self.indptr[rows]
+        offset = np.arange(int(counts.sum())) - np.repeat(np.cumsum(counts) - counts, counts)
+        indptr = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+        return UserItems(indptr, self.indices[np.repeat(starts, counts) + offset], self.num_items)
+
+    def dense(self) -> np.ndarray:
+        """Bool ``(U, I)``: the whole matrix (small data only; see :data:`DENSE_LIMIT`)."""
+        return self.dense_rows(np.arange(self.num_users))
+
+    def contains(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
+        """Bool, the shape of ``users`` (broadcast with ``items``): whether ``items`` is in ``users``' set, by binary
+        search over the sorted pairs (``O(log P)`` each)."""
+        users, items = np.broadcast_arrays(np.asarray(users, np.int64), np.asarray(items, np.int64))
+        row_users, _ = self.pairs()
+        keys = row_users.astype(np.int64) * self.num_items + self.indices
+        query = users * self.num_items + items
+        if keys.shape[0] == 0:
+            return np.zeros(query.shape, bool)
+        found = np.minimum(np.searchsorted(keys, query), keys.shape[0] - 1)
+        return keys[found] == query
 
 
 class DataError(ValueError):
@@ -165,6 +249,29 @@ class Split:
             return self.train_matrix()
         return self.train_matrix() | self.target_matrix("valid")
 
+    def target_sets(self, stage: str) -> UserItems:
+        """:meth:`target_matrix` as per-user item sets (no ``(U, I)`` array)."""
+        if _check_stage(stage) == "valid":
+            return UserItems.from_pairs(self.valid_users, self.valid_items, self.num_users, self.num_items)
+        return UserItems.from_pairs(self.test_users, self.test_items, self.num_users, self.num_items)
+
+    def exclude_sets(self, stage: str) -> UserItems:
+        """:meth:`exclude_matrix` as per-user item sets (no ``(U, I)`` array)."""
+        _check_stage(stage)
+        if self.kind == "leave_one_out":
+            return self.positive_sets()
+        if stage == "valid":
+            return self.train_sets()
+        return self.train_sets().union(self.target_sets("valid"))
+
+    def ranking_masks(self, stage: str, limit: int | None = None):
+        """``(targets, exclude)`` of ``stage`` for full ranking: the bool ``(U, I)`` matrices (:meth:`target_matrix`,
+        :meth:`exclude_matrix`) when they fit the memory rule (:func:`use_dense` with ``limit``), else the
+        :class:`UserItems` sets, which the ranking functions turn into masks one block of users at a time."""
+        if use_dense(self.num_users, self.num_items, limit):
+            return self.target_matrix(stage), self.exclude_matrix(stage)
+        return self.target_sets(stage), self.exclude_sets(stage)
+
     def protocol_description(self, protocol: str) -> str:
         if protocol == "sampled":
             return f"target ranked among {self.test_negatives.shape[1]} fixed sampled negatives"
@@ -201,6 +308,22 @@ class Split:
     def train_matrix(self) -> np.ndarray:
         """Bool ``(U, I)``: True at the training positives."""
         return self.dense(self.train_users, self.train_items)
+
+    def positive_sets(self) -> UserItems:
+        """:meth:`positive_matrix` as per-user item sets: the split's own CSR, no copy."""
+        return UserItems(self.positives_indptr, self.positives_indices, self.num_items)
+
+    def train_sets(self) -> UserItems:
+        """:meth:`train_matrix` as per-user item sets."""
+        return UserItems.from_pairs(self.train_users, self.train_items, self.num_users, self.num_items)
+
+    def known_positives(self, limit: int | None = None):
+        """Every known positive, for negative sampling: :meth:`positive_matrix` when it fits the memory rule
+        (:func:`use_dense`), else :meth:`positive_sets`. Both draw the same negatives
+        (:func:`jaxfair.data.sampling.sample_negatives`)."""
+        if use_dense(self.num_users, self.num_items, limit):
+            return self.positive_matrix()
+        return self.positive_sets()
 
     def attribute_class_counts(self) -> dict[str, dict[str, int]]:
         """Attribute name -> class label -> number of users."""

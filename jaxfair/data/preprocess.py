@@ -38,7 +38,7 @@ import dataclasses
 import numpy as np
 import pandas as pd
 
-from jaxfair.data.dataset import SPLIT_KINDS, DataError, RawDataset, Split
+from jaxfair.data.dataset import SPLIT_KINDS, DataError, RawDataset, Split, UserItems, use_dense
 from jaxfair.data.holdout import check_ratios, ratio_split
 from jaxfair.data.sampling import sample_negatives
 
@@ -301,14 +301,16 @@ def encode_attributes(users: pd.DataFrame, names: tuple[str, ...]) -> tuple[dict
     return values, classes
 
 
-def sample_eval_negatives(positives: np.ndarray, num: int, rng: np.random.Generator) -> np.ndarray:
-    """``num`` distinct negatives for every user, none a known positive. Returns int32 ``(U, num)``.
+def sample_eval_negatives(positives, num: int, rng: np.random.Generator) -> np.ndarray:
+    """``num`` distinct negatives for every user, none a known positive (``positives``: bool ``(U, I)`` or
+    :class:`~jaxfair.data.dataset.UserItems`). Returns int32 ``(U, num)``.
 
     Raises:
       DataError: a user has fewer than ``num`` items that are not their positives.
     """
     try:
-        return sample_negatives(positives, np.arange(positives.shape[0]), num, rng, replace=False)
+        num_users = positives.num_users if isinstance(positives, UserItems) else positives.shape[0]
+        return sample_negatives(positives, np.arange(num_users), num, rng, replace=False)
     except ValueError as err:
         raise DataError(f"eval_negatives: {err} (lower data.eval_negatives, or use a ratio split)") from err
 
@@ -337,12 +339,12 @@ def _item_genres(raw: RawDataset, old_items: np.ndarray) -> tuple[np.ndarray, tu
 
 
 def _positives_csr(users: np.ndarray, items: np.ndarray, num_users: int, num_items: int):
-    """``(known (U, I) bool, indptr, indices)`` of the positives ``(users, items)``."""
-    known = np.zeros((num_users, num_items), dtype=bool)
-    known[users, items] = True
-    indptr = np.concatenate([[0], np.cumsum(known.sum(axis=1))]).astype(np.int64)
-    indices = np.nonzero(known)[1].astype(np.int32)
-    return known, indptr, indices
+    """``(known, indptr, indices)`` of the positives ``(users, items)``: ``known`` is the bool ``(U, I)`` matrix when
+    it fits the memory rule (:func:`~jaxfair.data.dataset.use_dense`), else the same sets as
+    :class:`~jaxfair.data.dataset.UserItems` (both draw the same negatives)."""
+    sets = UserItems.from_pairs(users, items, num_users, num_items)
+    known = sets.dense() if use_dense(num_users, num_items) else sets
+    return known, sets.indptr, sets.indices
 
 
 def _split_metadata(raw: RawDataset, config: PrepConfig, old_users: np.ndarray, old_items: np.ndarray) -> dict:
@@ -423,7 +425,8 @@ def _prepare_holdout(raw, config: PrepConfig, positives, old_users, old_items) -
     num_users, num_items = len(old_users), len(old_items)
     rng = np.random.default_rng(config.seed)
     train, valid, test = ratio_split(positives, config.ratios, config.split, rng)
-    _, indptr, indices = _positives_csr(positives["user"].to_numpy(), positives["item"].to_numpy(), num_users, num_items)
+    sets = UserItems.from_pairs(positives["user"].to_numpy(), positives["item"].to_numpy(), num_users, num_items)
+    indptr, indices = sets.indptr, sets.indices
     probe = split_probe_users(num_users, config.probe_fractions, rng)
     column = lambda frame, name: frame[name].to_numpy().astype(np.int32)
     no_negatives = np.zeros((num_users, 0), np.int32)

@@ -94,6 +94,7 @@ import numpy as np
 from jaxfair.backbones.base import bpr_loss
 from jaxfair.backbones.common import pair_epoch
 from jaxfair.config import ConfigError, check_fields
+from jaxfair.data.dataset import UserItems, use_dense
 from jaxfair.methods.base import (Evaluation, Method, Model, audit_users, interval_columns, label_weight, require,
                                   require_attribute, require_ratio_split, withheld_labels)
 from jaxfair.methods.cofair_evaluation import (attacker_loss_drops, audit_levels, curve_figure, curve_steps,
@@ -102,6 +103,7 @@ from jaxfair.methods.class_means import between_class_share, linear_share
 from jaxfair.methods.mlp import mlp_apply, mlp_init, mlp_sizes
 from jaxfair.methods.soft_exposure import soft_exposure_gap
 from jaxfair.metrics.exposure import full_ranking_report
+from jaxfair.metrics.masks import SparseRows, rows_mask
 from jaxfair.metrics.probe import probe_attribute
 from jaxfair.training import optim
 from jaxfair.training.step import TrainState
@@ -214,8 +216,10 @@ class CofairData(NamedTuple):
         withheld from training.
       prior: float32 ``(K,)`` class frequencies among the labelled users (the ``confusion`` adversary's target).
       num_classes: ``K`` (static).
-      exclude: bool ``(U, I)`` items never recommended to a user (the training positives), masked in the exposure
-        term; None masks nothing.
+      exclude: items never recommended to a user (the training positives), masked in the exposure term: bool
+        ``(U, I)``, or on data above the memory rule (:data:`jaxfair.data.dataset.DENSE_LIMIT`) the same sets as
+        :class:`~jaxfair.metrics.masks.SparseRows`, from which each batch builds its users' ``(N, I)`` rows
+        (:func:`batch_users`); None masks nothing.
     """
 
     user_vecs: jax.Array
@@ -224,10 +228,13 @@ class CofairData(NamedTuple):
     label_weight: jax.Array
     prior: jax.Array
     num_classes: int
-    exclude: jax.Array | None = None
+    exclude: jax.Array | SparseRows | None = None
 
 
 def make_data(user_vecs, item_vecs, labels, num_classes: int, label_weight=None, exclude=None) -> CofairData:
+    """Check and hold Cofair's inputs (see :class:`CofairData`); ``exclude`` is a bool ``(U, I)`` array, a
+    :class:`~jaxfair.data.dataset.UserItems` (kept sparse, as :class:`~jaxfair.metrics.masks.SparseRows`) or
+    None."""
     labels = np.asarray(labels, np.int32)
     if labels.ndim != 1 or labels.shape[0] != np.shape(user_vecs)[0]:
         raise ValueError(f"labels must be (U,) = ({np.shape(user_vecs)[0]},), got {labels.shape}")
@@ -238,9 +245,13 @@ def make_data(user_vecs, item_vecs, labels, num_classes: int, label_weight=None,
     if counts.sum() <= 0:
         raise ValueError("no user has a label weight above 0: the adversary would have nothing to learn from")
     prior = counts / max(counts.sum(), 1e-12)
-    if exclude is not None:
+    expected = (labels.shape[0], np.shape(item_vecs)[0])
+    if isinstance(exclude, UserItems):
+        if (exclude.num_users, exclude.num_items) != expected:
+            raise ValueError(f"exclude must be (U, I) = {expected}, got {(exclude.num_users, exclude.num_items)}")
+        exclude = SparseRows.from_sets(exclude)
+    elif exclude is not None:
         exclude = np.asarray(exclude, bool)
-        expected = (labels.shape[0], np.shape(item_vecs)[0])
         if exclude.shape != expected:
             raise ValueError(f"exclude must be (U, I) = {expected}, got {exclude.shape}")
         exclude = jnp.asarray(exclude)
@@ -481,7 +492,7 @@ def batch_users(data: CofairData, batch: dict, per_user: bool) -> tuple[dict, ja
         users = {"vecs": data.user_vecs, "labels": data.labels, "weight": weight,
                  "present": (weight > 0).astype(weight.dtype)}
         if data.exclude is not None:
-            users["exclude"] = data.exclude
+            users["exclude"] = exclude_rows(data, None)
         return users, batch["user"]
     # Each labelled user of the batch counts once in the exposure term: a row weighs 1 / (the user's labelled rows).
     labelled = (label_weight > 0).astype(label_weight.dtype)
@@ -489,8 +500,18 @@ def batch_users(data: CofairData, batch: dict, per_user: bool) -> tuple[dict, ja
     users = {"vecs": data.user_vecs[batch["user"]], "labels": data.labels[batch["user"]], "weight": label_weight,
              "present": labelled / jnp.maximum(rows_per_user[batch["user"]], 1.0)}
     if data.exclude is not None:
-        users["exclude"] = data.exclude[batch["user"]]
+        users["exclude"] = exclude_rows(data, batch["user"])
     return users, None
+
+
+def exclude_rows(data: CofairData, users: jax.Array | None) -> jax.Array:
+    """Bool ``(N, I)``: the exposure term's mask of ``users`` (int ``(N,)``; None: every user, ``N = U``, which
+    :func:`batch_users` asks only when ``U`` is at most the batch's rows). Gathered from the dense ``(U, I)`` mask,
+    or built from the sparse sets for these users only (the same rows; no ``(U, I)`` array)."""
+    if isinstance(data.exclude, SparseRows):
+        users = jnp.arange(data.user_vecs.shape[0]) if users is None else users
+        return rows_mask(data.exclude, users, data.item_vecs.shape[0])
+    return data.exclude if users is None else data.exclude[users]
 
 
 def make_players(config: Config) -> optim.Players:
@@ -570,9 +591,21 @@ def _prepare(context, config: Config) -> CofairData:
     if config.attribute not in split.user_attributes:
         raise ConfigError(f"cofair.attribute: {config.attribute!r} is not a user attribute of this split "
                           f"(have {list(split.attribute_names)})")
+    # The training positives as a dense (U, I) mask on small data (bit for bit the earlier runs), as sets above the
+    # memory rule (each batch then builds its users' rows).
+    exclude = (split.exclude_matrix("valid") if use_dense(split.num_users, split.num_items)
+               else split.exclude_sets("valid"))
     return make_data(frozen.user_vecs["valid"], frozen.item_vecs, split.user_attributes[config.attribute],
-                     len(split.attribute_classes[config.attribute]), label_weight(split),
-                     exclude=split.exclude_matrix("valid"))
+                     len(split.attribute_classes[config.attribute]), label_weight(split), exclude=exclude)
+
+
+def device_masks(split, stage: str) -> tuple:
+    """``stage``'s full-ranking ``(targets, exclude)`` (:meth:`~jaxfair.data.dataset.Split.ranking_masks`): bool
+    ``(U, I)`` device arrays on small data, per-user sets above the memory rule (evaluated in blocks of users)."""
+    targets, exclude = split.ranking_masks(stage)
+    if isinstance(targets, UserItems):
+        return targets, exclude
+    return jnp.asarray(targets), jnp.asarray(exclude)
 
 
 def final_lambdas(params, data: CofairData, config: Config) -> np.ndarray:
@@ -592,7 +625,7 @@ def cofair_model(name: str, context, data: CofairData, config: Config) -> Model:
     """Cofair (or one retraining-baseline model) as the trainer fits it: BPR rows of the split in batches of
     ``config.train.batch_size``, early stopping on the validation ``config.train.monitor`` at level ``T``."""
     split, score = context.split, context.frozen.score
-    targets, exclude = jnp.asarray(split.target_matrix("valid")), jnp.asarray(split.exclude_matrix("valid"))
+    targets, exclude = device_masks(split, "valid")
     ks = tuple(context.evaluate.ks)
     top = config.levels
 
@@ -624,8 +657,7 @@ def _models(context, data: CofairData, config: Config, fitted: dict) -> list[Mod
 def _evaluate(context, data: CofairData, fitted: dict, config: Config) -> Evaluation:
     split, frozen, ks, key = context.split, context.frozen, tuple(context.evaluate.ks), context.key
     params = fitted["cofair"].best_params
-    stages = {stage: (jnp.asarray(split.target_matrix(stage)), jnp.asarray(split.exclude_matrix(stage)))
-              for stage in ("valid", "test")}
+    stages = {stage: device_masks(split, stage) for stage in ("valid", "test")}
 
     def report(filter_params, cfg, stage):
         levels = level_embeddings(filter_params, frozen.user_vecs[stage], cfg)

@@ -14,7 +14,8 @@ from __future__ import annotations
 import jax
 import numpy as np
 
-from jaxfair.metrics.exposure import full_ranking_report
+from jaxfair.data.dataset import UserItems
+from jaxfair.metrics.exposure import blocked_ranking_report, full_ranking_report
 from jaxfair.metrics.probe import cross_fitted_probe, probe_attribute
 from jaxfair.tables import format_table
 
@@ -25,6 +26,10 @@ def level_report(levels, item_vecs, score, targets, exclude, groups, num_groups:
 
     Args:
       levels: ``(L, U, d)`` user embeddings per level, from :func:`jaxfair.methods.cofair.level_embeddings`.
+      targets, exclude: bool ``(U, I)``, or :class:`~jaxfair.data.dataset.UserItems` on data above the memory rule
+        (:meth:`~jaxfair.data.dataset.Split.ranking_masks`): then the users are streamed in blocks, all levels of a
+        block side by side (:func:`~jaxfair.metrics.exposure.blocked_ranking_report`), and no ``(U, I)`` array is
+        built.
 
     Returns:
       Metric name -> ``(L,)``.
@@ -33,6 +38,8 @@ def level_report(levels, item_vecs, score, targets, exclude, groups, num_groups:
     scorer's ``sum(u[:, :, None, :] * v[None, None], -1)`` when the leading axis has size 1 (wrong scores, so
     recall 0 on MovieLens-100k; ``tests/test_exposure.py`` checks both paths against the direct report).
     """
+    if isinstance(targets, UserItems) or isinstance(exclude, UserItems):
+        return blocked_ranking_report(score, levels, item_vecs, targets, exclude, groups, num_groups=num_groups, ks=ks)
     if levels.shape[0] == 1:
         one = full_ranking_report(score, levels[0], item_vecs, targets, exclude, groups, num_groups=num_groups, ks=ks)
         return {name: value[None] for name, value in one.items()}
@@ -90,7 +97,8 @@ def exposure_floor(levels, item_vecs, score, targets, exclude, labels: np.ndarra
       gap name (``dp@k``, ``eopp@k``), and ``"dp@k"`` (the real gap over ``rows``).
     """
     rows = np.arange(labels.shape[0]) if rows is None else np.asarray(rows)
-    targets, exclude, labels = targets[rows], exclude[rows], np.asarray(labels)[rows]
+    pick = lambda mask: mask.select(rows) if isinstance(mask, UserItems) else mask[rows]
+    targets, exclude, labels = pick(targets), pick(exclude), np.asarray(labels)[rows]
     out = []
     for level in np.asarray(levels):
         def gaps(groups, level=level):

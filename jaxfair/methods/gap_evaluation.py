@@ -14,10 +14,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxfair.data.dataset import UserItems
 from jaxfair.methods.base import Evaluation
 from jaxfair.metrics.equality import ranking_gaps
 from jaxfair.metrics.probe import probe_attribute
-from jaxfair.metrics.ranking import full_protocol, summarize
+from jaxfair.metrics.ranking import full_protocol, has_target_rows, summarize
 from jaxfair.tables import format_table
 
 REPORT_KS = (10, 20)
@@ -42,6 +43,9 @@ def report_ks(context) -> tuple[int, ...]:
 def evaluate_scores(context, scores: np.ndarray, latents: np.ndarray, attribute: str) -> Evaluation:
     """Validation and test ranking metrics and group gaps of ``scores (U, I)``, and the probe on ``latents (U, h)``.
 
+    The scores are these methods' own dense output; the stages' masks follow the memory rule
+    (:meth:`~jaxfair.data.dataset.Split.ranking_masks`: per-user sets, built per block of users, above it).
+
     Returns:
       An :class:`~jaxfair.methods.base.Evaluation` with ``valid``/``test`` metrics, ``valid_gaps``/``gaps`` and the
       probe; each table has one row, ``all``, with the metrics and the gaps (``recall_gap@k``, ``ndcg_gap@k``,
@@ -53,11 +57,12 @@ def evaluate_scores(context, scores: np.ndarray, latents: np.ndarray, attribute:
     items = items_placeholder(split.num_items)
     results, tables = {}, {}
     for stage in ("valid", "test"):
-        targets = split.target_matrix(stage)
-        per_user = full_protocol(precomputed_score, scores, items, targets, split.exclude_matrix(stage), ks, batch)
-        has = targets.any(axis=1)
+        targets, exclude = split.ranking_masks(stage)
+        per_user = full_protocol(precomputed_score, scores, items, targets, exclude, ks, batch)
+        has = has_target_rows(targets)
         results[stage] = summarize({k: v[has] for k, v in per_user.items()})
-        gaps = ranking_gaps(per_user, targets.sum(axis=1), groups, num_groups, ks)
+        counts = targets.counts() if isinstance(targets, UserItems) else targets.sum(axis=1)
+        gaps = ranking_gaps(per_user, counts, groups, num_groups, ks)
         results["gaps" if stage == "test" else "valid_gaps"] = gaps
         tables[stage] = {"all": {**results[stage], **{f"{name}@{k}": gaps[f"@{k}"][name] for k in ks
                                                       for name in ("recall_gap", "ndcg_gap", "eo_gap")}}}

@@ -419,7 +419,8 @@ def epoch_batches(
 
     Args:
       users, items: int ``(R,)`` training positives; groups: int ``(R,)`` their groups.
-      positives: bool ``(U, I)`` every known positive (negatives are drawn outside it).
+      positives: bool ``(U, I)`` every known positive (negatives are drawn outside it), or the same as
+        :class:`~jaxfair.data.dataset.UserItems` (:meth:`~jaxfair.data.dataset.Split.known_positives`).
 
     Returns:
       ``user``, ``pos``, ``neg``, ``group``, ``weight`` stacked ``(num_batches, batch_size)``; padding weight 0.
@@ -447,7 +448,7 @@ class ItfrData(NamedTuple):
     num_item_groups: int
     names: list
     row_groups: np.ndarray
-    positives: np.ndarray
+    positives: object  # bool (U, I), or UserItems above the memory rule (Split.known_positives)
     backbone: object
     embed: Callable
 
@@ -494,7 +495,7 @@ def _prepare(context, config: Config) -> ItfrData:
     return ItfrData(
         user_group=user_group, item_group=item_group, num_user_groups=len(user_names),
         num_item_groups=num_item_groups, names=[f"{a}|{c}" for a in user_names for c in config.item_genres],
-        row_groups=row_groups, positives=split.positive_matrix(), backbone=backbone,
+        row_groups=row_groups, positives=split.known_positives(), backbone=backbone,
         embed=embedding_map(backbone, context.backbone_config, backbone.context(split), split),
     )
 
@@ -531,7 +532,7 @@ def _evaluate(context, data: ItfrData, fitted: dict, config: Config) -> Evaluati
     ranking = split_ranking(score, {"valid": users, "test": users}, items, split, ("full",), ks,
                             context.evaluate.batch_size)["full"]
     reports = {stage: intersectional_report(
-        score, users, items, split.target_matrix(stage), split.exclude_matrix(stage), data.user_group,
+        score, users, items, *split.ranking_masks(stage), data.user_group,
         data.item_group, data.num_user_groups, data.num_item_groups, ks, context.evaluate.batch_size)
         for stage in ("valid", "test")}
     results = {

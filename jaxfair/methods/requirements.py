@@ -131,7 +131,7 @@ def requirement_model(name: str, context, data, config, *, init, step, embed, re
     negatives = jax.device_put(np.asarray(split.negatives("valid"), np.int32))
     requirements = jax.device_put(np.asarray(requirements, bool))
     ks = (monitor_cutoff(train.monitor),)
-    known = split.positive_matrix()
+    known = split.known_positives()
 
     def validate(params):
         metrics = requirement_metrics(params, score, data.user_vecs, data.item_vecs, targets, negatives, requirements,

@@ -25,6 +25,10 @@ scores every item without gradient, keeps each user's top ``candidates`` unmaske
 with gradient) and treats the rest as 0. On CPU the top-``candidates`` selection is the costly part (``top_k`` time
 grows with ``candidates``), so the default is small: 20 for K = 10 at ``tau = 0.05``. The test against the dense
 form on random normal scores bounds what the dropped items would have added.
+
+Memory. The masks are bool ``(N, I)`` for the ``N`` users of a batch. A caller whose ``(U, I)`` mask of every user
+does not fit (:data:`jaxfair.data.dataset.DENSE_LIMIT`) keeps the sets on the device
+(:class:`jaxfair.metrics.masks.SparseRows`) and builds each batch's rows from them (Cofair's ``batch_users``).
 """
 
 from __future__ import annotations

@@ -93,12 +93,23 @@ def exposure_distribution(
       float ``(G, I)``: row ``g`` is ``E_g[i] = sum of weights of slots of group g's users holding item i``,
       divided by its total so it sums to 1; a NaN row for a group with no exposure.
     """
+    return normalize_exposure(exposure_counts(topk_items, groups, num_groups, num_items, weights))
+
+
+def exposure_counts(topk_items: jax.Array, groups: jax.Array, num_groups: int, num_items: int,
+                    weights: jax.Array | None = None) -> jax.Array:
+    """The unnormalised half of :func:`exposure_distribution`: float32 ``(G, I)`` sums of slot weights per group and
+    item. Counts of disjoint sets of users add up, so blocks of users can be counted one at a time."""
     topk_items = jnp.asarray(topk_items)
     w = jnp.ones(topk_items.shape, jnp.float32) if weights is None else jnp.asarray(weights, jnp.float32)
     w = jnp.broadcast_to(w, topk_items.shape)
     rows = jnp.broadcast_to(jnp.asarray(groups)[:, None], topk_items.shape)
-    exposure = jnp.zeros((num_groups, num_items), jnp.float32).at[rows, topk_items].add(w)
-    total = exposure.sum(axis=1, keepdims=True)
+    return jnp.zeros((num_groups, num_items), jnp.float32).at[rows, topk_items].add(w)
+
+
+def normalize_exposure(exposure: jax.Array) -> jax.Array:
+    """``(..., G, I)`` counts -> each row divided by its total; a NaN row where the total is 0."""
+    total = exposure.sum(axis=-1, keepdims=True)
     return jnp.where(total > 0, exposure / jnp.where(total > 0, total, 1.0), jnp.nan)
 
 

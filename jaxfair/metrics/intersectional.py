@@ -26,6 +26,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxfair.data.dataset import UserItems
+from jaxfair.metrics.masks import mask_rows
+from jaxfair.metrics.ranking import block_rows
+
 
 @functools.partial(jax.jit, static_argnames=("num_item_groups", "ks"))
 def _group_hits(scores, relevant, item_group, *, num_item_groups: int, ks: tuple[int, ...]):
@@ -56,28 +60,37 @@ def user_group_recall(
     Args:
       score_fn: ``(users (B, 1, d), items (1, I, d)) -> (B, I)``.
       user_vecs, item_vecs: ``(U, d)``, ``(I, d)``.
-      targets: bool ``(U, I)`` held-out positives; exclude: bool ``(U, I)`` items to mask (never a target).
+      targets: bool ``(U, I)`` held-out positives; exclude: bool ``(U, I)`` items to mask (never a target). Either
+        may be :class:`~jaxfair.data.dataset.UserItems` (large data): each block's rows are then built from the sets
+        and a block holds at most :func:`~jaxfair.metrics.ranking.block_rows` users; the result is the same.
       item_group: int ``(I,)`` in ``[0, C)``.
 
     Returns:
       float64 ``(len(ks), U, C)``; NaN where the user has no target in the item group.
     """
     ks = tuple(int(k) for k in ks)
-    targets = np.asarray(targets, bool)
-    exclude = np.asarray(exclude, bool) & ~targets
+    sparse = isinstance(targets, UserItems) or isinstance(exclude, UserItems)
+    if not isinstance(targets, UserItems):
+        targets = np.asarray(targets, bool)
+    if sparse:
+        batch_size = min(batch_size, block_rows(item_vecs.shape[0]))
+    groups_np = np.asarray(item_group)
     item_group = jnp.asarray(item_group, jnp.int32)
     user_vecs, item_vecs = jnp.asarray(user_vecs), jnp.asarray(item_vecs)
-    num_users = targets.shape[0]
+    num_users = user_vecs.shape[0]
     hits = np.zeros((len(ks), num_users, num_item_groups))
     for start in range(0, num_users, batch_size):
-        rows = slice(start, min(start + batch_size, num_users))
-        scores = score_fn(user_vecs[rows][:, None, :], item_vecs[None])
-        scores = jnp.where(jnp.asarray(exclude[rows]), -jnp.inf, scores)
+        stop = min(start + batch_size, num_users)
+        rows = np.arange(start, stop)
+        block_targets = mask_rows(targets, rows)
+        scores = score_fn(user_vecs[start:stop][:, None, :], item_vecs[None])
+        scores = jnp.where(jnp.asarray(mask_rows(exclude, rows) & ~block_targets), -jnp.inf, scores)
         hits[:, rows] = np.asarray(
-            _group_hits(scores, jnp.asarray(targets[rows]), item_group, num_item_groups=num_item_groups, ks=ks)
+            _group_hits(scores, jnp.asarray(block_targets), item_group, num_item_groups=num_item_groups, ks=ks)
         )
-    onehot = np.eye(num_item_groups)[np.asarray(item_group)]
-    relevant = targets.astype(np.float64) @ onehot  # (U, C) |T_uc|
+    pair_users, pair_items = targets.pairs() if isinstance(targets, UserItems) else np.nonzero(targets)
+    relevant = np.zeros((num_users, num_item_groups))  # (U, C) |T_uc|
+    np.add.at(relevant, (pair_users, groups_np[pair_items]), 1.0)
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(relevant[None] > 0, hits / relevant[None], np.nan)
 

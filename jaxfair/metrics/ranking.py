@@ -3,6 +3,12 @@
 Ranking is by score, descending, with ties broken *against* relevant items: among equal scores every non-relevant
 candidate is placed before every relevant one. A constant scorer therefore earns no credit, and a model cannot gain
 from collapsing scores. Masked candidates are passed with score ``-inf`` and rank after every finite score.
+
+Memory. Full ranking scores users against every item one block of users at a time. Its targets and masks come as
+bool ``(U, I)`` matrices on small data, or, above :data:`jaxfair.data.dataset.DENSE_LIMIT`, as per-user item sets
+(:class:`~jaxfair.data.dataset.UserItems`) from which each block's masks are built on the device
+(:mod:`jaxfair.metrics.masks`); a block then holds at most ``memory_bytes / (BYTES_PER_ENTRY * I)`` users
+(:func:`block_rows`, :data:`EVAL_MEMORY_BYTES` by default). Both forms give the same per-user metrics, bit for bit.
 """
 
 from __future__ import annotations
@@ -14,7 +20,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxfair.data.dataset import UserItems
+from jaxfair.metrics.masks import SparseRows, gather_mask
+
 PROTOCOLS = ("sampled", "full")
+# Device memory one block of full-ranking users may take, and the bytes each (user, item) entry of a block is charged
+# (float32 scores, their masked copy and the sort or top_k's temporaries, and two bool masks).
+EVAL_MEMORY_BYTES = 1 << 30
+BYTES_PER_ENTRY = 16
 
 ScoreFn = Callable[[jax.Array, jax.Array], jax.Array]
 
@@ -152,6 +165,18 @@ def target_rank_metrics(scores: jax.Array, ks: tuple[int, ...]) -> dict[str, jax
     return out
 
 
+def block_rows(num_items: int, copies: int = 1, memory_bytes: int | None = None) -> int:
+    """Users per full-ranking block: ``memory_bytes // (copies * I * BYTES_PER_ENTRY)``, at least 1.
+
+    Args:
+      num_items: ``I``.
+      copies: score matrices per user held at once (e.g. one per fairness level evaluated side by side).
+      memory_bytes: the block's budget; None reads :data:`EVAL_MEMORY_BYTES`.
+    """
+    budget = EVAL_MEMORY_BYTES if memory_bytes is None else memory_bytes
+    return max(1, int(budget) // (max(1, copies) * max(1, num_items) * BYTES_PER_ENTRY))
+
+
 def _run_batched(
     fn: Callable, shared: tuple, per_user: tuple[np.ndarray, ...], batch_size: int
 ) -> dict[str, np.ndarray]:
@@ -233,15 +258,23 @@ def full_protocol(
     exclude: np.ndarray,
     ks: tuple[int, ...] = (10,),
     batch_size: int = 256,
+    memory_bytes: int | None = None,
 ) -> dict[str, np.ndarray]:
     """Rank each user's targets among all items, with the user's other known positives masked out.
 
+    Users are scored in blocks of ``batch_size`` (``(batch_size, I)`` scores at a time). With the sets form of
+    ``targets`` or ``exclude`` (large data), the sets go to the device once as CSR, each block's masks are built
+    there (:mod:`jaxfair.metrics.masks`), and a block holds at most :func:`block_rows` ``(I, 1, memory_bytes)`` users;
+    the per-user metrics are the dense form's, bit for bit.
+
     Args:
       score_fn: ``score_fn(users (B, 1, d), items (1, I, d)) -> (B, I)``; broadcasts leading axes.
-      targets: int ``(U,)`` one target per user, or bool ``(U, I)`` multi-hot targets.
-      exclude: bool ``(U, I)`` known positives to mask (score ``-inf``); a target is never masked, even when it is
-        also marked here.
+      targets: int ``(U,)`` one target per user, or multi-hot: bool ``(U, I)`` or
+        :class:`~jaxfair.data.dataset.UserItems`.
+      exclude: bool ``(U, I)`` or :class:`~jaxfair.data.dataset.UserItems`: known positives to mask (score
+        ``-inf``); a target is never masked, even when it is also marked here.
       user_vecs, item_vecs, ks, batch_size: as in :func:`sampled_protocol`.
+      memory_bytes: the sets form's block budget (None: :data:`EVAL_MEMORY_BYTES`).
 
     Returns:
       Metric name -> float ``(U,)`` numpy array (see :func:`ranking_metrics`).
@@ -249,18 +282,30 @@ def full_protocol(
     ks = tuple(int(k) for k in ks)
     user_vecs, item_vecs = jnp.asarray(user_vecs), jnp.asarray(item_vecs)
     num_items = item_vecs.shape[0]
-    targets = np.asarray(targets)
-    multi_hot = targets.ndim == 2
-    targets = targets.astype(bool if multi_hot else np.int32)
-    exclude = np.asarray(exclude, dtype=bool)
-    if exclude.shape != (targets.shape[0], num_items):
-        raise ValueError(f"exclude must have shape {(targets.shape[0], num_items)}, got {exclude.shape}")
-    if targets.shape[0] == 0:
+    sparse = isinstance(targets, UserItems) or isinstance(exclude, UserItems)
+    if not isinstance(targets, UserItems):
+        targets = np.asarray(targets)
+        targets = targets.astype(bool if targets.ndim == 2 else np.int32)
+    if not isinstance(exclude, UserItems):
+        exclude = np.asarray(exclude, dtype=bool)
+    num_users = targets.num_users if isinstance(targets, UserItems) else targets.shape[0]
+    shape = (exclude.num_users, exclude.num_items) if isinstance(exclude, UserItems) else exclude.shape
+    if shape != (num_users, num_items):
+        raise ValueError(f"exclude must have shape {(num_users, num_items)}, got {shape}")
+    if num_users == 0:
         return {name: np.zeros(0, np.float32) for name in metric_names(ks)}
 
-    users = np.arange(targets.shape[0], dtype=np.int32)
-    return _run_batched(functools.partial(_full_batch, ks=ks), (as_partial(score_fn), user_vecs, item_vecs),
-                        (users, targets, exclude), batch_size)
+    users = np.arange(num_users, dtype=np.int32)
+    shared = (as_partial(score_fn), user_vecs, item_vecs)
+    if not sparse:
+        return _run_batched(functools.partial(_full_batch, ks=ks), shared, (users, targets, exclude), batch_size)
+    if not isinstance(targets, UserItems) and targets.ndim == 1:  # one target per user: the same relevance
+        targets = UserItems.from_pairs(users, targets, num_users, num_items)
+    targets, exclude = SparseRows.from_sets(targets), SparseRows.from_sets(exclude)
+    size = max(1, min(batch_size, block_rows(num_items, 1, memory_bytes), num_users))
+    fn = functools.partial(_full_batch_sets, ks=ks, target_slots=targets.slots(size), exclude_slots=exclude.slots(size))
+    return _run_batched(fn, shared + ((targets.indptr, targets.indices), (exclude.indptr, exclude.indices)), (users,),
+                        size)
 
 
 @functools.partial(jax.jit, static_argnames="ks")
@@ -270,6 +315,21 @@ def _full_batch(score_fn, user_vecs, item_vecs, users, tgt, excl, *, ks):
     relevant = tgt if tgt.ndim == 2 else jnp.arange(item_vecs.shape[0])[None, :] == tgt[:, None]
     scores = jnp.where(excl & ~relevant, -jnp.inf, scores)
     return ranking_metrics(scores, relevant, ks)
+
+
+@functools.partial(jax.jit, static_argnames=("ks", "target_slots", "exclude_slots"))
+def _full_batch_sets(score_fn, user_vecs, item_vecs, targets, exclude, users, *, ks, target_slots, exclude_slots):
+    """:func:`_full_batch` with the batch's masks built on the device from the CSR ``targets`` and ``exclude``
+    (``(indptr, indices)``)."""
+    num_items = item_vecs.shape[0]
+    return _full_batch(score_fn, user_vecs, item_vecs, users, gather_mask(*targets, users, num_items, target_slots),
+                       gather_mask(*exclude, users, num_items, exclude_slots), ks=ks)
+
+
+def has_target_rows(targets) -> np.ndarray:
+    """Bool ``(U,)``: the users with at least one target in ``targets`` (bool ``(U, I)`` or
+    :class:`~jaxfair.data.dataset.UserItems`)."""
+    return targets.counts() > 0 if isinstance(targets, UserItems) else np.asarray(targets).any(axis=1)
 
 
 def summarize(per_user: dict[str, np.ndarray]) -> dict[str, float]:
@@ -292,7 +352,8 @@ def split_ranking(
     ``sampled`` ranks each user's held-out item among the split's fixed negatives (leave-one-out splits);
     ``full`` ranks each user's held-out positives among all items with the split's
     :meth:`~jaxfair.data.dataset.Split.exclude_matrix` masked, and averages over the users that have a positive in
-    the stage.
+    the stage. Its masks are :meth:`~jaxfair.data.dataset.Split.ranking_masks`: dense on small data, per-user sets
+    above the memory rule (the same metrics; no ``(U, I)`` array).
 
     Args:
       score_fn: ``(users (..., d), items (..., d)) -> (...)``.
@@ -313,10 +374,9 @@ def split_ranking(
                                             split.negatives(stage), ks, batch_size)
                 block[stage] = summarize(per_user)
             else:
-                targets = split.target_matrix(stage)
-                per_user = full_protocol(score_fn, user_vecs[stage], item_vecs, targets, split.exclude_matrix(stage),
-                                         ks, batch_size)
-                has_targets = targets.any(axis=1)
+                targets, exclude = split.ranking_masks(stage)
+                per_user = full_protocol(score_fn, user_vecs[stage], item_vecs, targets, exclude, ks, batch_size)
+                has_targets = has_target_rows(targets)
                 block[stage] = summarize({k: v[has_targets] for k, v in per_user.items()})
         out[protocol] = block
     return out
