@@ -4,6 +4,8 @@ the same step. Every number is measured in this one run.
 
     python -m benchmarks.cofair_step [--users 943 --items 1682 --dim 64 --levels 5 --batch 4096 --repeats 50]
     python -m benchmarks.cofair_step --quick --out /tmp/cofair_step.json     # tiny shapes, a few repeats
+    python -m benchmarks.cofair_step --evaluation --repeats 15 --out benchmarks/results/cofair_evaluation.json
+                                                     # the all-level evaluation: one vmap vs a loop over the levels
 
 Shapes default to MovieLens-100k (943 users, 1682 items), d = 64, T = 5 levels, batches of 4096 BPR rows, a binary
 attribute, synthetic random embeddings and random batches (numpy, seeded); run from the repository root. One step is,
@@ -198,6 +200,50 @@ def torch_reference(torch, init_params, user_vecs, item_vecs, labels, batches, c
 # --- main ---------------------------------------------------------------------------------------------------------
 
 
+def evaluation_levels(args, out):
+    """``--evaluation``: the all-level full-ranking report (``cofair_evaluation.level_report``, one ``jax.vmap`` over
+    the T + 1 levels) against a Python loop calling the same jitted ``full_ranking_report`` once per level, on
+    random embeddings, 1% targets and 5% masked items per user at the step's shapes, interleaved; the largest
+    metric difference between the two is checked."""
+    from jaxfair.methods.cofair_evaluation import level_report
+    from jaxfair.metrics.exposure import full_ranking_report
+
+    rng = np.random.default_rng(0)
+    levels = jnp.asarray(rng.normal(size=(args.levels + 1, args.users, args.dim)), jnp.float32)
+    items = jnp.asarray(rng.normal(size=(args.items, args.dim)), jnp.float32)
+    targets = jnp.asarray(rng.random((args.users, args.items)) < 0.01)
+    exclude = jnp.asarray(rng.random((args.users, args.items)) < 0.05)
+    groups = jnp.asarray(rng.integers(0, args.classes, args.users), jnp.int32)
+    ks = (10, 20)
+
+    def vmapped(_=None):
+        return jax.block_until_ready(level_report(levels, items, dot_score, targets, exclude, groups, args.classes,
+                                                  ks))
+
+    def loop(_=None):
+        return jax.block_until_ready([full_ranking_report(dot_score, levels[t], items, targets, exclude, groups,
+                                                          num_groups=args.classes, ks=ks)
+                                      for t in range(args.levels + 1)])
+
+    a, b = vmapped(), loop()
+    diff = max(float(jnp.abs(a[k] - jnp.stack([x[k] for x in b])).max()) for k in a)
+    times = interleaved_ms({"evaluation_vmap": (nothing, vmapped), "evaluation_loop": (nothing, loop)},
+                           args.repeats)
+    ms = {name: statistics.median(values) for name, values in times.items()}
+    results = {"shapes": {"users": args.users, "items": args.items, "dim": args.dim, "levels": args.levels},
+               "repeats": args.repeats, "device": device_info(), "check_max_abs_diff": diff,
+               **{f"{name}_ms": value for name, value in ms.items()},
+               "quartiles_ms": {name: quartiles(v) for name, v in times.items()},
+               "evaluation_loop_over_vmap": ms["evaluation_loop"] / ms["evaluation_vmap"]}
+
+    def show(r):
+        print(f"Cofair all-level evaluation, U={args.users} I={args.items} T+1={args.levels + 1}: vmap "
+              f"{r['evaluation_vmap_ms']:.1f} ms, loop {r['evaluation_loop_ms']:.1f} ms, loop_over_vmap "
+              f"{r['evaluation_loop_over_vmap']:.3g} (max metric difference {r['check_max_abs_diff']:.2g})")
+
+    return finish(results, out, show)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--users", type=int, default=943)
@@ -214,8 +260,12 @@ def main(argv=None):
                         help="gamma of the soft top-10 exposure term (all variants, PyTorch included, compute it)")
     parser.add_argument("--repeats", type=int, default=50, help="timed steps per variant (median reported)")
     parser.add_argument("--batches", type=int, default=10, help="distinct random batches the timed steps cycle through")
+    parser.add_argument("--evaluation", action="store_true",
+                        help="time the all-level evaluation against a loop over the levels instead of the step")
     args = parse_with_quick(parser, argv, QUICK, DEFAULT_OUT.relative_to(DEFAULT_OUT.parents[2]))
     out = args.out if args.out or args.quick else str(DEFAULT_OUT)
+    if args.evaluation:
+        return evaluation_levels(args, out)
 
     config = cofair.CofairConfig(levels=args.levels, shared_dim=args.dim, adapter_dim=args.dim,
                                  adversary=args.adversary,

@@ -156,8 +156,13 @@ def main(argv=None) -> dict:
     parser.add_argument("--devices", nargs="+", type=int, default=[1, 4])
     parser.add_argument("--max-steps", type=int, default=200, help="steps timed per epoch (0: the whole epoch)")
     parser.add_argument("--out", default=str(DEFAULT_OUT))
+    parser.add_argument("--show", metavar="RESULTS.json", help="print the table of a results file and stop")
     parser.add_argument("--worker", nargs=2, metavar=("PRESET", "DEVICES"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.show:
+        text = table(json.loads(pathlib.Path(args.show).read_text()))
+        print(text)
+        return {"table": text}
     if args.worker:
         result = worker(args.worker[0], int(args.worker[1]), args.methods, args.max_steps)
         print("RESULT " + json.dumps(result), flush=True)
@@ -188,13 +193,24 @@ def main(argv=None) -> dict:
 
 
 def report(run: dict) -> None:
-    print(f"  {run['preset']} / {run['devices']} device(s) ({run['backend']}):")
-    for name, r in run["methods"].items():
-        device = f", device peak {r['device_peak_bytes'] / 2**30:.2f} GiB" if r["device_peak_bytes"] else ""
-        print(f"    {name:9s} {r['batches_per_epoch']:7d} batches of {r['batch_size']:5d}: "
-              f"{r['steps_per_second']:8.1f} steps/s, epoch {r['epoch_seconds_estimated']:8.1f} s"
-              f"{' (estimated from ' + str(r['steps_timed']) + ' steps)' if r['steps_timed'] < r['batches_per_epoch'] else ''}"
-              f", data {r['prepare_seconds']:.1f} s, host peak {r['peak_rss_bytes'] / 2**30:.2f} GiB{device}")
+    print(table({"runs": [run]}))
+
+
+def table(results: dict) -> str:
+    """One line per preset, device count and method: the docs' table (``--show``)."""
+    lines = [f"{'preset':7s} {'dev':>3s} {'method':9s} {'users':>7s} {'items':>6s} {'batches':>7s} {'B':>5s} "
+             f"{'steps/s':>8s} {'epoch s':>8s} {'timed':>6s} {'host GiB':>8s} {'device GiB':>10s}"]
+    for run in results["runs"]:
+        if "failed" in run:
+            lines.append(f"{run['preset']:7s} {run['devices']:3d} failed: {run['failed'].splitlines()[-1:]}")
+            continue
+        for name, r in run["methods"].items():
+            device = f"{r['device_peak_bytes'] / 2**30:10.2f}" if r["device_peak_bytes"] else f"{'-':>10s}"
+            lines.append(f"{run['preset']:7s} {run['devices']:3d} {name:9s} {r['users']:7d} {r['items']:6d} "
+                         f"{r['batches_per_epoch']:7d} {r['batch_size']:5d} {r['steps_per_second']:8.1f} "
+                         f"{r['epoch_seconds_estimated']:8.1f} {r['steps_timed']:6d} "
+                         f"{r['peak_rss_bytes'] / 2**30:8.2f} {device}")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

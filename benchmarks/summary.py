@@ -46,6 +46,10 @@ ROWS = {
                          ["torch_eager_1t_over_jax_vmap_per_row", "best_torch_over_jax_vmap_per_row",
                           "torch_eager_1t_over_jax_user_major_per_row", "best_torch_over_jax_user_major_per_row",
                           "best_torch_over_jax_vmap", "loop_over_vmap", "loop_over_user_major_per_row"]),
+    "cofair_evaluation.json": ("python -m benchmarks.cofair_step --evaluation --repeats 15 --out "
+                               "benchmarks/results/cofair_evaluation.json",
+                               "Cofair all-level full-ranking evaluation: one vmap over the levels vs a loop",
+                               ["evaluation_loop_over_vmap"]),
     "cofair_step_levels1_no_torch.json": ("python -m benchmarks.cofair_step --no-torch --levels 1 --repeats 30 "
                                           "--out benchmarks/results/cofair_step_levels1_no_torch.json",
                                           "Cofair step at T = 1: levels vmapped vs loop", ["loop_over_vmap"]),

@@ -299,3 +299,25 @@ def test_scale_benchmark_times_an_epoch_per_method_on_one_and_on_two_devices(tmp
             assert report["steps_timed"] == min(2, report["batches_per_epoch"]) and report["steps_per_second"] > 0
             assert report["epoch_seconds_estimated"] > 0 and report["peak_rss_bytes"] > 0
             assert 0 < report["users"] <= 300 and 0 < report["items"] <= 400  # the tiny preset, as prepared
+
+
+def test_the_docs_scale_tables_are_what_the_benchmark_prints_from_its_results():
+    """Every ``python -m benchmarks.scale --show FILE`` block in docs/benchmarks.md is followed by its output."""
+    import re
+
+    from benchmarks import scale
+
+    page = (scale.ROOT / "docs" / "benchmarks.md").read_text()
+    blocks = re.findall(r"```text\npython -m benchmarks\.scale --show (\S+)\n```\n\n```text\n(.*?)\n```", page, re.S)
+    assert len(blocks) >= 2
+    for path, text in blocks:
+        assert text == scale.table(json.loads((scale.ROOT / path).read_text())), path
+
+
+def test_cofair_evaluation_benchmark_times_the_vmap_and_the_loop_over_levels(tmp_path):
+    out = tmp_path / "cofair_evaluation.json"
+    results = cofair_step.main(["--quick", "--evaluation", "--out", str(out)])
+    saved = json.loads(out.read_text())
+    assert saved == json.loads(json.dumps(results))
+    assert saved["evaluation_vmap_ms"] > 0 and saved["evaluation_loop_ms"] > 0
+    assert saved["evaluation_loop_over_vmap"] > 0 and saved["check_max_abs_diff"] < 1e-5
