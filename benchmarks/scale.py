@@ -87,24 +87,16 @@ def time_epoch(model, devices: int, max_steps: int) -> dict:
     import jax
     import numpy as np
 
-    from jaxfair.training.mesh import batch_shardings, make_mesh, place, state_shardings
-    from jaxfair.training.step import make_epoch_fn
+    from jaxfair.training.mesh import epochs_on, make_mesh
 
-    mesh = make_mesh(devices, 1)
-    state = jax.jit(model.init)(jax.random.key(0))
-    constrain = None
-    if mesh is not None:
-        shardings = state_shardings(state, mesh)
-        state = place(state, shardings)
-        constrain = lambda s: jax.lax.with_sharding_constraint(s, shardings)  # noqa: E731
-    run_epoch = make_epoch_fn(model.step, model.end_epoch, constrain=constrain)
+    state, run_epoch, place_batches = epochs_on(make_mesh(devices, 1), model.step, model.end_epoch,
+                                                jax.jit(model.init)(jax.random.key(0)))
     batches = model.batches(np.random.default_rng([0, 0]))
     total = int(jax.tree.leaves(batches)[0].shape[0])
     steps = total if max_steps <= 0 else min(max_steps, total)
 
     def first(n):  # the epoch's first n batches, placed
-        part = jax.tree.map(lambda x: x[:n], batches)
-        return part if mesh is None else place(part, batch_shardings(part, mesh))
+        return place_batches(jax.tree.map(lambda x: x[:n], batches))
 
     timed, key = first(steps), jax.random.key(1)
     tick = time.perf_counter()

@@ -90,19 +90,22 @@ def check_case(name: str, data: pathlib.Path) -> dict:
     return report
 
 
+def pmf_model(data: pathlib.Path, devices: int, model_axis: int, *extra: str):
+    """The PMF case's backbone stage as the pipeline builds it: ``(Model, seed)``."""
+    from jaxfair.pipeline.run import _backbone_model
+
+    path, stages, case_extra = CASES["pmf"]
+    config = load_config(ROOT / path, overrides(data, stages, case_extra, devices, model_axis) + list(extra))
+    split = load_split(config.data, log=lambda message: None)
+    backbone, _ = make_backbone(config.backbone.name, dataclasses.asdict(config.backbone.config))
+    return _backbone_model(config, split, backbone, backbone.context(split)), config.seed
+
+
 def check_checkpoint(data: pathlib.Path, out: pathlib.Path) -> dict:
     """PMF: 2 epochs on 4 devices (row-sharded tables) into a folder, then resumed on 1 device to 4 epochs, against
     4 epochs on 4 devices without a stop."""
-    path, stages, extra = CASES["pmf"]
-
     def model_for(devices, model_axis, epochs):
-        config = load_config(ROOT / path, overrides(data, stages, extra, devices, model_axis)
-                             + [f"backbone.train.epochs={epochs}", "backbone.train.patience=10"])
-        split = load_split(config.data, log=lambda message: None)
-        backbone, _ = make_backbone(config.backbone.name, dataclasses.asdict(config.backbone.config))
-        from jaxfair.pipeline.run import _backbone_model
-
-        return _backbone_model(config, split, backbone, backbone.context(split)), config.seed
+        return pmf_model(data, devices, model_axis, f"backbone.train.epochs={epochs}", "backbone.train.patience=10")
 
     lines: list[str] = []
     model, seed = model_for(4, 2, 2)
@@ -124,14 +127,8 @@ def check_hosts(data: pathlib.Path) -> dict:
     two with 2 CPU devices each): the selected parameters, gathered, for comparison with one process's."""
     from jax.experimental import multihost_utils
 
-    path, stages, extra = CASES["pmf"]
-    config = load_config(ROOT / path, overrides(data, stages, extra, 4, 2))
-    split = load_split(config.data, log=lambda message: None)
-    backbone, _ = make_backbone(config.backbone.name, dataclasses.asdict(config.backbone.config))
-    from jaxfair.pipeline.run import _backbone_model
-
-    result = fit(_backbone_model(config, split, backbone, backbone.context(split)), config.seed, None,
-                 log=lambda message: None)
+    model, seed = pmf_model(data, 4, 2)
+    result = fit(model, seed, None, log=lambda message: None)
     gathered = multihost_utils.process_allgather(result.best_params, tiled=True)
     return {"case": "hosts", "process": jax.process_index(), "processes": jax.process_count(),
             "local_devices": jax.local_device_count(),

@@ -7,9 +7,8 @@ import pytest
 
 from jaxfair.data.synthetic import make_synthetic, write_ml100k_folder
 from jaxfair.methods.adversaries import make_data
-from jaxfair.methods.erasure import erase, fit_eraser
-from jaxfair.methods.output_erasure import (erase_outputs, fit_output_erasers, masks_by_code, requirement_codes,
-                                            with_output_erasure)
+from jaxfair.methods.erasure import erase, fit_eraser, masks_by_code, requirement_codes
+from jaxfair.methods.output_erasure import erase_outputs, fit_output_erasers, with_output_erasure
 from jaxfair.pipeline import parse_config, restore_run, run
 
 

@@ -195,6 +195,18 @@ def erase_all(eraser: Eraser, user_vecs: jax.Array, requirements: jax.Array, str
     return jax.vmap(lambda s: erase(eraser, user_vecs, s, strength))(requirements)
 
 
+def masks_by_code(num_attributes: int) -> np.ndarray:
+    """Bool ``(2^M, M)``: row ``c`` is the requirement whose attribute ``j`` is masked iff bit ``j`` of ``c`` is set."""
+    codes = np.arange(2**num_attributes)
+    return ((codes[:, None] >> np.arange(num_attributes)[None, :]) & 1).astype(bool)
+
+
+def requirement_codes(sensitive: jax.Array) -> jax.Array:
+    """``sum_j sensitive[..., j] 2^j``: ``(..., M) -> (...)`` int32, the row of :func:`masks_by_code`."""
+    m = sensitive.shape[-1]
+    return jnp.sum(sensitive.astype(jnp.int32) << jnp.arange(m), axis=-1)
+
+
 @jax.jit
 def erase_per_user(eraser: Eraser, user_vecs: jax.Array, sensitive: jax.Array, strength: jax.Array) -> jax.Array:
     """A mixed batch in one pass: user ``n`` under its own mask ``sensitive[n] (M,)`` and ``strength[n]``.
@@ -202,11 +214,9 @@ def erase_per_user(eraser: Eraser, user_vecs: jax.Array, sensitive: jax.Array, s
     The ``2^M`` erasure matrices are built in one ``jax.vmap`` and each user's is gathered by its mask's index
     (``sum_j mask_j 2^j``), so the cost is ``2^M`` small SVDs plus one ``(U, d, d)`` product, whatever the mix.
     """
-    m = sensitive.shape[1]
-    codes = jnp.arange(2**m)
-    masks = (codes[:, None] >> jnp.arange(m)[None, :]) & 1  # (2^M, M): mask of each code
-    matrices = jax.vmap(lambda s: erasure_matrix(eraser, s.astype(user_vecs.dtype)))(masks)
-    index = jnp.sum(sensitive.astype(jnp.int32) << jnp.arange(m)[None, :], axis=1)
+    masks = jnp.asarray(masks_by_code(sensitive.shape[1]), user_vecs.dtype)  # (2^M, M): mask of each code
+    matrices = jax.vmap(lambda s: erasure_matrix(eraser, s))(masks)
+    index = requirement_codes(sensitive)
     strength = jnp.broadcast_to(jnp.asarray(strength, user_vecs.dtype), user_vecs.shape[:1])
     return user_vecs - strength[:, None] * jnp.einsum("ud,ude->ue", user_vecs - eraser.mean, matrices[index])
 
@@ -263,4 +273,5 @@ METHOD = Method("erasure", Config, frozen_backbone=True, check=lambda config, ru
                 description="closed-form linear concept erasure (LEACE) per requirement and strength, no training")
 
 __all__ = ["Config", "Eraser", "ErasureData", "ErasureError", "METHOD", "erase", "erase_all",
-           "erase_per_user", "erasure_matrix", "fit_eraser", "projection", "serve"]
+           "erase_per_user", "erasure_matrix", "fit_eraser", "masks_by_code", "projection", "requirement_codes",
+           "serve"]

@@ -35,19 +35,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxfair.methods.erasure import Eraser, erasure_matrix, fit_eraser
-
-
-def masks_by_code(num_attributes: int) -> np.ndarray:
-    """Bool ``(2^M, M)``: row ``c`` is the requirement whose attribute ``j`` is masked iff bit ``j`` of ``c`` is set."""
-    codes = np.arange(2**num_attributes)
-    return ((codes[:, None] >> np.arange(num_attributes)[None, :]) & 1).astype(bool)
-
-
-def requirement_codes(sensitive: jax.Array) -> jax.Array:
-    """``sum_j sensitive[..., j] 2^j``: ``(..., M) -> (...)`` int32, the row of :func:`masks_by_code`."""
-    m = sensitive.shape[-1]
-    return jnp.sum(sensitive.astype(jnp.int32) << jnp.arange(m), axis=-1)
+from jaxfair.methods.erasure import Eraser, erasure_matrix, fit_eraser, masks_by_code, requirement_codes
 
 
 def fit_output_erasers(embed: Callable, data, max_rank: int = 0, attribute_names=None) -> Eraser:

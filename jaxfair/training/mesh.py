@@ -14,10 +14,10 @@ A stage's ``[<stage>.train]`` section chooses it (:class:`~jaxfair.training.trai
   gives them their parameters' sharding.
 
 Each epoch's batches (stacked ``(num_batches, B, ...)``) are split over the ``data`` axis along ``B``, which must be
-divisible by its size (:class:`MeshError` otherwise; batches are padded to ``B``, never dropped). The epoch program is
-jitted with these shardings as its input and output shardings, so XLA (GSPMD) inserts the collectives: the same
-program as on one device, summed in another order, so results equal one device's to float rounding
-(``tests/test_mesh.py``).
+divisible by its size (:class:`MeshError` otherwise; batches are padded to ``B``, never dropped). The inputs are
+placed with these shardings and the epoch program constrains the state to its shardings on the way in and out
+(:func:`epochs_on`), so XLA (GSPMD) inserts the collectives: the same program as on one device, summed in another
+order, so results equal one device's to float rounding (``tests/test_mesh.py``).
 
 Several hosts: :func:`initialize_distributed` starts ``jax.distributed`` from the environment before anything else,
 and each process then builds its addressable shards of every global array from the host copy it computes (every
@@ -94,6 +94,20 @@ def batch_shardings(batches, mesh: Mesh, batch_axis: int = 1):
         return NamedSharding(mesh, PartitionSpec(*([None] * batch_axis), "data"))
 
     return jax.tree.map(spec, batches)
+
+
+def epochs_on(mesh: Mesh | None, step, end_epoch, state):
+    """A stage's epoch program and placements on ``mesh``: ``(state, run_epoch, place_batches)``. With no mesh (one
+    device) the state and the host batches go in as they are; on a mesh the state is placed by
+    :func:`state_shardings`, each epoch's batches by :func:`batch_shardings`, and the epoch program
+    (:func:`~jaxfair.training.step.make_epoch_fn`) constrains the state to its shardings on the way in and out."""
+    from jaxfair.training.step import make_epoch_fn
+
+    if mesh is None:
+        return state, make_epoch_fn(step, end_epoch), lambda batches: batches
+    shardings = state_shardings(state, mesh)
+    run_epoch = make_epoch_fn(step, end_epoch, constrain=lambda s: jax.lax.with_sharding_constraint(s, shardings))
+    return place(state, shardings), run_epoch, lambda batches: place(batches, batch_shardings(batches, mesh))
 
 
 def place(tree, shardings):

@@ -23,8 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxfair.training.checkpoint import Checkpointer
-from jaxfair.training.mesh import batch_shardings, make_mesh, place, state_shardings
-from jaxfair.training.step import make_epoch_fn
+from jaxfair.training.mesh import epochs_on, make_mesh
 
 
 @dataclasses.dataclass(frozen=True)
@@ -164,15 +163,8 @@ def fit(
     mesh = make_mesh(config.devices, config.model_axis)
     init_key, train_key = _run_keys(seed)
     state = jax.jit(model.init)(init_key)  # one program, not one per array the initialiser builds
-    place_batches = lambda batches: batches  # noqa: E731 (one device: the host arrays go in as they are)
-    if mesh is None:
-        run_epoch = make_epoch_fn(model.step, model.end_epoch)
-    else:
-        shardings = state_shardings(state, mesh)
-        state = place(state, shardings)
-        run_epoch = make_epoch_fn(model.step, model.end_epoch,
-                                  constrain=lambda s: jax.lax.with_sharding_constraint(s, shardings))
-        place_batches = lambda batches: place(batches, batch_shardings(batches, mesh))  # noqa: E731
+    state, run_epoch, place_batches = epochs_on(mesh, model.step, model.end_epoch, state)
+    if mesh is not None:
         log(f"[{name}] training on {mesh.devices.size} devices: data axis {mesh.shape['data']}, model axis "
             f"{mesh.shape['model']}")
     carry = initial_carry(state)
